@@ -1,0 +1,1 @@
+"""Streaming readers of partner formats."""

@@ -1,0 +1,176 @@
+"""Shared SPIE data schema, version 1.
+
+One ``PersonneSPIE`` per person followed on an insertion pathway. The identity block (``identite``,
+``contact``) is kept apart from the pathway data so that a pipeline can drop it whole when a recipient is not
+entitled to it; everything else is keyed by the pivot pseudonym only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from schemas.codes import (
+    EtatDroitRSA,
+    Frein,
+    ImpactFrein,
+    OrganismePayeur,
+    PrecisionDate,
+    RolePersonne,
+    Sexe,
+    StatutAction,
+    StatutRendezVous,
+    TypeContrat,
+    TypeOrientation,
+    TypeSortie,
+    cnaf_labels,
+)
+
+SCHEMA_VERSION = "1.0.0"
+
+Pseudonyme = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,16}\.[A-Z2-7]{26}$")]
+CodeInsee = Annotated[str, StringConstraints(pattern=r"^(\d{5}|2[AB]\d{3})$")]
+Nir13 = Annotated[str, StringConstraints(pattern=r"^[12378]\d{4}(\d{2}|2[AB])\d{6}$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, use_enum_values=False)
+
+
+class IdentifiantPartenaire(_Model):
+    """An identifier of the person in a partner's information system (a direct identifier)."""
+
+    systeme: str = Field(description="ex. 'caf:521' (matricule CAF), 'rsa:numero-demande', 'france-travail'")
+    valeur: str
+
+
+class Identite(_Model):
+    """Direct identifiers. Delivered only where the flow's policy and the person's consent allow it."""
+
+    nir: Nir13 | None = Field(None, description="NIR normalisé sur 13 caractères (sans clé)")
+    nom: str | None = None
+    nom_naissance: str | None = None
+    prenoms: list[str] = Field(default_factory=list)
+    date_naissance: dt.date | None = None
+    precision_date_naissance: PrecisionDate | None = None
+    sexe: Sexe | None = None
+    commune_insee: CodeInsee | None = Field(None, description="Code INSEE de la commune de résidence")
+    identifiants: list[IdentifiantPartenaire] = Field(default_factory=list)
+
+
+class Contact(_Model):
+    adresse: str | None = None
+    code_postal: str | None = None
+    commune: str | None = None
+    telephone: str | None = None
+    email: str | None = None
+
+
+class Suspension(_Model):
+    motif: str
+    libelle: str | None = None
+    date_debut: dt.date | None = None
+
+
+class DroitRSA(_Model):
+    etat: EtatDroitRSA
+    soumis_droits_devoirs: bool
+    role: RolePersonne
+    organisme: OrganismePayeur
+    departement: str = Field(pattern=r"^(\d{2,3}|2[AB])$", description="Département compétent (IDEPARTE)")
+    date_demande: dt.date | None = None
+    date_origine_droit: dt.date | None = None
+    sans_domicile_fixe: bool = False
+    suspensions_versement: list[Suspension] = Field(default_factory=list)
+    suspensions_droit: list[Suspension] = Field(default_factory=list)
+    motif_refus: str | None = None
+    motif_cloture: str | None = None
+    date_cloture: dt.date | None = None
+
+    @field_validator("motif_refus", "motif_cloture")
+    @classmethod
+    def _known_motif(cls, value: str | None, info: object) -> str | None:
+        liste = {"motif_refus": "MOTIREFURSA", "motif_cloture": "MOTICLORSA"}[info.field_name]  # type: ignore[attr-defined]
+        if value is not None and value not in cnaf_labels()[liste]:
+            raise ValueError(f"code {liste} inconnu : {value!r}")
+        return value
+
+
+class Orientation(_Model):
+    type: TypeOrientation
+    date_decision: dt.date | None = None
+    structure: str | None = None
+
+    @property
+    def parcours_france_travail(self) -> str:
+        return self.type.france_travail
+
+
+class Referent(_Model):
+    structure: str
+    fonction: str | None = None
+    date_debut: dt.date | None = None
+    date_fin: dt.date | None = None
+
+
+class FreinDiagnostique(_Model):
+    frein: Frein
+    impact: ImpactFrein
+
+
+class Diagnostic(_Model):
+    date: dt.date | None = None
+    freins: list[FreinDiagnostique] = Field(default_factory=list)
+
+
+class Contrat(_Model):
+    type: TypeContrat
+    date_signature: dt.date | None = None
+    date_debut: dt.date | None = None
+    date_fin: dt.date | None = None
+
+
+class RendezVous(_Model):
+    date: dt.date
+    objet: str | None = None
+    statut: StatutRendezVous
+
+
+class Action(_Model):
+    libelle: str
+    theme: Frein | None = None
+    statut: StatutAction
+    date_debut: dt.date | None = None
+    date_fin: dt.date | None = None
+
+
+class Sortie(_Model):
+    date: dt.date
+    type: TypeSortie
+
+
+class Provenance(_Model):
+    partenaire: str
+    format: str
+    date_reference: dt.date | None = None
+    position: str = Field(description="Emplacement du record dans le fichier source (ex. 'foyer 12, personne 2')")
+
+
+class PersonneSPIE(_Model):
+    """A person as the hub carries it between partners."""
+
+    version_schema: str = SCHEMA_VERSION
+    pseudonyme: Pseudonyme = Field(description="Pseudonyme pivot (HMAC-SHA256, préfixé de l'identifiant de clé)")
+    identite: Identite | None = None
+    contact: Contact | None = None
+    droit_rsa: DroitRSA | None = None
+    orientation: Orientation | None = None
+    referent: Referent | None = None
+    diagnostic: Diagnostic | None = None
+    contrats: list[Contrat] = Field(default_factory=list)
+    rendez_vous: list[RendezVous] = Field(default_factory=list)
+    actions: list[Action] = Field(default_factory=list)
+    sortie: Sortie | None = None
+    provenance: Provenance

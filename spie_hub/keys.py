@@ -1,0 +1,100 @@
+"""Pseudonymisation key material, injected by name (as in dlt) and never logged.
+
+Lookup order: ``SPIE_HUB_PSEUDO_KEY`` (``kid:base64``), ``SPIE_HUB_PSEUDO_KEY_FILE`` (JSON file), the Airflow
+Variable ``spie_hub_pseudo_key`` when running inside an Airflow task, then ``$SPIE_HUB_HOME/keys/pseudonymisation.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spie_hub.config import HubHome
+from spie_hub.errors import ConfigurationError
+
+ENV_KEY = "SPIE_HUB_PSEUDO_KEY"
+ENV_KEY_FILE = "SPIE_HUB_PSEUDO_KEY_FILE"
+AIRFLOW_VARIABLE = "spie_hub_pseudo_key"
+_KID = re.compile(r"^[a-z0-9-]{1,16}$")
+
+
+@dataclass(frozen=True)
+class PseudonymisationKey:
+    kid: str
+    secret: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not _KID.match(self.kid):
+            raise ConfigurationError(
+                "Identifiant de clé invalide : 1 à 16 caractères parmi a-z, 0-9 et '-' (ex. 'k2026a')"
+            )
+        if len(self.secret) < 32:
+            raise ConfigurationError("Clé de pseudonymisation trop courte : 32 octets aléatoires au minimum")
+
+    def __str__(self) -> str:
+        return f"PseudonymisationKey(kid={self.kid}, secret=***)"
+
+    @classmethod
+    def parse(cls, text: str, origin: str) -> "PseudonymisationKey":
+        kid, sep, encoded = text.strip().partition(":")
+        if not sep:
+            raise ConfigurationError(f"{origin} : format attendu 'identifiant:secret_base64'")
+        try:
+            secret = base64.b64decode(encoded, validate=True)
+        except ValueError:
+            raise ConfigurationError(f"{origin} : le secret n'est pas du base64 valide") from None
+        return cls(kid, secret)
+
+    @classmethod
+    def from_file(cls, path: Path) -> "PseudonymisationKey":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(data["kid"], base64.b64decode(data["secret_b64"], validate=True))
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ConfigurationError(
+                f"Fichier de clé illisible : {path} (attendu : JSON avec 'kid' et 'secret_b64')"
+            ) from None
+
+
+def generate_key_file(path: Path, kid: str = "k1") -> PseudonymisationKey:
+    """Write a new random key (mode 0600) unless one exists; return the key in the file."""
+    if path.exists():
+        return PseudonymisationKey.from_file(path)
+    key = PseudonymisationKey(kid, secrets.token_bytes(32))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump({"kid": key.kid, "secret_b64": base64.b64encode(key.secret).decode()}, handle)
+    return key
+
+
+def _from_airflow() -> str | None:
+    if "AIRFLOW_CTX_DAG_ID" not in os.environ:  # only inside a running task, never at DAG parse time
+        return None
+    try:
+        from airflow.sdk import Variable
+
+        return Variable.get(AIRFLOW_VARIABLE, default=None)
+    except Exception:  # noqa: BLE001 - no Variable backend reachable: fall through to the file
+        return None
+
+
+def load_key(home: HubHome | None = None) -> PseudonymisationKey:
+    if value := os.environ.get(ENV_KEY):
+        return PseudonymisationKey.parse(value, f"Variable d'environnement {ENV_KEY}")
+    if path := os.environ.get(ENV_KEY_FILE):
+        return PseudonymisationKey.from_file(Path(path))
+    if value := _from_airflow():
+        return PseudonymisationKey.parse(value, f"Variable Airflow {AIRFLOW_VARIABLE}")
+    default = (home or HubHome.from_env()).keys / "pseudonymisation.json"
+    if default.exists():
+        return PseudonymisationKey.from_file(default)
+    raise ConfigurationError(
+        f"Aucune clé de pseudonymisation : définissez {ENV_KEY} ('kid:secret_base64') ou {ENV_KEY_FILE}, "
+        f"ou créez {default} avec 'spie-hub cles init'."
+    )

@@ -1,0 +1,61 @@
+"""Keyed pseudonyms (HMAC-SHA256) with the key id in every pseudonym.
+
+* pivot pseudonym: HMAC(key, "nir|" + NIR13) — the hub's internal join key, never delivered;
+* recipient pseudonym: HMAC(K_r, pivot digest) with K_r = HMAC(key, "destinataire|" + recipient) — different for
+  each recipient, so two recipients cannot link their files without the hub.
+
+When a partner sends no usable NIR, the pivot falls back to the partner's own identifiers
+("repli|" + organisme + matricule + rôle + date de naissance + prénom): stable for that partner only, and marked as
+such so it is never mistaken for a NIR-based pivot (see docs/pseudonymisation.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from spie_hub.keys import PseudonymisationKey
+
+_LENGTH = 26  # base32 characters = 130 bits
+
+
+def _encode(kid: str, digest: bytes) -> str:
+    return f"{kid}.{base64.b32encode(digest).decode()[:_LENGTH]}"
+
+
+@dataclass(frozen=True)
+class Pivot:
+    """A pivot pseudonym and its digest (the digest never leaves the process)."""
+
+    digest: bytes
+    pseudonyme: str
+    repli: bool = False
+
+
+class Pseudonymiser:
+    def __init__(self, key: PseudonymisationKey) -> None:
+        self.key = key
+        self._recipient_keys: dict[str, bytes] = {}
+
+    @property
+    def kid(self) -> str:
+        return self.key.kid
+
+    def _mac(self, key: bytes, message: bytes) -> bytes:
+        return hmac.new(key, message, hashlib.sha256).digest()
+
+    def pivot_from_nir(self, nir13: str) -> Pivot:
+        digest = self._mac(self.key.secret, b"nir|" + nir13.encode("ascii"))
+        return Pivot(digest, _encode(self.kid, digest))
+
+    def pivot_fallback(self, *parts: str) -> Pivot:
+        digest = self._mac(self.key.secret, ("repli|" + "|".join(p.strip().upper() for p in parts)).encode("utf-8"))
+        return Pivot(digest, _encode(self.kid, digest), repli=True)
+
+    def for_recipient(self, pivot: Pivot, recipient: str) -> str:
+        key = self._recipient_keys.get(recipient)
+        if key is None:
+            key = self._recipient_keys[recipient] = self._mac(self.key.secret, b"destinataire|" + recipient.encode())
+        return _encode(self.kid, self._mac(key, pivot.digest))
