@@ -1,0 +1,114 @@
+"""Append-only, hash-chained audit log.
+
+Each entry's SHA-256 covers its canonical content and the previous entry's hash, so any change, deletion or
+reordering breaks the chain at the first entry touched. ``audit_head`` remembers the last entry, so deleting the
+tail is detected as well. Entries hold pseudonyms, hashes, counts and decisions: never an identity.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, insert, select, update
+
+from spie_hub.store import GENESIS_HASH, audit_head, audit_log
+
+
+def canonical(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def entry_hash(row: dict[str, Any]) -> str:
+    content = json.dumps(
+        [row["seq"], row["ts"], row["run_id"], row["event"], row["flow"], row["recipient"], row["subject"], row["payload"]],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256((row["prev_hash"] + content).encode("utf-8")).hexdigest()
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    event: str
+    payload: dict[str, Any]
+    run_id: str | None = None
+    flow: str | None = None
+    recipient: str | None = None
+    subject: str | None = None
+
+
+class AuditLog:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def append(self, events: Iterable[AuditEvent]) -> tuple[int, str]:
+        """Append events in one transaction; return the new head (seq, hash)."""
+        with self.engine.begin() as connection:
+            # Touching the head row first takes the write lock (row lock on PostgreSQL, RESERVED on SQLite),
+            # so concurrent runs chain one after the other instead of forking the chain.
+            connection.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq))
+            seq, prev = connection.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)).one()
+            rows = []
+            ts = now()
+            for item in events:
+                seq += 1
+                row = {
+                    "seq": seq,
+                    "ts": ts,
+                    "run_id": item.run_id,
+                    "event": item.event,
+                    "flow": item.flow,
+                    "recipient": item.recipient,
+                    "subject": item.subject,
+                    "payload": canonical(item.payload),
+                    "prev_hash": prev,
+                }
+                row["hash"] = prev = entry_hash(row)
+                rows.append(row)
+            if rows:
+                connection.execute(insert(audit_log), rows)
+                connection.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
+        return seq, prev
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    entries: int
+    first_bad_seq: int | None = None
+    reason: str | None = None
+
+
+def verify(engine: Engine, batch: int = 10_000) -> VerifyResult:
+    """Walk the chain in order and report the first entry that does not verify."""
+    expected_seq, expected_prev, count = 1, GENESIS_HASH, 0
+    with engine.connect() as connection:
+        head_seq, head_hash = connection.execute(select(audit_head.c.seq, audit_head.c.hash)).one()
+        result = connection.execution_options(stream_results=True, yield_per=batch).execute(
+            select(audit_log).order_by(audit_log.c.seq)
+        )
+        for mapping in result.mappings():
+            row = dict(mapping)
+            if row["seq"] != expected_seq:
+                if row["seq"] > expected_seq:
+                    return VerifyResult(False, count, expected_seq, f"entrée n° {expected_seq} absente (supprimée)")
+                return VerifyResult(False, count, row["seq"], f"entrée n° {row['seq']} dupliquée ou déplacée")
+            if row["prev_hash"] != expected_prev:
+                return VerifyResult(False, count, row["seq"], "chaînage rompu (entrée supprimée, insérée ou déplacée)")
+            if entry_hash(row) != row["hash"]:
+                return VerifyResult(False, count, row["seq"], "contenu modifié (empreinte SHA-256 différente)")
+            expected_seq, expected_prev, count = expected_seq + 1, row["hash"], count + 1
+    if count != head_seq or expected_prev != head_hash:
+        if count < head_seq:
+            return VerifyResult(False, count, count + 1, f"entrées n° {count + 1} à {head_seq} absentes (fin du journal supprimée)")
+        return VerifyResult(False, count, head_seq, "tête de chaîne incohérente avec le journal")
+    return VerifyResult(True, count)

@@ -1,0 +1,128 @@
+"""The declarative flow registry (``flows.yaml``): one entry per flow, one DAG per entry.
+
+Loading it reads one small YAML file and touches no database or network, so it is safe at DAG parse time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from schemas.categories import CategorieDonnees
+from spie_hub.errors import ConfigurationError
+
+REGISTRY_PATH = Path(__file__).resolve().parent.parent / "flows.yaml"
+
+
+@dataclass(frozen=True)
+class Base:
+    """The ground on which a category may go to a recipient: a legal basis (with its article) or consent."""
+
+    kind: str  # "legale" | "consentement"
+    article: str | None = None
+
+
+@dataclass(frozen=True)
+class Transport:
+    type: str
+    dossier: str
+    motif: str = "*"
+
+
+@dataclass(frozen=True)
+class Recipient:
+    id: str
+    libelle: str
+    sortie: str
+    transport: Transport
+    politique: dict[CategorieDonnees, Base]
+    categories_requises: tuple[CategorieDonnees, ...]
+
+
+@dataclass(frozen=True)
+class Condition:
+    champ: str
+    egal: Any
+    libelle: str
+
+
+@dataclass(frozen=True)
+class Flow:
+    id: str
+    titre: str
+    finalite: str
+    planification: str | None
+    conservation_jours: int
+    partenaire: str
+    format: str
+    mapping: str
+    transport: Transport
+    perimetre: tuple[Condition, ...]
+    destinataires: tuple[Recipient, ...] = field(default_factory=tuple)
+
+
+def _category(name: str, where: str) -> CategorieDonnees:
+    try:
+        return CategorieDonnees(name)
+    except ValueError:
+        known = ", ".join(c.value for c in CategorieDonnees)
+        raise ConfigurationError(f"{where} : catégorie inconnue {name!r} (connues : {known})") from None
+
+
+def _recipient(flow_id: str, rid: str, spec: dict[str, Any]) -> Recipient:
+    where = f"flows.yaml, flux {flow_id}, destinataire {rid}"
+    politique: dict[CategorieDonnees, Base] = {}
+    for name, rule in spec.get("politique", {}).items():
+        cat = _category(name, where)
+        base = Base(rule["base"], rule.get("article"))
+        if base.kind not in ("legale", "consentement"):
+            raise ConfigurationError(f"{where} : base {base.kind!r} inconnue (legale ou consentement)")
+        if base.kind == "legale" and not base.article:
+            raise ConfigurationError(f"{where} : une base légale doit citer son article ({name})")
+        if base.kind == "legale" and cat.categorie_particuliere:
+            raise ConfigurationError(f"{where} : {name} est une catégorie particulière (art. 9 RGPD), consentement exprès requis")
+        politique[cat] = base
+    requises = tuple(_category(c, where) for c in spec.get("categories_requises", []))
+    return Recipient(rid, spec.get("libelle", rid), spec["sortie"], Transport(**spec["transport"]), politique, requises)
+
+
+def _flow(flow_id: str, spec: dict[str, Any]) -> Flow:
+    source = spec["source"]
+    return Flow(
+        id=flow_id,
+        titre=spec["titre"],
+        finalite=spec["finalite"],
+        planification=spec.get("planification"),
+        conservation_jours=int(spec.get("conservation_jours", 730)),
+        partenaire=source["partenaire"],
+        format=source["format"],
+        mapping=source["mapping"],
+        transport=Transport(**source["transport"]),
+        perimetre=tuple(Condition(**c) for c in spec.get("perimetre", [])),
+        destinataires=tuple(_recipient(flow_id, rid, r) for rid, r in spec["destinataires"].items()),
+    )
+
+
+@lru_cache(maxsize=4)
+def _load(path: Path) -> dict[str, Flow]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError:
+        raise ConfigurationError(f"Registre des flux introuvable : {path} (variable SPIE_HUB_FLOWS)") from None
+    return {flow_id: _flow(flow_id, spec) for flow_id, spec in (data.get("flux") or {}).items()}
+
+
+def load_flows(path: Path | None = None) -> dict[str, Flow]:
+    return _load(path or Path(os.environ.get("SPIE_HUB_FLOWS", REGISTRY_PATH)))
+
+
+def get_flow(flow_id: str) -> Flow:
+    flows = load_flows()
+    if flow_id not in flows:
+        raise ConfigurationError(f"Flux inconnu : {flow_id} (flux déclarés : {', '.join(sorted(flows))})")
+    return flows[flow_id]

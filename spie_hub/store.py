@@ -1,0 +1,118 @@
+"""The hub's store (SQLAlchemy Core): SQLite by default, PostgreSQL by URL.
+
+It holds runs, deliveries, consents (by pivot pseudonym, never a NIR) and the hash-chained audit log.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    insert,
+    select,
+)
+
+metadata = MetaData()
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("run_id", String(40), primary_key=True),
+    Column("flow", String(80), nullable=False),
+    Column("input_name", String(255), nullable=False),
+    Column("input_sha256", String(64), nullable=False),
+    Column("started_at", String(32), nullable=False),
+    Column("finished_at", String(32)),
+    Column("status", String(20), nullable=False),
+    Column("summary", Text, nullable=False, default="{}"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("flow", String(80), nullable=False),
+    Column("recipient", String(80), nullable=False),
+    Column("input_sha256", String(64), nullable=False),
+    Column("run_id", String(40), nullable=False),
+    Column("file_name", String(255), nullable=False),
+    Column("file_sha256", String(64), nullable=False),
+    Column("records", Integer, nullable=False),
+    Column("delivered_at", String(32), nullable=False),
+    UniqueConstraint("flow", "recipient", "input_sha256", name="uq_delivery_once"),
+)
+
+consents = Table(
+    "consents",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("consent_id", String(128), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("subject", String(48), nullable=False),  # pivot pseudonym
+    Column("status", String(20), nullable=False),
+    Column("decision", String(10), nullable=False),
+    Column("grantees", Text, nullable=False),  # JSON list of recipient ids
+    Column("categories", Text, nullable=False),  # JSON list of data categories
+    Column("purposes", Text, nullable=False),
+    Column("period_start", String(32)),
+    Column("period_end", String(32)),
+    Column("source", Text),
+    Column("resource_sha256", String(64), nullable=False),
+    Column("imported_at", String(32), nullable=False),
+    UniqueConstraint("consent_id", "version", name="uq_consent_version"),
+    Index("ix_consents_subject", "subject"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("ts", String(32), nullable=False),
+    Column("run_id", String(40)),
+    Column("event", String(40), nullable=False),
+    Column("flow", String(80)),
+    Column("recipient", String(80)),
+    Column("subject", String(48)),
+    Column("payload", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", Integer, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+GENESIS_HASH = "0" * 64
+
+
+def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def open_store(url: str) -> Engine:
+    """Create the engine and the tables if needed (idempotent)."""
+    engine = create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    metadata.create_all(engine)
+    with engine.begin() as connection:
+        if connection.execute(select(audit_head.c.id)).first() is None:
+            connection.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS_HASH))
+    return engine
