@@ -1,0 +1,1 @@
+"""Transports: where partner files come from and where deliveries go (local folder now; SFTP next)."""

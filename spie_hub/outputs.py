@@ -1,0 +1,110 @@
+"""Outbound formats, declared in ``mappings/sorties/*.yaml``: columns picked from the shared record.
+
+A column's data category is the category of the schema block it reads; a column whose category is not permitted
+for the person is written empty. Every cell that a spreadsheet would run as a formula is neutralised.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from schemas.categories import CATEGORIE_DU_BLOC, CategorieDonnees
+from schemas.spie_v1 import PersonneSPIE
+from spie_hub.errors import ConfigurationError
+from spie_hub.mapping import MAPPINGS_DIR
+
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(cell: str) -> str:
+    """Prefix with a quote any cell a spreadsheet would evaluate (CSV formula injection)."""
+    return "'" + cell if cell.startswith(_FORMULA_PREFIXES) else cell
+
+
+def _render(value: Any, as_label: bool) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, Enum):
+        return value.libelle if as_label else value.value  # type: ignore[attr-defined]
+    if isinstance(value, bool):
+        return "oui" if value else "non"
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, list):
+        return " ".join(_render(v, as_label) for v in value)
+    return neutralise(str(value))
+
+
+@dataclass(frozen=True)
+class Column:
+    entete: str
+    category: CategorieDonnees | None
+    get: Callable[[PersonneSPIE, str], str]
+
+
+def _column(spec: dict[str, Any]) -> Column:
+    path = spec["champ"].split(".")
+    as_label = spec.get("valeur") == "libelle"
+    identifier = spec.get("identifiant")
+    if path == ["pseudonyme"]:
+        return Column(spec["entete"], None, lambda record, pseudonym: pseudonym)
+    if path[0] not in CATEGORIE_DU_BLOC and path[0] != "version_schema":
+        raise ConfigurationError(f"Sortie : champ inconnu {spec['champ']!r}")
+
+    def get(record: PersonneSPIE, _pseudonym: str) -> str:
+        value: Any = record
+        for part in path:
+            if value is None:
+                return ""
+            if part.isdigit():
+                value = value[int(part)] if int(part) < len(value) else None
+            else:
+                value = getattr(value, part)
+        if identifier is not None:
+            value = next((i.valeur for i in value or [] if i.systeme == identifier), None)
+        return _render(value, as_label)
+
+    return Column(spec["entete"], CATEGORIE_DU_BLOC.get(path[0]), get)
+
+
+@dataclass(frozen=True)
+class CsvOutput:
+    name: str
+    separator: str
+    columns: tuple[Column, ...]
+
+    def open_writer(self, handle: IO[str]) -> "CsvRowWriter":
+        return CsvRowWriter(self, handle)
+
+
+class CsvRowWriter:
+    def __init__(self, output: CsvOutput, handle: IO[str]) -> None:
+        self.output = output
+        self.writer = csv.writer(handle, delimiter=output.separator, lineterminator="\r\n")
+        self.writer.writerow([c.entete for c in output.columns])
+        self.rows = 0
+
+    def write(self, record: PersonneSPIE, pseudonym: str, allowed: frozenset[CategorieDonnees]) -> None:
+        """Write one row, leaving empty every column whose category is not in ``allowed``."""
+        self.writer.writerow([
+            c.get(record, pseudonym) if c.category is None or c.category in allowed else ""
+            for c in self.output.columns
+        ])
+        self.rows += 1
+
+
+def load_output(name: str, directory: Path = MAPPINGS_DIR / "sorties") -> CsvOutput:
+    path = directory / f"{name}.yaml"
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError:
+        raise ConfigurationError(f"Format de sortie introuvable : {path}") from None
+    return CsvOutput(spec["sortie"], spec.get("separateur", ";"), tuple(_column(c) for c in spec["colonnes"]))

@@ -1,0 +1,392 @@
+"""The flow pipeline, plain Python: read → validate → map → pseudonymise → decide → write → deliver → audit.
+
+Airflow and the CLI both call ``run_flow``. Records stream through in batches, so memory does not grow with the
+input file. Every input record ends delivered, rejected (reason written back to the sender) or withheld
+(decision recorded), for each recipient; a file that cannot be read at all is quarantined whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import json
+import logging
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from pydantic import ValidationError
+from sqlalchemy import Engine, insert, select, update
+
+from connectors.formats import cnaf_vrsb
+from connectors.transports.local import LocalFolder
+from consent.decision import ConsentIndex, RecordDecision, decide
+from schemas.categories import CATEGORIE_DU_BLOC, CategorieDonnees
+from schemas.spie_v1 import SCHEMA_VERSION, PersonneSPIE
+from spie_hub.audit import AuditEvent, AuditLog, now
+from spie_hub.config import HubHome
+from spie_hub.errors import ConfigurationError, FatalInputError, RecordError
+from spie_hub.keys import load_key
+from spie_hub.mapping import CompiledMapping, load_mapping
+from spie_hub.outputs import CsvRowWriter, load_output
+from spie_hub.pseudonym import Pivot, Pseudonymiser
+from spie_hub.registry import Condition, Flow, Recipient, get_flow
+from spie_hub.store import deliveries, open_store, runs
+
+log = logging.getLogger("spie_hub.pipeline")
+BATCH = 1000
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass
+class RecipientCounts:
+    livres: int = 0
+    retenus: int = 0
+    fichier: str | None = None
+    deja_livre: bool = False
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    flux: str
+    statut: str  # "termine" | "deja-livre" | "quarantaine"
+    lus: int = 0
+    rejetes: int = 0
+    destinataires: dict[str, RecipientCounts] = field(default_factory=dict)
+    rapport_rejets: str | None = None
+    quarantaine: str | None = None
+    message: str | None = None
+    anomalies: list[str] = field(default_factory=list)
+
+    def accounted(self) -> bool:
+        """read = delivered + withheld + rejected, for every recipient."""
+        return all(c.deja_livre or c.livres + c.retenus + self.rejetes == self.lus for c in self.destinataires.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _readable(error: ValidationError) -> str:
+    # Field locations and messages only: pydantic's own str() would echo the input value (an identifier).
+    return " ; ".join(f"{'.'.join(str(p) for p in e['loc'])} : {e['msg']}" for e in error.errors(include_input=False))
+
+
+def _present_categories(record: PersonneSPIE) -> list[CategorieDonnees]:
+    seen: list[CategorieDonnees] = []
+    for block, category in CATEGORIE_DU_BLOC.items():
+        if getattr(record, block) and category not in seen:
+            seen.append(category)
+    return seen
+
+
+def _outside_perimeter(record: PersonneSPIE, perimetre: tuple[Condition, ...]) -> str | None:
+    for condition in perimetre:
+        value: Any = record
+        for part in condition.champ.split("."):
+            value = getattr(value, part, None) if value is not None else None
+        if hasattr(value, "value"):
+            value = value.value
+        if value != condition.egal:
+            return f"hors périmètre du flux : {condition.libelle} (non)"
+    return None
+
+
+class _ProgressReader:
+    """File wrapper reporting bytes read, for progress bars on long files."""
+
+    def __init__(self, handle: IO[bytes], callback: ProgressCallback | None) -> None:
+        self.handle, self.callback = handle, callback
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        if self.callback is not None:
+            self.callback(len(data))
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.handle.seek(offset, whence)
+
+
+class FlowRun:
+    def __init__(self, flow: Flow, home: HubHome, engine: Engine, input_path: Path) -> None:
+        self.flow, self.home, self.engine, self.input_path = flow, home, engine, input_path
+        self.run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        self.audit = AuditLog(engine)
+        self.pseudonymiser = Pseudonymiser(load_key(home))
+        self.mapping: CompiledMapping = load_mapping(flow.mapping)
+        self.consents = ConsentIndex(engine)
+        self.today = dt.date.today()
+        self.staging = home.staging / self.run_id
+        self.pending: list[AuditEvent] = []
+        self.spool: IO[str] | None = None
+        self.rejections: list[tuple[str, int | None, str]] = []
+        self.summary = RunSummary(self.run_id, flow.id, "en-cours")
+
+    # -- helpers -------------------------------------------------------------------------------------------
+    def _event(self, event: str, payload: dict[str, Any], recipient: str | None = None, subject: str | None = None) -> None:
+        # Decisions are spooled to disk and enter the audit only once the whole file has been read: a file
+        # quarantined half-way leaves no "livre" decision behind, and memory stays flat.
+        self.pending.append(AuditEvent(event, payload, self.run_id, self.flow.id, recipient, subject))
+        if len(self.pending) >= 5 * BATCH:
+            self._spool_pending()
+
+    def _spool_pending(self) -> None:
+        if self.spool is None:
+            self.staging.mkdir(parents=True, exist_ok=True)
+            self.spool = open(self.staging / "audit.spool.jsonl", "w+", encoding="utf-8")  # noqa: SIM115
+        for item in self.pending:
+            self.spool.write(json.dumps(asdict(item), ensure_ascii=False, default=str) + "\n")
+        self.pending = []
+
+    def _discard_pending(self) -> None:
+        self.pending = []
+        self._close_spool()
+
+    def _close_spool(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+
+    def _flush_audit(self) -> None:
+        if self.spool is not None:
+            self.spool.seek(0)
+            chunk: list[AuditEvent] = []
+            for line in self.spool:
+                chunk.append(AuditEvent(**json.loads(line)))
+                if len(chunk) >= 5 * BATCH:
+                    self.audit.append(chunk)
+                    chunk = []
+            self.audit.append(chunk)
+            self._close_spool()
+        if self.pending:
+            self.audit.append(self.pending)
+            self.pending = []
+
+    def _reject(self, position: str, line: int | None, reason: str) -> None:
+        self.summary.rejetes += 1
+        self.rejections.append((position, line, reason))
+        self._event("rejet", {"position": position, "ligne": line, "motif": reason})
+
+    # -- stages ----------------------------------------------------------------------------------------------
+    def _to_record(self, element: Any, foyer: Any, position: str) -> tuple[PersonneSPIE, Pivot]:
+        data = self.mapping.map(element, foyer)
+        nir = (data.get("identite") or {}).get("nir")
+        if nir is not None:
+            pivot = self.pseudonymiser.pivot_from_nir(nir)
+        elif (parts := self.mapping.fallback_parts(element, foyer)) is not None:
+            pivot = self.pseudonymiser.pivot_fallback(*parts)
+        else:
+            raise RecordError("ni NIR ni identifiants de repli (organisme, matricule, rôle, naissance, prénom)")
+        data["pseudonyme"] = pivot.pseudonyme
+        data["provenance"] = {
+            "partenaire": self.flow.partenaire, "format": self.flow.format,
+            "date_reference": self.reference_date, "position": position,
+        }
+        try:
+            return PersonneSPIE.model_validate(data), pivot
+        except ValidationError as error:
+            raise RecordError(_readable(error)) from None
+
+    def _decide_batch(self, batch: list[tuple[PersonneSPIE, Pivot, str]], writers: dict[str, CsvRowWriter]) -> None:
+        found = self.consents.lookup(p.pseudonyme for _, p, _ in batch)
+        for record, pivot, position in batch:
+            outside = _outside_perimeter(record, self.flow.perimetre)
+            present = _present_categories(record)
+            for recipient in self.active:
+                pseudonym = self.pseudonymiser.for_recipient(pivot, recipient.id)
+                counts = self.summary.destinataires[recipient.id]
+                if outside:
+                    decision = RecordDecision(False, {}, outside)
+                else:
+                    decision = decide(recipient, present, found.get(pivot.pseudonyme, []), self.today)
+                payload = decision.as_payload() | {"position": position}
+                if decision.livre:
+                    writers[recipient.id].write(record, pseudonym, decision.permises)
+                    counts.livres += 1
+                    payload["ligne"] = counts.livres + 1  # after the header line
+                else:
+                    counts.retenus += 1
+                self._event("decision", payload, recipient.id, pseudonym)
+
+    def _stream(self, writers: dict[str, CsvRowWriter], progress: ProgressCallback | None) -> cnaf_vrsb.EnTeteFlux:
+        entete = cnaf_vrsb.EnTeteFlux()
+        batch: list[tuple[PersonneSPIE, Pivot, str]] = []
+        with self.input_path.open("rb") as raw:
+            for foyer in cnaf_vrsb.read_foyers(_ProgressReader(raw, progress), entete):  # type: ignore[arg-type]
+                self.reference_date = entete.date_reference
+                for index, element in enumerate(self.mapping.records(foyer), start=1):
+                    self.summary.lus += 1
+                    position = f"foyer {entete.foyers_lus}, personne {index}"
+                    try:
+                        record, pivot = self._to_record(element, foyer, position)
+                    except RecordError as error:
+                        self._reject(position, element.sourceline, str(error))
+                        continue
+                    batch.append((record, pivot, position))
+                    if len(batch) >= BATCH:
+                        self._decide_batch(batch, writers)
+                        batch = []
+        if batch:
+            self._decide_batch(batch, writers)
+        return entete
+
+    # -- run -----------------------------------------------------------------------------------------------
+    def _already_delivered(self, input_sha: str) -> set[str]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(deliveries.c.recipient).where(
+                    deliveries.c.flow == self.flow.id, deliveries.c.input_sha256 == input_sha
+                )
+            )
+            return {r.recipient for r in rows}
+
+    def _output_name(self, recipient: Recipient, input_sha: str) -> str:
+        day = (self.reference_date or self.today.isoformat()).replace("-", "")
+        return f"{self.flow.id}_{recipient.id}_{day}_{input_sha[:12]}.csv"
+
+    def execute(self, progress: ProgressCallback | None = None) -> RunSummary:
+        if not self.input_path.is_file():
+            raise ConfigurationError(f"Fichier d'entrée introuvable : {self.input_path}")
+        input_sha = sha256_file(self.input_path)
+        self.reference_date: str | None = None
+        done = self._already_delivered(input_sha)
+        self.active = [r for r in self.flow.destinataires if r.id not in done]
+        for recipient in self.flow.destinataires:
+            self.summary.destinataires[recipient.id] = RecipientCounts(deja_livre=recipient.id in done)
+        with self.engine.begin() as connection:
+            connection.execute(insert(runs).values(
+                run_id=self.run_id, flow=self.flow.id, input_name=self.input_path.name[:255],
+                input_sha256=input_sha, started_at=now(), status="en-cours", summary="{}",
+            ))
+        self.audit.append([AuditEvent("execution-debut", {
+            "fichier_sha256": input_sha, "octets": self.input_path.stat().st_size, "format": self.flow.format,
+            "partenaire": self.flow.partenaire, "version_schema": SCHEMA_VERSION}, self.run_id, self.flow.id)])
+        if not self.active:
+            self.summary.statut = "deja-livre"
+            self.summary.message = "Ce fichier a déjà été livré à tous les destinataires : aucune nouvelle livraison."
+            return self._finish()
+        self.staging.mkdir(parents=True, exist_ok=True)
+        outputs = {r.id: load_output(r.sortie) for r in self.active}
+        handles = {r.id: open(self.staging / f"{r.id}.csv", "w", encoding="utf-8-sig", newline="") for r in self.active}
+        try:
+            writers = {rid: outputs[rid].open_writer(h) for rid, h in handles.items()}
+            entete = self._stream(writers, progress)
+        except FatalInputError as error:
+            for handle in handles.values():
+                handle.close()
+            return self._quarantine(error, input_sha)
+        finally:
+            for handle in handles.values():
+                handle.close()
+        self.summary.anomalies = entete.anomalies
+        for recipient in self.active:
+            self._deliver(recipient, input_sha)
+        self._write_rejections(input_sha)
+        self.summary.statut = "termine"
+        return self._finish()
+
+    def _deliver(self, recipient: Recipient, input_sha: str) -> None:
+        staged = self.staging / f"{recipient.id}.csv"
+        name = self._output_name(recipient, input_sha)
+        file_sha = sha256_file(staged)
+        counts = self.summary.destinataires[recipient.id]
+        folder = LocalFolder(self.home.root / recipient.transport.dossier)
+        published = folder.publish(staged, name)
+        manifest = {
+            "fichier": name, "sha256": file_sha, "octets": published.stat().st_size,
+            "enregistrements": counts.livres, "version_schema": SCHEMA_VERSION, "flux": self.flow.id,
+            "destinataire": recipient.id, "execution": self.run_id, "genere_le": now(),
+            "format": recipient.sortie, "encodage": "UTF-8 avec BOM", "separateur": ";",
+        }
+        with folder.store_file(name.removesuffix(".csv") + ".manifest.json", encoding="utf-8") as handle:
+            json.dump(manifest, handle, ensure_ascii=False, indent=2)
+        with self.engine.begin() as connection:
+            connection.execute(insert(deliveries).values(
+                flow=self.flow.id, recipient=recipient.id, input_sha256=input_sha, run_id=self.run_id,
+                file_name=name, file_sha256=file_sha, records=counts.livres, delivered_at=now(),
+            ))
+        counts.fichier = str(published)
+        self._event("livraison", {"fichier": name, "sha256": file_sha, "enregistrements": counts.livres,
+                                  "retenus": counts.retenus, "version_schema": SCHEMA_VERSION}, recipient.id)
+
+    def _write_rejections(self, input_sha: str) -> None:
+        if not self.rejections:
+            return
+        folder = LocalFolder(self.home.outbox / self.flow.partenaire / "rejets")
+        name = f"{self.flow.id}_{input_sha[:12]}_rejets.csv"
+        with folder.store_file(name, encoding="utf-8-sig", newline="") as handle:
+            writer = csv.writer(handle, delimiter=";", lineterminator="\r\n")
+            writer.writerow(["Position dans le fichier", "Ligne", "Motif du rejet"])
+            writer.writerows(self.rejections)
+        self.summary.rapport_rejets = str(folder.path(name))
+
+    def _quarantine(self, error: FatalInputError, input_sha: str) -> RunSummary:
+        self._discard_pending()
+        shutil.rmtree(self.staging, ignore_errors=True)
+        folder = self.home.quarantine / self.run_id
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.input_path, folder / "fichier-recu")
+        report = (
+            f"Fichier mis en quarantaine le {now()}\nFlux : {self.flow.id}\nEmpreinte SHA-256 : {input_sha}\n"
+            f"Motif : {error}\nAucun enregistrement de ce fichier n'a été livré.\n"
+        )
+        (folder / "rapport.txt").write_text(report, encoding="utf-8")
+        notice = LocalFolder(self.home.outbox / self.flow.partenaire / "rejets")
+        with notice.store_file(f"{self.flow.id}_{input_sha[:12]}_fichier-rejete.txt", encoding="utf-8") as handle:
+            handle.write(
+                "Votre fichier a été rejeté en entier et n'a pas été traité.\n"
+                f"Empreinte SHA-256 du fichier reçu : {input_sha}\nMotif : {error}\n"
+                "Merci de corriger le fichier et de le déposer à nouveau.\n"
+            )
+        # Records parsed before the error are rejected with the file: none was delivered.
+        self.summary.rejetes = self.summary.lus
+        self.summary.statut = "quarantaine"
+        self.summary.quarantaine = str(folder)
+        self.summary.message = str(error)
+        self.summary.rapport_rejets = str(notice.path(f"{self.flow.id}_{input_sha[:12]}_fichier-rejete.txt"))
+        for counts in self.summary.destinataires.values():
+            counts.livres = counts.retenus = 0
+        self._event("fichier-quarantaine", {"fichier_sha256": input_sha, "motif": str(error),
+                                            "element": error.element, "enregistrements_rejetes": self.summary.lus})
+        return self._finish()
+
+    def _finish(self) -> RunSummary:
+        counts = {rid: {"livres": c.livres, "retenus": c.retenus, "deja_livre": c.deja_livre}
+                  for rid, c in self.summary.destinataires.items()}
+        self._event("execution-fin", {"statut": self.summary.statut, "lus": self.summary.lus,
+                                      "rejetes": self.summary.rejetes, "destinataires": counts})
+        self._flush_audit()
+        shutil.rmtree(self.staging, ignore_errors=True)
+        with self.engine.begin() as connection:
+            connection.execute(update(runs).where(runs.c.run_id == self.run_id).values(
+                finished_at=now(), status=self.summary.statut, summary=json.dumps(counts | {
+                    "lus": self.summary.lus, "rejetes": self.summary.rejetes}),
+            ))
+        log.info("Flux %s, exécution %s : %s ; lus %d, rejetés %d, %s", self.flow.id, self.run_id, self.summary.statut,
+                 self.summary.lus, self.summary.rejetes,
+                 ", ".join(f"{rid} livrés {c['livres']} retenus {c['retenus']}" for rid, c in counts.items()))
+        return self.summary
+
+
+def run_flow(flow_id: str, input_path: Path, home: HubHome | None = None, *,
+             progress: ProgressCallback | None = None) -> RunSummary:
+    home = (home or HubHome.from_env()).ensure()
+    flow = get_flow(flow_id)
+    engine = open_store(home.database_url)
+    try:
+        return FlowRun(flow, home, engine, input_path).execute(progress)
+    finally:
+        engine.dispose()
