@@ -1,0 +1,198 @@
+"""``spie-hub``: the command line of the hub (messages in French).
+
+Exit codes: 0 success, 1 invalid input or failed check, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from spie_hub.config import HubHome
+from spie_hub.errors import ConfigurationError, HubError
+
+VALIDATORS = {"caf-vrsb": "cnaf-vrsb0801"}
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+@contextmanager
+def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on stderr for long work; silent when stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                  console=None, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from connectors.formats.cnaf_vrsb import validate_file
+
+    path = Path(args.fichier)
+    if not path.is_file():
+        _err(f"Fichier introuvable : {path}")
+        return 2
+    entete, errors = validate_file(path)
+    if errors:
+        print(f"INVALIDE : {path.name}")
+        for error in errors:
+            print(f"  - {error}")
+        return 1
+    print(f"VALIDE : {path.name} ({entete.foyers_lus} foyer(s), format {VALIDATORS[args.format]}, date de référence {entete.date_reference})")
+    for anomaly in entete.anomalies:
+        print(f"  ! {anomaly}")
+    return 0
+
+
+def cmd_consent_import(args: argparse.Namespace) -> int:
+    from consent.fhir_import import import_consents
+    from spie_hub.keys import load_key
+    from spie_hub.pseudonym import Pseudonymiser
+    from spie_hub.store import open_store
+
+    home = HubHome.from_env().ensure()
+    engine = open_store(home.database_url)
+    report = import_consents(Path(args.fichier), engine, Pseudonymiser(load_key(home)))
+    print(f"Consentements importés : {report.importes} ; inchangés : {report.inchanges} ; erreurs : {len(report.erreurs)}")
+    for error in report.erreurs[:50]:
+        print(f"  - {error}")
+    if len(report.erreurs) > 50:
+        print(f"  … et {len(report.erreurs) - 50} autre(s)")
+    return 1 if report.erreurs else 0
+
+
+def print_summary(summary: object) -> None:
+    from spie_hub.pipeline import RunSummary
+
+    assert isinstance(summary, RunSummary)
+    print(f"Flux {summary.flux} — exécution {summary.run_id} : {summary.statut}")
+    print(f"  Enregistrements lus : {summary.lus}")
+    print(f"  Rejetés             : {summary.rejetes}")
+    for rid, counts in summary.destinataires.items():
+        if counts.deja_livre:
+            print(f"  {rid} : déjà livré lors d'une exécution précédente")
+            continue
+        print(f"  {rid} : livrés {counts.livres}, retenus {counts.retenus}")
+        if counts.fichier:
+            print(f"    fichier : {counts.fichier}")
+    for line in filter(None, [summary.message, *summary.anomalies]):
+        print(f"  ! {line}")
+    if summary.rapport_rejets:
+        print(f"  Rapport de rejets pour l'émetteur : {summary.rapport_rejets}")
+    if summary.quarantaine:
+        print(f"  Quarantaine : {summary.quarantaine}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from spie_hub.pipeline import run_flow
+
+    path = Path(args.input)
+    if not path.is_file():
+        _err(f"Fichier d'entrée introuvable : {path}")
+        return 2
+    with progress_bar(f"Flux {args.flux}", path.stat().st_size) as advance:
+        summary = run_flow(args.flux, path, progress=advance)
+    if args.json:
+        print(json.dumps(summary.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        print_summary(summary)
+    return 1 if summary.statut == "quarantaine" else 0
+
+
+def cmd_audit_verify(_args: argparse.Namespace) -> int:
+    from spie_hub.audit import verify
+    from spie_hub.store import open_store
+
+    result = verify(open_store(HubHome.from_env().database_url))
+    if result.ok:
+        print(f"Journal d'audit intègre : {result.entries} entrée(s) vérifiée(s).")
+        return 0
+    print(f"Journal d'audit ALTÉRÉ à l'entrée n° {result.first_bad_seq} : {result.reason}")
+    return 1
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    from spie_hub.keys import generate_key_file
+
+    home = HubHome.from_env().ensure()
+    path = home.keys / "pseudonymisation.json"
+    existed = path.exists()
+    key = generate_key_file(path, args.kid)
+    print(f"Clé de pseudonymisation {'existante' if existed else 'créée'} : identifiant {key.kid}, fichier {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from spie_hub.demo import run_demo
+
+    return run_demo(households=args.foyers, with_airflow=not args.sans_airflow)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spie-hub", description="Hub d'interopérabilité du SPIE")
+    sub = parser.add_subparsers(dest="commande", required=True, metavar="COMMANDE")
+
+    validate = sub.add_parser("validate", help="valider un fichier partenaire contre son schéma")
+    validate.add_argument("format", choices=sorted(VALIDATORS), help="format du fichier")
+    validate.add_argument("fichier")
+    validate.set_defaults(func=cmd_validate)
+
+    consent = sub.add_parser("consent", help="registre des consentements")
+    consent_sub = consent.add_subparsers(dest="action", required=True, metavar="ACTION")
+    imp = consent_sub.add_parser("import", help="importer un Bundle FHIR de Consent (JSON)")
+    imp.add_argument("fichier")
+    imp.set_defaults(func=cmd_consent_import)
+
+    run = sub.add_parser("run", help="exécuter un flux sur un fichier")
+    run.add_argument("flux")
+    run.add_argument("--input", required=True, help="fichier d'entrée")
+    run.add_argument("--json", action="store_true", help="résumé en JSON")
+    run.set_defaults(func=cmd_run)
+
+    audit = sub.add_parser("audit", help="journal d'audit")
+    audit_sub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
+    audit_sub.add_parser("verify", help="vérifier le chaînage du journal").set_defaults(func=cmd_audit_verify)
+
+    keys = sub.add_parser("cles", help="clés de pseudonymisation")
+    keys_sub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    init = keys_sub.add_parser("init", help="créer une clé locale (démo, poste de développement)")
+    init.add_argument("--kid", default="k1")
+    init.set_defaults(func=cmd_keys_init)
+
+    demo = sub.add_parser("demo", help="démonstration complète sur données synthétiques")
+    demo.add_argument("--foyers", type=int, default=1000)
+    demo.add_argument("--sans-airflow", action="store_true", help="exécuter le flux sans Airflow")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigurationError as error:
+        _err(f"Erreur de configuration : {error}")
+        return 2
+    except HubError as error:
+        _err(f"Erreur : {error}")
+        return 1
+    except KeyboardInterrupt:
+        _err("Interrompu.")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""``spie-hub demo``: synthetic data, consents, the flow run through Airflow on the embedded default."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from spie_hub.config import HubHome
+
+FLOW_ID = "caf-vers-departement"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def configure_airflow(home: HubHome) -> None:
+    """Point an embedded Airflow (SQLite) at the hub's DAG folder; must run before Airflow is imported."""
+    airflow_home = home.root / "airflow"
+    airflow_home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("AIRFLOW_HOME", str(airflow_home))
+    os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
+    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    os.environ["SPIE_HUB_HOME"] = str(home.root)
+
+
+def run_in_airflow(home: HubHome) -> None:
+    configure_airflow(home)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from airflow.utils import db
+
+    db.initdb() if hasattr(db, "initdb") else db.upgradedb()
+    from airflow.dag_processing.dagbag import DagBag
+
+    from spie_hub.orchestration import dag_id
+    from spie_hub.registry import get_flow
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    if bag.import_errors:
+        raise RuntimeError(f"Erreur d'import des DAG : {bag.import_errors}")
+    dag = bag.get_dag(dag_id(get_flow(FLOW_ID)))
+    run = dag.test()
+    if str(run.state) != "success":
+        raise RuntimeError(f"Le DAG {dag.dag_id} s'est terminé en état {run.state}")
+
+
+def run_demo(households: int = 1000, with_airflow: bool = True) -> int:
+    from consent.fhir_import import import_consents
+    from spie_hub.audit import verify
+    from spie_hub.demo_data import generate
+    from spie_hub.keys import generate_key_file, load_key
+    from spie_hub.pseudonym import Pseudonymiser
+    from spie_hub.registry import get_flow
+    from spie_hub.store import open_store, runs
+
+    home = HubHome.from_env().ensure()
+    key = generate_key_file(home.keys / "pseudonymisation.json", "demo1")
+    print(f"1. Clé de pseudonymisation de démonstration : {key.kid} ({home.keys / 'pseudonymisation.json'})")
+
+    flow = get_flow(FLOW_ID)
+    inbox = home.root / flow.transport.dossier
+    inbox.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d%H%M%S")
+    flux = inbox / f"NRSACGIM_RSABEM_{stamp}.xml"
+    consents = home.root / "demo" / f"consentements_{stamp}.json"
+    consents.parent.mkdir(parents=True, exist_ok=True)
+    stats = generate(flux, consents, households, seed=int(stamp) % 100_000)
+    print(f"2. Population synthétique : {stats.foyers} foyers, {stats.personnes} personnes "
+          f"({stats.anomalies} NIR volontairement erronés) → {flux}")
+
+    engine = open_store(home.database_url)
+    report = import_consents(consents, engine, Pseudonymiser(load_key(home)))
+    print(f"3. Consentements FHIR importés : {report.importes} ({stats.consentements} accords, {stats.refus} refus), "
+          f"erreurs : {len(report.erreurs)}")
+
+    started = time.time()
+    if with_airflow:
+        print("4. Exécution du flux dans Airflow (SQLite embarqué, dag.test()) …")
+        run_in_airflow(home)
+    else:
+        from spie_hub.orchestration import file_ref, run_inbox_file
+
+        print("4. Exécution du flux (sans Airflow) …")
+        run_inbox_file(flow, file_ref(flux.name), home)
+    elapsed = time.time() - started
+
+    from sqlalchemy import select
+
+    with engine.connect() as connection:
+        last = connection.execute(select(runs).where(runs.c.flow == FLOW_ID).order_by(runs.c.started_at.desc()).limit(1)).one()
+    import json
+
+    summary = json.loads(last.summary)
+    print(f"\nRésumé de l'exécution {last.run_id} ({last.status}, {elapsed:.1f} s) :")
+    print(f"  enregistrements lus : {summary['lus']}")
+    print(f"  rejetés             : {summary['rejetes']}")
+    for recipient in flow.destinataires:
+        counts = summary.get(recipient.id, {})
+        print(f"  {recipient.id} : livrés {counts.get('livres', 0)}, retenus {counts.get('retenus', 0)}")
+    print("\nOù sont les sorties :")
+    print(f"  livraisons        : {home.outbox}/<destinataire>/ (CSV + manifeste JSON)")
+    print(f"  rejets émetteur   : {home.outbox / flow.partenaire / 'rejets'}")
+    print(f"  quarantaine       : {home.quarantine}")
+    print(f"  base et audit     : {home.database_url}")
+    result = verify(engine)
+    if result.ok:
+        print(f"\n5. Journal d'audit intègre : {result.entries} entrées chaînées vérifiées.")
+        return 0
+    print(f"\n5. Journal d'audit ALTÉRÉ à l'entrée n° {result.first_bad_seq} : {result.reason}", file=sys.stderr)
+    return 1

@@ -1,0 +1,93 @@
+"""Airflow side of the hub: one DAG per registry entry, each task a thin call into the plain pipeline.
+
+Nothing here touches a database, a key or the network at import (parse) time: Airflow is imported inside
+``build_dag`` and the tasks resolve everything when they run. XComs carry counts and opaque file references,
+never a partner's file name or a person's data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+from spie_hub.config import HubHome
+from spie_hub.registry import Flow
+
+DAG_PREFIX = "spie_"
+
+
+def dag_id(flow: Flow) -> str:
+    return DAG_PREFIX + flow.id.replace("-", "_")
+
+
+def file_ref(name: str) -> str:
+    return hashlib.sha256(name.encode("utf-8")).hexdigest()[:16]
+
+
+def inbox_files(flow: Flow, home: HubHome) -> list[Path]:
+    folder = home.root / flow.transport.dossier
+    return sorted(p for p in folder.glob(flow.transport.motif) if p.is_file() and not p.name.startswith("."))
+
+
+def run_inbox_file(flow: Flow, ref: str, home: HubHome | None = None) -> dict[str, Any]:
+    """Run the flow on the inbox file whose reference is ``ref``, then archive (or drop, if quarantined) it."""
+    from spie_hub.pipeline import run_flow
+
+    home = (home or HubHome.from_env()).ensure()
+    path = next((p for p in inbox_files(flow, home) if file_ref(p.name) == ref), None)
+    if path is None:
+        return {"fichier": ref, "statut": "absent"}
+    summary = run_flow(flow.id, path, home)
+    if summary.statut == "quarantaine":
+        path.unlink()  # a copy is kept in the quarantine folder with its report
+    else:
+        archive = home.root / "archive" / flow.id
+        archive.mkdir(parents=True, exist_ok=True)
+        shutil.move(path, archive / f"{summary.run_id}_{path.name}")
+    return {
+        "fichier": ref, "execution": summary.run_id, "statut": summary.statut, "lus": summary.lus,
+        "rejetes": summary.rejetes,
+        "destinataires": {rid: {"livres": c.livres, "retenus": c.retenus} for rid, c in summary.destinataires.items()},
+    }
+
+
+def build_dag(flow: Flow) -> Any:
+    from airflow.sdk import DAG, task
+
+    with DAG(
+        dag_id=dag_id(flow),
+        description=flow.titre,
+        schedule=flow.planification,
+        start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+        catchup=False,
+        max_active_runs=1,
+        tags=["spie", flow.partenaire, *[r.id for r in flow.destinataires]],
+        doc_md=f"**{flow.titre}**\n\nFinalité : {flow.finalite}\n\nGénéré depuis `flows.yaml` (flux `{flow.id}`).",
+    ) as dag:
+
+        @task
+        def detecter_fichiers() -> list[str]:
+            return [file_ref(p.name) for p in inbox_files(flow, HubHome.from_env().ensure())]
+
+        @task(max_active_tis_per_dag=1, retries=2, retry_delay=dt.timedelta(minutes=5))
+        def executer_flux(ref: str) -> dict[str, Any]:
+            return run_inbox_file(flow, ref)
+
+        @task(trigger_rule="all_done")
+        def verifier_audit(resultats: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+            from spie_hub.audit import verify
+            from spie_hub.errors import HubError
+            from spie_hub.store import open_store
+
+            engine = open_store(HubHome.from_env().database_url)
+            result = verify(engine)
+            engine.dispose()
+            if not result.ok:
+                raise HubError(f"Journal d'audit altéré à l'entrée n° {result.first_bad_seq} : {result.reason}")
+            return {"entrees": result.entries, "executions": len(list(resultats or []))}
+
+        verifier_audit(executer_flux.expand(ref=detecter_fichiers()))
+    return dag
