@@ -87,7 +87,7 @@ def build_dag(flow: Flow) -> Any:
             engine.dispose()
             if not result.ok:
                 raise HubError(f"Journal d'audit altéré à l'entrée n° {result.first_bad_seq} : {result.reason}")
-            return {"entrees": result.entries, "executions": len(list(resultats or []))}
+            return {"entrees": result.entries, "executions": len(resultats) if resultats is not None else 0}
 
         verifier_audit(executer_flux.expand(ref=detecter_fichiers()))
     return dag

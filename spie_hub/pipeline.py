@@ -104,6 +104,25 @@ def _outside_perimeter(record: PersonneSPIE, perimetre: tuple[Condition, ...]) -
     return None
 
 
+def to_record(mapping: CompiledMapping, pseudonymiser: Pseudonymiser, element: Any, parent: Any,
+              provenance: dict[str, Any]) -> tuple[PersonneSPIE, Pivot]:
+    """Map one partner record to the shared schema with its pivot pseudonym; ``RecordError`` if it cannot be."""
+    data = mapping.map(element, parent)
+    nir = (data.get("identite") or {}).get("nir")
+    if nir is not None:
+        pivot = pseudonymiser.pivot_from_nir(nir)
+    elif (parts := mapping.fallback_parts(element, parent)) is not None:
+        pivot = pseudonymiser.pivot_fallback(*parts)
+    else:
+        raise RecordError("ni NIR ni identifiants de repli (organisme, matricule, rôle, naissance, prénom)")
+    data["pseudonyme"] = pivot.pseudonyme
+    data["provenance"] = provenance
+    try:
+        return PersonneSPIE.model_validate(data), pivot
+    except ValidationError as error:
+        raise RecordError(_readable(error)) from None
+
+
 class _ProgressReader:
     """File wrapper reporting bytes read, for progress bars on long files."""
 
@@ -182,23 +201,9 @@ class FlowRun:
 
     # -- stages ----------------------------------------------------------------------------------------------
     def _to_record(self, element: Any, foyer: Any, position: str) -> tuple[PersonneSPIE, Pivot]:
-        data = self.mapping.map(element, foyer)
-        nir = (data.get("identite") or {}).get("nir")
-        if nir is not None:
-            pivot = self.pseudonymiser.pivot_from_nir(nir)
-        elif (parts := self.mapping.fallback_parts(element, foyer)) is not None:
-            pivot = self.pseudonymiser.pivot_fallback(*parts)
-        else:
-            raise RecordError("ni NIR ni identifiants de repli (organisme, matricule, rôle, naissance, prénom)")
-        data["pseudonyme"] = pivot.pseudonyme
-        data["provenance"] = {
-            "partenaire": self.flow.partenaire, "format": self.flow.format,
-            "date_reference": self.reference_date, "position": position,
-        }
-        try:
-            return PersonneSPIE.model_validate(data), pivot
-        except ValidationError as error:
-            raise RecordError(_readable(error)) from None
+        provenance = {"partenaire": self.flow.partenaire, "format": self.flow.format,
+                      "date_reference": self.reference_date, "position": position}
+        return to_record(self.mapping, self.pseudonymiser, element, foyer, provenance)
 
     def _decide_batch(self, batch: list[tuple[PersonneSPIE, Pivot, str]], writers: dict[str, CsvRowWriter]) -> None:
         found = self.consents.lookup(p.pseudonyme for _, p, _ in batch)
