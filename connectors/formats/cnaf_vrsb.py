@@ -72,9 +72,11 @@ def read_foyers(stream: BinaryIO, entete: EnTeteFlux) -> Iterator[etree._Element
     context = etree.iterparse(
         stream,
         events=("end",),
-        tag=("IdentificationFlux", "InfosFoyerRSA", "TransmissionFlux"),
+        tag=("Racine", "IdentificationFlux", "InfosFoyerRSA", "TransmissionFlux"),
         schema=schema(),
-        resolve_entities=False,
+        # resolve_entities=False is deliberately absent: with a schema, lxml 6.1 then stops reporting premature
+        # end of data (a truncated file would pass). Entities cannot be declared anyway: the DOCTYPE is refused
+        # above and no DTD is loaded; a closed root is checked below as a second guard.
         no_network=True,
         load_dtd=False,
         huge_tree=False,
@@ -83,9 +85,13 @@ def read_foyers(stream: BinaryIO, entete: EnTeteFlux) -> Iterator[etree._Element
     )
     last_tag: str | None = None
     last_line: int | None = None
+    root_closed = False
     try:
         for _event, element in context:
             last_tag, last_line = element.tag, element.sourceline
+            if element.tag == "Racine":
+                root_closed = True
+                continue
             if element.tag == "InfosFoyerRSA":
                 entete.foyers_lus += 1
                 yield element
@@ -104,6 +110,8 @@ def read_foyers(stream: BinaryIO, entete: EnTeteFlux) -> Iterator[etree._Element
                     del parent[0]
     except etree.XMLSyntaxError as error:
         raise _located(error, last_tag, last_line) from None
+    if not root_closed:
+        raise FatalInputError("Fichier tronqué : l'élément racine <Racine> n'est jamais fermé", element="Racine")
     if entete.foyers_annonces is not None and entete.foyers_annonces != entete.foyers_lus:
         # Real CNAF files disagree with their own trailer (RSABEM.xml announces 1 foyer and holds 2): every
         # foyer read is processed and accounted for, and the discrepancy is reported, not fatal.

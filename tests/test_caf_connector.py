@@ -1,0 +1,50 @@
+from pathlib import Path
+
+import pytest
+
+from conftest import CAF_FIXTURES
+from connectors.formats.cnaf_vrsb import EnTeteFlux, read_foyers, validate_file
+from spie_hub.errors import FatalInputError
+
+
+@pytest.mark.parametrize("sample", ["RSABEM.xml", "RSABEM-ouvert.xml"])
+def test_the_real_cnaf_samples_validate_against_the_xsd(sample: str) -> None:
+    entete, errors = validate_file(CAF_FIXTURES / sample)
+    assert errors == []
+    assert entete.date_reference == "2022-02-28"
+
+
+def test_the_invalid_sample_is_rejected_with_a_message_naming_the_element() -> None:
+    _, errors = validate_file(CAF_FIXTURES / "RSABEI_invalid.xml")
+    assert len(errors) == 1
+    assert "<InfosFoyerRSA>" in errors[0] and "Missing child element" in errors[0]
+
+
+def test_a_trailer_that_miscounts_the_foyers_is_reported_not_fatal() -> None:
+    entete, errors = validate_file(CAF_FIXTURES / "RSABEM.xml")
+    assert errors == [] and entete.foyers_lus == 2
+    assert "annonce 1" in entete.anomalies[0]
+
+
+def test_a_doctype_with_entities_is_refused_before_parsing(tmp_path: Path) -> None:
+    evil = tmp_path / "xxe.xml"
+    evil.write_text('<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><Racine>&x;</Racine>')
+    with pytest.raises(FatalInputError, match="DOCTYPE"), evil.open("rb") as stream:
+        list(read_foyers(stream, EnTeteFlux()))
+
+
+@pytest.mark.parametrize("content", [b"", b"   \n", b"\x00\xff garbage", b"<Racine><IdentificationFlux>"])
+def test_empty_truncated_or_binary_files_give_a_clear_error(tmp_path: Path, content: bytes) -> None:
+    bad = tmp_path / "bad.xml"
+    bad.write_bytes(content)
+    _, errors = validate_file(bad)
+    assert len(errors) == 1 and "Traceback" not in errors[0]
+
+
+def test_windows_1252_text_is_decoded(tmp_path: Path) -> None:
+    text = (CAF_FIXTURES / "RSABEM-ouvert.xml").read_bytes().replace(b"<NOM>BULLOCK</NOM>", "<NOM>BÉRANGER Œ</NOM>".encode("cp1252"))
+    path = tmp_path / "accents.xml"
+    path.write_bytes(text)
+    with path.open("rb") as stream:
+        foyer = next(read_foyers(stream, EnTeteFlux()))
+        assert foyer.findtext("Personne/Identification/NOM") == "BÉRANGER Œ"
