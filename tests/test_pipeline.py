@@ -1,0 +1,164 @@
+"""End to end on the plain pipeline (no Airflow): accounting, privacy, pseudonyms, idempotency, quarantine."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from lxml import etree
+from sqlalchemy import select
+
+from conftest import CAF_FIXTURES, REPO
+from consent.fhir_import import import_consents
+from spie_hub.config import HubHome
+from spie_hub.demo_data import generate
+from spie_hub.keys import load_key
+from spie_hub.pipeline import run_flow
+from spie_hub.pseudonym import Pseudonymiser
+from spie_hub.store import audit_log, open_store
+
+FLOW = "caf-vers-departement"
+RECIPIENT = "departement-052"
+
+
+def people_of(flux: Path) -> list[dict[str, str]]:
+    """The synthetic population as written in the flux (identities to hunt for in every output)."""
+    people = []
+    for _, foyer in etree.iterparse(str(flux), tag="InfosFoyerRSA"):
+        for person in foyer.iterfind("Personne"):
+            people.append({k: person.findtext(f"Identification/{k}") for k in ("NIR", "NOM", "PRENOM", "DTNAI")})
+        foyer.clear()
+    return people
+
+
+def permitted_nirs(bundle: Path) -> set[str]:
+    entries = [e["resource"] for e in json.loads(bundle.read_text())["entry"]]
+    denied = {r["subject"]["identifier"]["value"] for r in entries if r["decision"] == "deny"}
+    return {r["subject"]["identifier"]["value"] for r in entries if r["decision"] == "permit"} - denied
+
+
+@pytest.fixture
+def demo_run(hub_home: Path, database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    home = HubHome.from_env().ensure()
+    flux, bundle = tmp_path / "flux.xml", tmp_path / "consents.json"
+    stats = generate(flux, bundle, 300, seed=7, anomaly_rate=0.02)
+    engine = open_store(home.database_url)
+    import_consents(bundle, engine, Pseudonymiser(load_key(home)))
+    caplog.set_level(logging.DEBUG)
+    summary = run_flow(FLOW, flux, home)
+    yield home, engine, flux, bundle, stats, summary, caplog
+    engine.dispose()
+
+
+def _rows(path: str) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        return list(csv.DictReader(handle, delimiter=";"))
+
+
+def test_every_input_record_is_delivered_rejected_or_withheld(demo_run) -> None:
+    _, engine, _, _, stats, summary, _ = demo_run
+    counts = summary.destinataires[RECIPIENT]
+    assert summary.lus == stats.personnes
+    assert summary.rejetes == stats.anomalies > 0
+    assert counts.livres + counts.retenus + summary.rejetes == summary.lus and summary.accounted()
+    assert len(_rows(counts.fichier)) == counts.livres
+    with engine.connect() as c:
+        events = [r.event for r in c.execute(select(audit_log.c.event))]
+    assert events.count("decision") == counts.livres + counts.retenus
+    assert events.count("rejet") == summary.rejetes
+
+
+def test_rejected_records_are_reported_to_the_sender_with_a_readable_reason(demo_run) -> None:
+    _, _, _, _, stats, summary, _ = demo_run
+    rows = _rows(summary.rapport_rejets)
+    assert len(rows) == stats.anomalies
+    assert all("mois de naissance 13 impossible" in r["Motif du rejet"] for r in rows)
+
+
+def test_only_people_soumis_a_droits_et_devoirs_of_the_departement_are_delivered(demo_run) -> None:
+    rows = _rows(demo_run[5].destinataires[RECIPIENT].fichier)
+    assert rows and {r["Soumis à droits et devoirs"] for r in rows} == {"oui"}
+    assert {r["Département"] for r in rows} == {"052"}
+
+
+def test_no_identity_of_a_person_without_consent_reaches_the_file_the_logs_or_the_audit(demo_run) -> None:
+    home, engine, flux, bundle, _, summary, caplog = demo_run
+    allowed = permitted_nirs(bundle)
+    pseudonymiser = Pseudonymiser(load_key(home))
+    outbound = Path(summary.destinataires[RECIPIENT].fichier).read_text(encoding="utf-8-sig")
+    with engine.connect() as c:
+        audit = json.dumps([list(r) for r in c.execute(select(audit_log))], ensure_ascii=False)
+    logs = caplog.text
+    by_pseudonym = {}
+    people = people_of(flux)
+    for person in people:
+        if person["NIR"] and person["NIR"][3:5] != "13":
+            pivot = pseudonymiser.pivot_from_nir(person["NIR"])
+            by_pseudonym[pseudonymiser.for_recipient(pivot, RECIPIENT)] = person
+    for person in people:
+        assert person["NIR"] not in audit and person["NIR"] not in logs
+        assert person["DTNAI"] not in audit and person["DTNAI"] not in logs
+        assert f'{person["NOM"]};{person["NOM"]};{person["PRENOM"]}' not in audit
+        if person["NIR"] not in allowed:
+            assert person["NIR"] not in outbound
+    identified = [r for r in _rows(summary.destinataires[RECIPIENT].fichier) if r["NIR"] or r["Nom"] or r["Date de naissance"]]
+    assert identified, "the demo population has consenting people whose identity must be delivered"
+    for row in identified:
+        person = by_pseudonym[row["Pseudonyme"]]
+        assert person["NIR"] in allowed and row["NIR"] == person["NIR"] and row["Date de naissance"] == person["DTNAI"]
+
+
+def test_rerunning_the_same_file_never_duplicates_a_delivery(demo_run) -> None:
+    home, _, flux, _, _, first, _ = demo_run
+    second = run_flow(FLOW, flux, home)
+    assert second.statut == "deja-livre"
+    files = sorted((home.outbox / RECIPIENT).glob("*.csv"))
+    assert [str(f) for f in files] == [first.destinataires[RECIPIENT].fichier]
+
+
+def test_a_manifest_describes_each_delivery(demo_run) -> None:
+    import hashlib
+
+    summary = demo_run[5]
+    csv_path = Path(summary.destinataires[RECIPIENT].fichier)
+    manifest = json.loads(csv_path.with_name(csv_path.stem + ".manifest.json").read_text())
+    assert manifest["sha256"] == hashlib.sha256(csv_path.read_bytes()).hexdigest()
+    assert manifest["enregistrements"] == summary.destinataires[RECIPIENT].livres
+    assert manifest["version_schema"] == "1.0.0" and manifest["fichier"] == csv_path.name
+    assert csv_path.read_bytes().startswith(b"\xef\xbb\xbfPseudonyme;")
+    assert not list(csv_path.parent.glob(".*.part"))
+
+
+def test_the_same_person_gets_different_pseudonyms_in_two_recipients_files(hub_home, database_url, tmp_path, monkeypatch) -> None:
+    registry = (REPO / "flows.yaml").read_text(encoding="utf-8").replace(
+        "      departement-052:\n",
+        "      ft-test:\n        libelle: Test\n        sortie: csv_departement\n"
+        "        transport: {type: dossier-local, dossier: outbox/ft-test}\n        categories_requises: [droits-rsa]\n"
+        "        politique:\n          droits-rsa: {base: legale, article: test}\n      departement-052:\n", 1)
+    (tmp_path / "flows.yaml").write_text(registry, encoding="utf-8")
+    monkeypatch.setenv("SPIE_HUB_FLOWS", str(tmp_path / "flows.yaml"))
+    summary = run_flow(FLOW, CAF_FIXTURES / "RSABEM-ouvert.xml")
+    a = _rows(summary.destinataires["departement-052"].fichier)[0]["Pseudonyme"]
+    b = _rows(summary.destinataires["ft-test"].fichier)[0]["Pseudonyme"]
+    assert a != b and a.split(".")[0] == b.split(".")[0] == "t1"
+
+
+def test_the_invalid_cnaf_sample_is_quarantined_and_the_sender_notified(hub_home, database_url) -> None:
+    summary = run_flow(FLOW, CAF_FIXTURES / "RSABEI_invalid.xml")
+    assert summary.statut == "quarantaine" and "InfosFoyerRSA" in summary.message
+    quarantine = Path(summary.quarantaine)
+    assert (quarantine / "fichier-recu").read_bytes() == (CAF_FIXTURES / "RSABEI_invalid.xml").read_bytes()
+    assert "InfosFoyerRSA" in (quarantine / "rapport.txt").read_text()
+    assert "rejeté en entier" in Path(summary.rapport_rejets).read_text()
+    assert not list((Path(hub_home) / "outbox" / RECIPIENT).glob("*.csv"))
+    assert summary.accounted()
+
+
+def test_the_real_samples_run_end_to_end(hub_home, database_url) -> None:
+    summary = run_flow(FLOW, CAF_FIXTURES / "RSABEM.xml")
+    assert (summary.statut, summary.lus, summary.rejetes) == ("termine", 3, 0)
+    counts = summary.destinataires[RECIPIENT]
+    assert (counts.livres, counts.retenus) == (2, 1)  # the third person is not soumis à droits et devoirs
