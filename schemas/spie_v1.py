@@ -30,7 +30,7 @@ from schemas.codes import (
 
 SCHEMA_VERSION = "1.0.0"
 
-Pseudonyme = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,16}\.[A-Z2-7]{26}$")]
+Pseudonyme = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,16}\.[0-9a-f]{32}$")]
 CodeInsee = Annotated[str, StringConstraints(pattern=r"^(\d{5}|2[AB]\d{3})$")]
 Nir13 = Annotated[str, StringConstraints(pattern=r"^[12378]\d{4}(\d{2}|2[AB])\d{6}$")]
 

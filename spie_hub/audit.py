@@ -12,7 +12,8 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from sqlalchemy import Engine, insert, select, update
 
@@ -39,7 +40,7 @@ def now() -> str:
 @dataclass(frozen=True)
 class AuditEvent:
     event: str
-    payload: dict[str, Any]
+    payload: dict[str, Any] | str  # a str is taken as already canonical JSON
     run_id: str | None = None
     flow: str | None = None
     recipient: str | None = None
@@ -69,7 +70,7 @@ class AuditLog:
                     "flow": item.flow,
                     "recipient": item.recipient,
                     "subject": item.subject,
-                    "payload": canonical(item.payload),
+                    "payload": item.payload if isinstance(item.payload, str) else canonical(item.payload),
                     "prev_hash": prev,
                 }
                 row["hash"] = prev = entry_hash(row)
@@ -78,6 +79,45 @@ class AuditLog:
                 connection.execute(insert(audit_log), rows)
                 connection.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
         return seq, prev
+
+
+class AuditSpool:
+    """Events staged on disk until their run commits them to the chain in one go.
+
+    A file quarantined half-way then leaves no "livre" decision behind, and memory stays flat whatever the number of
+    records. Lines are tab-separated; canonical JSON never holds a raw tab or newline.
+    """
+
+    def __init__(self, path: Path, run_id: str, flow: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.run_id, self.flow = path, run_id, flow
+        self.handle: IO[str] = open(path, "w+", encoding="utf-8")  # noqa: SIM115 - closed by close()
+
+    def add(self, event: str, payload: dict[str, Any] | str, recipient: str | None = None, subject: str | None = None) -> None:
+        text = payload if isinstance(payload, str) else canonical(payload)
+        self.handle.write(f"{event}\t{recipient or ''}\t{subject or ''}\t{text}\n")
+
+    def commit(self, log: "AuditLog", batch: int = 5000) -> None:
+        """Append every staged event to the chain, then empty the spool."""
+        self.handle.seek(0)
+        chunk: list[AuditEvent] = []
+        for line in self.handle:
+            event, recipient, subject, payload = line.rstrip("\n").split("\t", 3)
+            chunk.append(AuditEvent(event, payload, self.run_id, self.flow, recipient or None, subject or None))
+            if len(chunk) >= batch:
+                log.append(chunk)
+                chunk = []
+        log.append(chunk)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every staged event (the run's records were not delivered)."""
+        self.handle.seek(0)
+        self.handle.truncate()
+
+    def close(self) -> None:
+        self.handle.close()
+        self.path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,22 @@ def _household(rng: random.Random, today: dt.date, etat: str) -> list[Personne]:
     return people
 
 
-def _personne_xml(p: Personne, nir_text: str) -> str:
+def _ressources_xml(rng: random.Random) -> str:
+    # Three months of declared resources, as real CNAF files carry for adults (they weigh on parsing cost).
+    months = []
+    for month in ("2026-07-01", "2026-08-01", "2026-09-01"):
+        details = "".join(
+            f"<DetailRessourcesMensuelles><NATRESS>{nat}</NATRESS><MTNATRESSMEN>{rng.randint(0, 250000) / 100:010.2f}"
+            "</MTNATRESSMEN></DetailRessourcesMensuelles>" for nat in ("001", "010", "044")
+        )
+        months.append(f"<RessourcesMensuelles><GeneraliteRessourcesMensuelles><MOISRESS>{month}</MOISRESS>"
+                      f"<NBHEUMENTRA>000</NBHEUMENTRA></GeneraliteRessourcesMensuelles>{details}</RessourcesMensuelles>")
+    return ("<Ressources><GeneraliteRessourcesTrimestre><TOPRESSNUL>0</TOPRESSNUL><DDRESS>2026-07-01</DDRESS>"
+            "<DFRESS>2026-09-30</DFRESS></GeneraliteRessourcesTrimestre>" + "".join(months) + "</Ressources>")
+
+
+def _personne_xml(rng: random.Random, p: Personne, nir_text: str) -> str:
+    adult = p.role != "ENF"
     return (
         "<Personne><Identification>"
         f"<QUAL>{'MR' if p.sexe == '1' else 'MME'}</QUAL><NOM>{escape(p.nom.upper())}</NOM>"
@@ -97,8 +112,13 @@ def _personne_xml(p: Personne, nir_text: str) -> str:
         "<DDRATDOS>2019-05-15</DDRATDOS></DossierCAF>"
         f"<Prestations><NATPREST>PFA</NATPREST><ROLEPERS>{p.role}</ROLEPERS><TOPCHAPERS>0</TOPCHAPERS></Prestations>"
         f"<Prestations><NATPREST>RSA</NATPREST><ROLEPERS>{p.role}</ROLEPERS><TOPCHAPERS>1</TOPCHAPERS></Prestations>"
-        f"<MontantCalculDroitRSAPersonne><TOPPERSDRODEVORSA>{int(p.soumis)}</TOPPERSDRODEVORSA>"
-        "</MontantCalculDroitRSAPersonne></Personne>"
+        + (f"<DossierPoleEmploi><IDASSEDIC>{rng.randint(1000000, 9999999)}X</IDASSEDIC></DossierPoleEmploi>"
+           + _ressources_xml(rng) if adult else "")
+        + f"<MontantCalculDroitRSAPersonne><TOPPERSDRODEVORSA>{int(p.soumis)}</TOPPERSDRODEVORSA>"
+        "</MontantCalculDroitRSAPersonne>"
+        + ("<Activite><REG>GE</REG><ACT>SAL</ACT><DDACT>2025-11-01</DDACT><DFACT>2026-03-19</DFACT></Activite>"
+           "<Activite><REG>GE</REG><ACT>CHO</ACT><DDACT>2026-03-20</DDACT></Activite>" if adult else "")
+        + "</Personne>"
     )
 
 
@@ -118,7 +138,7 @@ def _foyer_xml(rng: random.Random, index: int, people: list[Personne], etat: str
         if rng.random() < anomaly_rate:  # a malformed NIR: the record must be rejected, not the file
             nir_text = p.nir[:3] + "13" + p.nir[5:]
             stats.anomalies += 1
-        personnes.append(_personne_xml(p, nir_text))
+        personnes.append(_personne_xml(rng, p, nir_text))
     return (
         "<InfosFoyerRSA><IdentificationRSA>"
         f"<Organisme><FONORG>{'MSA' if index % 17 == 0 else 'CAF'}</FONORG><NUMORG>521</NUMORG>"

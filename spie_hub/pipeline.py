@@ -24,10 +24,10 @@ from sqlalchemy import Engine, insert, select, update
 
 from connectors.formats import cnaf_vrsb
 from connectors.transports.local import LocalFolder
-from consent.decision import ConsentIndex, RecordDecision, decide
+from consent.decision import ConsentIndex, ConsentVersion, RecordDecision, decide
 from schemas.categories import CATEGORIE_DU_BLOC, CategorieDonnees
 from schemas.spie_v1 import SCHEMA_VERSION, PersonneSPIE
-from spie_hub.audit import AuditEvent, AuditLog, now
+from spie_hub.audit import AuditEvent, AuditLog, AuditSpool, canonical, now
 from spie_hub.config import HubHome
 from spie_hub.errors import ConfigurationError, FatalInputError, RecordError
 from spie_hub.keys import load_key
@@ -84,12 +84,12 @@ def _readable(error: ValidationError) -> str:
     return " ; ".join(f"{'.'.join(str(p) for p in e['loc'])} : {e['msg']}" for e in error.errors(include_input=False))
 
 
-def _present_categories(record: PersonneSPIE) -> list[CategorieDonnees]:
+def _present_categories(record: PersonneSPIE) -> tuple[CategorieDonnees, ...]:
     seen: list[CategorieDonnees] = []
     for block, category in CATEGORIE_DU_BLOC.items():
         if getattr(record, block) and category not in seen:
             seen.append(category)
-    return seen
+    return tuple(seen)
 
 
 def _outside_perimeter(record: PersonneSPIE, perimetre: tuple[Condition, ...]) -> str | None:
@@ -149,50 +149,14 @@ class FlowRun:
         self.consents = ConsentIndex(engine)
         self.today = dt.date.today()
         self.staging = home.staging / self.run_id
-        self.pending: list[AuditEvent] = []
-        self.spool: IO[str] | None = None
+        self.spool = AuditSpool(self.staging / "audit.spool", self.run_id, flow.id)
+        self._decisions: dict[tuple[Any, ...], tuple[RecordDecision, str]] = {}
         self.rejections: list[tuple[str, int | None, str]] = []
         self.summary = RunSummary(self.run_id, flow.id, "en-cours")
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _event(self, event: str, payload: dict[str, Any], recipient: str | None = None, subject: str | None = None) -> None:
-        # Decisions are spooled to disk and enter the audit only once the whole file has been read: a file
-        # quarantined half-way leaves no "livre" decision behind, and memory stays flat.
-        self.pending.append(AuditEvent(event, payload, self.run_id, self.flow.id, recipient, subject))
-        if len(self.pending) >= 5 * BATCH:
-            self._spool_pending()
-
-    def _spool_pending(self) -> None:
-        if self.spool is None:
-            self.staging.mkdir(parents=True, exist_ok=True)
-            self.spool = open(self.staging / "audit.spool.jsonl", "w+", encoding="utf-8")  # noqa: SIM115
-        for item in self.pending:
-            self.spool.write(json.dumps(asdict(item), ensure_ascii=False, default=str) + "\n")
-        self.pending = []
-
-    def _discard_pending(self) -> None:
-        self.pending = []
-        self._close_spool()
-
-    def _close_spool(self) -> None:
-        if self.spool is not None:
-            self.spool.close()
-            self.spool = None
-
-    def _flush_audit(self) -> None:
-        if self.spool is not None:
-            self.spool.seek(0)
-            chunk: list[AuditEvent] = []
-            for line in self.spool:
-                chunk.append(AuditEvent(**json.loads(line)))
-                if len(chunk) >= 5 * BATCH:
-                    self.audit.append(chunk)
-                    chunk = []
-            self.audit.append(chunk)
-            self._close_spool()
-        if self.pending:
-            self.audit.append(self.pending)
-            self.pending = []
+        self.spool.add(event, payload, recipient, subject)
 
     def _reject(self, position: str, line: int | None, reason: str) -> None:
         self.summary.rejetes += 1
@@ -205,26 +169,37 @@ class FlowRun:
                       "date_reference": self.reference_date, "position": position}
         return to_record(self.mapping, self.pseudonymiser, element, foyer, provenance)
 
+    def _decision(self, recipient: Recipient, outside: str | None, present: tuple[CategorieDonnees, ...],
+                  found: list[ConsentVersion]) -> tuple[RecordDecision, str]:
+        # Most records share a handful of situations (same categories, no consent or the same consent versions):
+        # the decision and its canonical audit text are computed once per situation.
+        key = (recipient.id, outside, present, tuple(c.ref for c in found))
+        cached = self._decisions.get(key)
+        if cached is None:
+            decision = RecordDecision(False, {}, outside) if outside else decide(recipient, present, found, self.today)
+            cached = self._decisions[key] = (decision, canonical(decision.as_payload()))
+            if len(self._decisions) > 100_000:  # bounded: per-person consents make keys unique
+                self._decisions.clear()
+        return cached
+
     def _decide_batch(self, batch: list[tuple[PersonneSPIE, Pivot, str]], writers: dict[str, CsvRowWriter]) -> None:
         found = self.consents.lookup(p.pseudonyme for _, p, _ in batch)
         for record, pivot, position in batch:
             outside = _outside_perimeter(record, self.flow.perimetre)
             present = _present_categories(record)
+            consents_found = found.get(pivot.pseudonyme, [])
             for recipient in self.active:
                 pseudonym = self.pseudonymiser.for_recipient(pivot, recipient.id)
                 counts = self.summary.destinataires[recipient.id]
-                if outside:
-                    decision = RecordDecision(False, {}, outside)
-                else:
-                    decision = decide(recipient, present, found.get(pivot.pseudonyme, []), self.today)
-                payload = decision.as_payload() | {"position": position}
+                decision, text = self._decision(recipient, outside, present, consents_found)
                 if decision.livre:
                     writers[recipient.id].write(record, pseudonym, decision.permises)
                     counts.livres += 1
-                    payload["ligne"] = counts.livres + 1  # after the header line
+                    where = f',"ligne":{counts.livres + 1},"position":"{position}"}}'  # line 1 is the header
                 else:
                     counts.retenus += 1
-                self._event("decision", payload, recipient.id, pseudonym)
+                    where = f',"position":"{position}"}}'
+                self.spool.add("decision", text[:-1] + where, recipient.id, pseudonym)
 
     def _stream(self, writers: dict[str, CsvRowWriter], progress: ProgressCallback | None) -> cnaf_vrsb.EnTeteFlux:
         entete = cnaf_vrsb.EnTeteFlux()
@@ -339,8 +314,7 @@ class FlowRun:
         self.summary.rapport_rejets = str(folder.path(name))
 
     def _quarantine(self, error: FatalInputError, input_sha: str) -> RunSummary:
-        self._discard_pending()
-        shutil.rmtree(self.staging, ignore_errors=True)
+        self.spool.reset()
         folder = self.home.quarantine / self.run_id
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.input_path, folder / "fichier-recu")
@@ -373,7 +347,8 @@ class FlowRun:
                   for rid, c in self.summary.destinataires.items()}
         self._event("execution-fin", {"statut": self.summary.statut, "lus": self.summary.lus,
                                       "rejetes": self.summary.rejetes, "destinataires": counts})
-        self._flush_audit()
+        self.spool.commit(self.audit)
+        self.spool.close()
         shutil.rmtree(self.staging, ignore_errors=True)
         with self.engine.begin() as connection:
             connection.execute(update(runs).where(runs.c.run_id == self.run_id).values(

@@ -11,18 +11,16 @@ such so it is never mistaken for a NIR-based pivot (see docs/pseudonymisation.md
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 from dataclasses import dataclass
 
 from spie_hub.keys import PseudonymisationKey
 
-_LENGTH = 26  # base32 characters = 130 bits
+_HEX_CHARS = 32  # 128 bits; hex rather than base32, whose pure-Python encoder cost 3 µs a pseudonym
 
 
 def _encode(kid: str, digest: bytes) -> str:
-    return f"{kid}.{base64.b32encode(digest).decode()[:_LENGTH]}"
+    return f"{kid}.{digest.hex()[:_HEX_CHARS]}"
 
 
 @dataclass(frozen=True)
@@ -44,7 +42,7 @@ class Pseudonymiser:
         return self.key.kid
 
     def _mac(self, key: bytes, message: bytes) -> bytes:
-        return hmac.new(key, message, hashlib.sha256).digest()
+        return hmac.digest(key, message, "sha256")
 
     def pivot_from_nir(self, nir13: str) -> Pivot:
         digest = self._mac(self.key.secret, b"nir|" + nir13.encode("ascii"))

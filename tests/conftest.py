@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import base64
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +19,9 @@ CAF_FIXTURES = FIXTURES / "caf_msa"
 PG_ADMIN_URL = os.environ.get("SPIE_HUB_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 # Airflow must be configured before anything imports it (tests/test_dags.py imports it).
-_AIRFLOW_HOME = Path(os.environ.get("SPIE_HUB_TEST_AIRFLOW_HOME", f"/tmp/spie-hub-tests-airflow-{os.getpid()}"))
-os.environ.setdefault("AIRFLOW_HOME", str(_AIRFLOW_HOME))
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="spie-hub-tests-airflow-")
+atexit.register(shutil.rmtree, _AIRFLOW_HOME, ignore_errors=True)
+os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lxml import etree
+
 from consent.fhir_import import CATEGORY_SYSTEM, INS_NIR, PARTNER_SYSTEM
 
 
@@ -25,3 +27,13 @@ def write_bundle(path: Path, *resources: dict[str, Any]) -> Path:
     path.write_text(json.dumps({"resourceType": "Bundle", "type": "collection",
                                 "entry": [{"resource": r} for r in resources]}), encoding="utf-8")
     return path
+
+
+def people_of(flux: Path) -> list[dict[str, str]]:
+    """The synthetic population as written in the flux (identities to hunt for in every output)."""
+    people = []
+    for _, foyer in etree.iterparse(str(flux), tag="InfosFoyerRSA"):
+        for person in foyer.iterfind("Personne"):
+            people.append({k: person.findtext(f"Identification/{k}") for k in ("NIR", "NOM", "PRENOM", "DTNAI")})
+        foyer.clear()
+    return people

@@ -8,11 +8,11 @@ import logging
 from pathlib import Path
 
 import pytest
-from lxml import etree
 from sqlalchemy import select
 
 from conftest import CAF_FIXTURES, REPO
 from consent.fhir_import import import_consents
+from helpers import people_of
 from spie_hub.config import HubHome
 from spie_hub.demo_data import generate
 from spie_hub.keys import load_key
@@ -22,16 +22,6 @@ from spie_hub.store import audit_log, open_store
 
 FLOW = "caf-vers-departement"
 RECIPIENT = "departement-052"
-
-
-def people_of(flux: Path) -> list[dict[str, str]]:
-    """The synthetic population as written in the flux (identities to hunt for in every output)."""
-    people = []
-    for _, foyer in etree.iterparse(str(flux), tag="InfosFoyerRSA"):
-        for person in foyer.iterfind("Personne"):
-            people.append({k: person.findtext(f"Identification/{k}") for k in ("NIR", "NOM", "PRENOM", "DTNAI")})
-        foyer.clear()
-    return people
 
 
 def permitted_nirs(bundle: Path) -> set[str]:
