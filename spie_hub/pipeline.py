@@ -39,6 +39,8 @@ from spie_hub.store import deliveries, open_store, runs
 
 log = logging.getLogger("spie_hub.pipeline")
 BATCH = 1000
+#: Above this size the XSD validation runs in a child process on the other core while the pipeline streams.
+PARALLEL_VALIDATION_BYTES = 8 * 1024 * 1024
 ProgressCallback = Callable[[int], None]
 
 
@@ -148,9 +150,10 @@ class FlowRun:
         self.mapping: CompiledMapping = load_mapping(flow.mapping)
         self.consents = ConsentIndex(engine)
         self.today = dt.date.today()
+        self.parallel_validation_bytes = PARALLEL_VALIDATION_BYTES
         self.staging = home.staging / self.run_id
         self.spool = AuditSpool(self.staging / "audit.spool", self.run_id, flow.id)
-        self._decisions: dict[tuple[Any, ...], tuple[RecordDecision, str]] = {}
+        self._decisions: dict[tuple[Any, ...], tuple[RecordDecision, str]] = {}  # see _decision
         self.rejections: list[tuple[str, int | None, str]] = []
         self.summary = RunSummary(self.run_id, flow.id, "en-cours")
 
@@ -171,15 +174,16 @@ class FlowRun:
 
     def _decision(self, recipient: Recipient, outside: str | None, present: tuple[CategorieDonnees, ...],
                   found: list[ConsentVersion]) -> tuple[RecordDecision, str]:
-        # Most records share a handful of situations (same categories, no consent or the same consent versions):
-        # the decision and its canonical audit text are computed once per situation.
-        key = (recipient.id, outside, present, tuple(c.ref for c in found))
-        cached = self._decisions.get(key)
+        # Records without any consent share a handful of situations (same categories, in or out of perimeter):
+        # their decision and its canonical audit text are computed once. Records with consents are decided one by
+        # one, so this cache never grows with the file.
+        key = (recipient.id, outside, present)
+        cached = None if found else self._decisions.get(key)
         if cached is None:
             decision = RecordDecision(False, {}, outside) if outside else decide(recipient, present, found, self.today)
-            cached = self._decisions[key] = (decision, canonical(decision.as_payload()))
-            if len(self._decisions) > 100_000:  # bounded: per-person consents make keys unique
-                self._decisions.clear()
+            cached = (decision, canonical(decision.as_payload()))
+            if not found:
+                self._decisions[key] = cached
         return cached
 
     def _decide_batch(self, batch: list[tuple[PersonneSPIE, Pivot, str]], writers: dict[str, CsvRowWriter]) -> None:
@@ -203,9 +207,25 @@ class FlowRun:
 
     def _stream(self, writers: dict[str, CsvRowWriter], progress: ProgressCallback | None) -> cnaf_vrsb.EnTeteFlux:
         entete = cnaf_vrsb.EnTeteFlux()
+        background = None
+        if self.input_path.stat().st_size >= self.parallel_validation_bytes:
+            background = cnaf_vrsb.BackgroundValidation(self.input_path)
+        try:
+            self._stream_records(writers, progress, entete, validate=background is None)
+        except BaseException:
+            if background is not None:
+                background.cancel()
+            raise
+        if background is not None and (errors := background.result()):
+            raise FatalInputError(errors[0])
+        return entete
+
+    def _stream_records(self, writers: dict[str, CsvRowWriter], progress: ProgressCallback | None,
+                        entete: cnaf_vrsb.EnTeteFlux, *, validate: bool) -> None:
         batch: list[tuple[PersonneSPIE, Pivot, str]] = []
         with self.input_path.open("rb") as raw:
-            for foyer in cnaf_vrsb.read_foyers(_ProgressReader(raw, progress), entete):  # type: ignore[arg-type]
+            reader = cnaf_vrsb.read_foyers(_ProgressReader(raw, progress), entete, validate=validate)  # type: ignore[arg-type]
+            for foyer in reader:
                 self.reference_date = entete.date_reference
                 for index, element in enumerate(self.mapping.records(foyer), start=1):
                     self.summary.lus += 1
@@ -221,7 +241,6 @@ class FlowRun:
                         batch = []
         if batch:
             self._decide_batch(batch, writers)
-        return entete
 
     # -- run -----------------------------------------------------------------------------------------------
     def _already_delivered(self, input_sha: str) -> set[str]:

@@ -152,3 +152,15 @@ def test_the_real_samples_run_end_to_end(hub_home, database_url) -> None:
     assert (summary.statut, summary.lus, summary.rejetes) == ("termine", 3, 0)
     counts = summary.destinataires[RECIPIENT]
     assert (counts.livres, counts.retenus) == (2, 1)  # the third person is not soumis à droits et devoirs
+
+
+@pytest.mark.parametrize("sample", ["RSABEM.xml", "RSABEI_invalid.xml"])
+def test_background_validation_gives_the_same_outcome_as_inline_validation(hub_home, database_url, sample, monkeypatch) -> None:
+    from spie_hub import pipeline
+
+    inline = run_flow(FLOW, CAF_FIXTURES / sample)
+    monkeypatch.setattr(pipeline, "PARALLEL_VALIDATION_BYTES", 0)  # every file validated in the child process
+    monkeypatch.setenv("SPIE_HUB_HOME", str(Path(hub_home).parent / "hub2"))
+    background = run_flow(FLOW, CAF_FIXTURES / sample)
+    assert (background.statut, background.lus, background.rejetes) == (inline.statut, inline.lus, inline.rejetes)
+    assert background.message == inline.message
