@@ -155,12 +155,15 @@ def test_the_real_samples_run_end_to_end(hub_home, database_url) -> None:
 
 
 @pytest.mark.parametrize("sample", ["RSABEM.xml", "RSABEI_invalid.xml"])
-def test_background_validation_gives_the_same_outcome_as_inline_validation(hub_home, database_url, sample, monkeypatch) -> None:
+def test_background_validation_gives_the_same_outcome_as_inline_validation(
+    hub_home, database_url, sample, monkeypatch, tmp_path
+) -> None:
     from spie_hub import pipeline
 
     inline = run_flow(FLOW, CAF_FIXTURES / sample)
     monkeypatch.setattr(pipeline, "PARALLEL_VALIDATION_BYTES", 0)  # every file validated in the child process
-    monkeypatch.setenv("SPIE_HUB_HOME", str(Path(hub_home).parent / "hub2"))
-    background = run_flow(FLOW, CAF_FIXTURES / sample)
+    copy = tmp_path / sample
+    copy.write_bytes((CAF_FIXTURES / sample).read_bytes() + b"\n")  # other bytes, so not "already delivered"
+    background = run_flow(FLOW, copy)
     assert (background.statut, background.lus, background.rejetes) == (inline.statut, inline.lus, inline.rejetes)
     assert background.message == inline.message
