@@ -23,6 +23,7 @@ from spie_hub.errors import FatalInputError
 XSD_PATH = Path(__file__).resolve().parent.parent / "xsd" / "vrsb0801.xsd"
 FORMAT_ID = "cnaf-vrsb0801"
 _PROLOGUE_BYTES = 4096
+_SNIFF_BYTES = 1 << 20
 
 
 @lru_cache(maxsize=1)
@@ -44,13 +45,28 @@ class EnTeteFlux:
     anomalies: list[str] = field(default_factory=list)
 
 
-def _check_prologue(stream: BinaryIO) -> None:
-    head = stream.read(_PROLOGUE_BYTES)
+def _check_prologue(stream: BinaryIO) -> str | None:
+    """Refuse empty files and DTDs; return the encoding to force when the file declares none.
+
+    CNAF files are specified in ISO-8859-1 and sent as windows-1252; a file without an XML declaration whose first
+    megabyte is not valid UTF-8 is read as windows-1252 rather than rejected.
+    """
+    head = stream.read(_SNIFF_BYTES)
     stream.seek(0)
     if not head.strip():
         raise FatalInputError("Fichier vide : aucun contenu XML")
-    if b"<!DOCTYPE" in head or b"<!ENTITY" in head:
+    prologue = head[:_PROLOGUE_BYTES]
+    if b"<!DOCTYPE" in prologue or b"<!ENTITY" in prologue:
         raise FatalInputError("Déclaration DOCTYPE/ENTITY interdite dans un flux CNAF")
+    first_line = prologue.split(b"?>", 1)[0] if prologue.lstrip().startswith(b"<?xml") else b""
+    if b"encoding" in first_line or head.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+        return None
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.start < len(head) - 4:  # not merely a multi-byte character cut by the sniffing window
+            return "windows-1252"
+    return None
 
 
 def _located(error: etree.XMLSyntaxError, last_element: str | None, last_line: int | None) -> FatalInputError:
@@ -72,9 +88,10 @@ def read_foyers(stream: BinaryIO, entete: EnTeteFlux, *, validate: bool = True) 
     Raises ``FatalInputError`` (with the element and line) on the first XSD or well-formedness error. With
     ``validate=False`` only well-formedness is checked: the caller validates elsewhere (``BackgroundValidation``).
     """
-    _check_prologue(stream)
+    forced_encoding = _check_prologue(stream)
     context = etree.iterparse(
         stream,
+        encoding=forced_encoding,
         events=("end",),
         tag=("Racine", "IdentificationFlux", "InfosFoyerRSA", "TransmissionFlux"),
         schema=schema() if validate else None,
