@@ -50,18 +50,11 @@ def test_windows_1252_text_is_decoded(tmp_path: Path) -> None:
         assert foyer.findtext("Personne/Identification/NOM") == "BÉRANGER Œ"
 
 
-def test_a_latin1_file_without_xml_declaration_is_read_as_windows_1252(tmp_path: Path) -> None:
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-8"])
+def test_a_file_without_xml_declaration_is_read_in_its_own_encoding(tmp_path: Path, encoding: str) -> None:
+    # CNAF files without a declaration are Latin-1 in practice; a valid UTF-8 file stays UTF-8.
     text = (CAF_FIXTURES / "RSABEM-ouvert.xml").read_bytes().split(b"?>", 1)[1]
     path = tmp_path / "sans-declaration.xml"
-    path.write_bytes(text.replace(b"<NOM>BULLOCK</NOM>", "<NOM>LEFÈVRE</NOM>".encode("latin-1")))
-    with path.open("rb") as stream:
-        foyer = next(read_foyers(stream, EnTeteFlux()))
-        assert foyer.findtext("Personne/Identification/NOM") == "LEFÈVRE"
-
-
-def test_a_utf8_file_without_xml_declaration_stays_utf8(tmp_path: Path) -> None:
-    text = (CAF_FIXTURES / "RSABEM-ouvert.xml").read_bytes().split(b"?>", 1)[1]
-    path = tmp_path / "utf8.xml"
-    path.write_bytes(text.replace(b"<NOM>BULLOCK</NOM>", "<NOM>LEFÈVRE</NOM>".encode("utf-8")))
+    path.write_bytes(text.replace(b"<NOM>BULLOCK</NOM>", "<NOM>LEFÈVRE</NOM>".encode(encoding)))
     with path.open("rb") as stream:
         assert next(read_foyers(stream, EnTeteFlux())).findtext("Personne/Identification/NOM") == "LEFÈVRE"
