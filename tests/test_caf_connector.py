@@ -58,3 +58,19 @@ def test_a_file_without_xml_declaration_is_read_in_its_own_encoding(tmp_path: Pa
     path.write_bytes(text.replace(b"<NOM>BULLOCK</NOM>", "<NOM>LEFÈVRE</NOM>".encode(encoding)))
     with path.open("rb") as stream:
         assert next(read_foyers(stream, EnTeteFlux())).findtext("Personne/Identification/NOM") == "LEFÈVRE"
+
+
+@pytest.mark.parametrize("padding", [0, 10_000])
+def test_a_doctype_hidden_behind_a_long_comment_is_still_refused(tmp_path: Path, padding: int) -> None:
+    evil = tmp_path / "xxe.xml"
+    evil.write_text(f'<?xml version="1.0"?><!-- {"x" * padding} --><!DOCTYPE Racine [<!ENTITY a "aaaa">]>'
+                    "<Racine>&a;</Racine>")
+    with pytest.raises(FatalInputError, match="DOCTYPE"), evil.open("rb") as stream:
+        list(read_foyers(stream, EnTeteFlux()))
+
+
+def test_an_undeclared_entity_reference_is_an_error_not_an_expansion(tmp_path: Path) -> None:
+    bad = tmp_path / "entity.xml"
+    bad.write_bytes((CAF_FIXTURES / "RSABEM-ouvert.xml").read_bytes().replace(b"<NOM>BULLOCK", b"<NOM>&secret;"))
+    _, errors = validate_file(bad)
+    assert len(errors) == 1 and "secret" in errors[0]

@@ -8,6 +8,7 @@ parser resolves no entity, loads no DTD and fetches nothing; a DOCTYPE is refuse
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ XSD_PATH = Path(__file__).resolve().parent.parent / "xsd" / "vrsb0801.xsd"
 FORMAT_ID = "cnaf-vrsb0801"
 _PROLOGUE_BYTES = 4096
 _SNIFF_BYTES = 1 << 20
+_MISC = re.compile(rb"(?:\s+|<\?.*?\?>|<!--.*?-->)*", re.DOTALL)
 
 
 @lru_cache(maxsize=1)
@@ -55,9 +57,15 @@ def _check_prologue(stream: BinaryIO) -> str | None:
     stream.seek(0)
     if not head.strip():
         raise FatalInputError("Fichier vide : aucun contenu XML")
-    prologue = head[:_PROLOGUE_BYTES]
-    if b"<!DOCTYPE" in prologue or b"<!ENTITY" in prologue:
+    # A DTD can only stand before the root element: skip the declaration, comments and PIs and look at what comes
+    # next. Refusing every DTD here is what keeps entity expansion (XXE, billion laughs) out of the parser.
+    skipped = _MISC.match(head.lstrip(b"\xef\xbb\xbf"))
+    after = head.lstrip(b"\xef\xbb\xbf")[skipped.end() if skipped else 0:]
+    if after.startswith(b"<!"):
         raise FatalInputError("Déclaration DOCTYPE/ENTITY interdite dans un flux CNAF")
+    if not after[:1] == b"<":
+        raise FatalInputError("Prologue XML invalide : l'élément racine est introuvable au début du fichier")
+    prologue = head[:_PROLOGUE_BYTES]
     first_line = prologue.split(b"?>", 1)[0] if prologue.lstrip().startswith(b"<?xml") else b""
     if b"encoding" in first_line or head.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
         return None
@@ -69,16 +77,19 @@ def _check_prologue(stream: BinaryIO) -> str | None:
     return None
 
 
-def _located(error: etree.XMLSyntaxError, last_element: str | None, last_line: int | None) -> FatalInputError:
-    # libxml2 reports schema errors with line 0 while streaming: complete them with the last element seen.
-    log = error.error_log.last_error if error.error_log else None
-    message = (log.message if log is not None else str(error)).strip()
-    line = (log.line if log is not None and log.line else None) or last_line
-    element = None
-    if "Element '" in message:
-        element = message.split("Element '", 1)[1].split("'", 1)[0]
-    element = element or last_element
-    where = f" (élément <{element}>, vers la ligne {line})" if element else ""
+_WRAPPED = re.compile(r"^line (\d+): b(['\"])(.*)\2$", re.DOTALL)
+
+
+def _located(error: etree.XMLSyntaxError, last_element: str | None, foyer: int) -> FatalInputError:
+    # The exception's own message, not error_log (lxml's log can still hold an earlier parse's errors). Under
+    # schema validation libxml2 wraps it as "line N: b'…'" and reports schema errors with line 0: unwrap, and
+    # complete with the number of the foyer being read.
+    message, line = str(error.msg or error).strip(), error.lineno or None
+    if wrapped := _WRAPPED.match(message):
+        line, message = int(wrapped.group(1)), wrapped.group(3)
+    element = message.split("Element '", 1)[1].split("'", 1)[0] if "Element '" in message else last_element
+    place = f"ligne {line}" if line else f"foyer n° {foyer}"
+    where = f" (élément <{element}>, {place})" if element else f" ({place})"
     return FatalInputError(f"Fichier non conforme au schéma vrsb0801.xsd{where} : {message}", element=element, line=line)
 
 
@@ -105,11 +116,10 @@ def read_foyers(stream: BinaryIO, entete: EnTeteFlux, *, validate: bool = True) 
         remove_pis=True,
     )
     last_tag: str | None = None
-    last_line: int | None = None
     root_closed = False
     try:
         for _event, element in context:
-            last_tag, last_line = element.tag, element.sourceline
+            last_tag = element.tag
             if element.tag == "Racine":
                 root_closed = True
                 continue
@@ -130,7 +140,9 @@ def read_foyers(stream: BinaryIO, entete: EnTeteFlux, *, validate: bool = True) 
                 while element.getprevious() is not None:
                     del parent[0]
     except etree.XMLSyntaxError as error:
-        raise _located(error, last_tag, last_line) from None
+        # libxml2 reports an element's own content error after lxml has handed that element out.
+        named = error.msg and f"Element '{last_tag}'" in str(error.msg)
+        raise _located(error, last_tag, entete.foyers_lus if named else entete.foyers_lus + 1) from None
     if not root_closed:
         raise FatalInputError("Fichier tronqué : l'élément racine <Racine> n'est jamais fermé", element="Racine")
     if entete.foyers_annonces is not None and entete.foyers_annonces != entete.foyers_lus:
