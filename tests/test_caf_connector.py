@@ -74,3 +74,15 @@ def test_an_undeclared_entity_reference_is_an_error_not_an_expansion(tmp_path: P
     bad.write_bytes((CAF_FIXTURES / "RSABEM-ouvert.xml").read_bytes().replace(b"<NOM>BULLOCK", b"<NOM>&secret;"))
     _, errors = validate_file(bad)
     assert len(errors) == 1 and "secret" in errors[0]
+
+
+def test_a_schema_error_is_located_by_foyer_and_line(tmp_path: Path) -> None:
+    from spie_hub.demo_data import generate
+
+    flux = tmp_path / "flux.xml"
+    generate(flux, None, 5, seed=1)
+    lines = flux.read_text(encoding="cp1252").split("\n")
+    lines[3] = lines[3].replace("<LIEUDIST/>", "<LIEUDISTX/>")  # line 4 holds the third foyer
+    flux.write_text("\n".join(lines), encoding="cp1252")
+    _, errors = validate_file(flux)
+    assert "élément <LIEUDISTX>, foyer n° 3, ligne 4" in errors[0]

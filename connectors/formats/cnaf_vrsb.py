@@ -7,6 +7,7 @@ parser resolves no entity, loads no DTD and fetches nothing; a DOCTYPE is refuse
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import subprocess
@@ -80,17 +81,52 @@ def _check_prologue(stream: BinaryIO) -> str | None:
 _WRAPPED = re.compile(r"^line (\d+): b(['\"])(.*)\2$", re.DOTALL)
 
 
-def _located(error: etree.XMLSyntaxError, last_element: str | None, foyer: int) -> FatalInputError:
-    # The exception's own message, not error_log (lxml's log can still hold an earlier parse's errors). Under
-    # schema validation libxml2 wraps it as "line N: b'…'" and reports schema errors with line 0: unwrap, and
-    # complete with the number of the foyer being read.
+def _located(error: etree.XMLSyntaxError, stream: BinaryIO, encoding: str | None) -> FatalInputError:
+    # The exception's own message, not error_log (lxml's log can still hold an earlier parse's errors). libxml2
+    # wraps well-formedness errors as "line N: b'…'"; schema errors come with no line, and lxml may have handed out
+    # later foyers before raising: a second pass then finds the first invalid foyer and its line.
     message, line = str(error.msg or error).strip(), error.lineno or None
     if wrapped := _WRAPPED.match(message):
         line, message = int(wrapped.group(1)), wrapped.group(3)
-    element = message.split("Element '", 1)[1].split("'", 1)[0] if "Element '" in message else last_element
-    place = f"ligne {line}" if line else f"foyer n° {foyer}"
-    where = f" (élément <{element}>, {place})" if element else f" ({place})"
-    return FatalInputError(f"Fichier non conforme au schéma vrsb0801.xsd{where} : {message}", element=element, line=line)
+    foyer = None
+    if not line:
+        found = _first_invalid_foyer(stream, encoding)
+        if found is not None:
+            foyer, line, message = found
+    element = message.split("Element '", 1)[1].split("'", 1)[0] if "Element '" in message else None
+    place = ", ".join(filter(None, [f"élément <{element}>" if element else None,
+                                    f"foyer n° {foyer}" if foyer else None, f"ligne {line}" if line else None]))
+    return FatalInputError(f"Fichier non conforme au schéma vrsb0801.xsd{f' ({place})' if place else ''} : {message}",
+                           element=element, line=line)
+
+
+_TRAILER = (b"<TransmissionFlux><NBTOTDOSRSATRANSM>00000001</NBTOTDOSRSATRANSM>"
+            b"<NBTOTDOSRSATRANSMANO>00000000</NBTOTDOSRSATRANSMANO></TransmissionFlux>")
+
+
+def _first_invalid_foyer(stream: BinaryIO, encoding: str | None) -> tuple[int, int, str] | None:
+    """Validate foyer by foyer (each wrapped in a minimal document) to locate a schema error; only after a failure."""
+    stream.seek(0)
+    xsd, trailer, header, index = schema(), etree.fromstring(_TRAILER), None, 0
+    try:
+        for _event, element in etree.iterparse(stream, events=("end",), tag=("IdentificationFlux", "InfosFoyerRSA"),
+                                               encoding=encoding, no_network=True, load_dtd=False, huge_tree=False):
+            if element.tag == "IdentificationFlux":
+                header = copy.deepcopy(element)
+                continue
+            index += 1
+            document = etree.Element("Racine")
+            document.extend([copy.deepcopy(header) if header is not None else etree.Element("IdentificationFlux"),
+                             copy.deepcopy(element), copy.deepcopy(trailer)])
+            if not xsd.validate(document):
+                last = xsd.error_log.last_error
+                return index, last.line, last.message
+            element.clear()
+            while element.getprevious() is not None:
+                del element.getparent()[0]
+    except etree.XMLSyntaxError:
+        return None
+    return None
 
 
 def read_foyers(stream: BinaryIO, entete: EnTeteFlux, *, validate: bool = True) -> Iterator[etree._Element]:
@@ -115,11 +151,9 @@ def read_foyers(stream: BinaryIO, entete: EnTeteFlux, *, validate: bool = True) 
         remove_comments=True,
         remove_pis=True,
     )
-    last_tag: str | None = None
     root_closed = False
     try:
         for _event, element in context:
-            last_tag = element.tag
             if element.tag == "Racine":
                 root_closed = True
                 continue
@@ -140,9 +174,7 @@ def read_foyers(stream: BinaryIO, entete: EnTeteFlux, *, validate: bool = True) 
                 while element.getprevious() is not None:
                     del parent[0]
     except etree.XMLSyntaxError as error:
-        # libxml2 reports an element's own content error after lxml has handed that element out.
-        named = error.msg and f"Element '{last_tag}'" in str(error.msg)
-        raise _located(error, last_tag, entete.foyers_lus if named else entete.foyers_lus + 1) from None
+        raise _located(error, stream, forced_encoding) from None
     if not root_closed:
         raise FatalInputError("Fichier tronqué : l'élément racine <Racine> n'est jamais fermé", element="Racine")
     if entete.foyers_annonces is not None and entete.foyers_annonces != entete.foyers_lus:
