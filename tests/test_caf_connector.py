@@ -82,7 +82,7 @@ def test_a_schema_error_is_located_by_foyer_and_line(tmp_path: Path) -> None:
     flux = tmp_path / "flux.xml"
     generate(flux, None, 5, seed=1)
     lines = flux.read_text(encoding="cp1252").split("\n")
-    lines[3] = lines[3].replace("<LIEUDIST/>", "<LIEUDISTX/>")  # line 4 holds the third foyer
+    lines[5] = lines[5].replace("<LIEUDIST/>", "<LIEUDISTX/>")  # line 6 holds the third foyer
     flux.write_text("\n".join(lines), encoding="cp1252")
     _, errors = validate_file(flux)
-    assert "élément <LIEUDISTX>, foyer n° 3, ligne 4" in errors[0]
+    assert "élément <LIEUDISTX>, foyer n° 3, ligne 6" in errors[0]
