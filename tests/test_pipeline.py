@@ -167,3 +167,18 @@ def test_background_validation_gives_the_same_outcome_as_inline_validation(
     background = run_flow(FLOW, copy)
     assert (background.statut, background.lus, background.rejetes) == (inline.statut, inline.lus, inline.rejetes)
     assert background.message == inline.message
+
+
+def test_a_schema_error_quoting_a_birth_date_leaks_it_nowhere(hub_home, database_url, tmp_path, caplog) -> None:
+    bad = tmp_path / "date.xml"
+    bad.write_bytes((CAF_FIXTURES / "RSABEM-ouvert.xml").read_bytes().replace(b"<DTNAI>1973-07-21", b"<DTNAI>1973-13-21"))
+    caplog.set_level(logging.DEBUG)
+    summary = run_flow(FLOW, bad)
+    assert summary.statut == "quarantaine" and "<DTNAI>" in summary.message
+    engine = open_store(HubHome.from_env().database_url)
+    with engine.connect() as c:
+        audit = json.dumps([list(r) for r in c.execute(select(audit_log))], ensure_ascii=False)
+    engine.dispose()
+    notice = Path(summary.rapport_rejets).read_text(encoding="utf-8")
+    for text in (summary.message, audit, notice, caplog.text, (Path(summary.quarantaine) / "rapport.txt").read_text()):
+        assert "1973-13-21" not in text

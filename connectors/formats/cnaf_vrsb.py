@@ -93,11 +93,33 @@ def _located(error: etree.XMLSyntaxError, stream: BinaryIO, encoding: str | None
         found = _first_invalid_foyer(stream, encoding)
         if found is not None:
             foyer, line, message = found
+    message = mask_values(message)
     element = message.split("Element '", 1)[1].split("'", 1)[0] if "Element '" in message else None
     place = ", ".join(filter(None, [f"élément <{element}>" if element else None,
                                     f"foyer n° {foyer}" if foyer else None, f"ligne {line}" if line else None]))
     return FatalInputError(f"Fichier non conforme au schéma vrsb0801.xsd{f' ({place})' if place else ''} : {message}",
                            element=element, line=line)
+
+
+_KEEP = re.compile(r"^(xs:\w+|\d{1,3})$")
+
+
+def mask_values(message: str) -> str:
+    """Mask the data values libxml2 quotes in its messages (a birth date, a NIR): names, types and lengths stay.
+
+    These messages reach the audit, the logs and rejection notices, which must never carry a person's data.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        text = match.group(0)
+        start = match.start()
+        before = message[max(0, start - 10):start]
+        if before.endswith(("Element ", "facet ", "attribute ", "pattern ")) or _KEEP.match(text[1:-1]):
+            return text
+        return "'[valeur masquée]'"
+
+    masked = re.sub(r"'[^']*'", replace, message)
+    return re.sub(r"Bytes: (0x[0-9A-Fa-f]{2} ?)+", "Bytes: [masqués]", masked)
 
 
 _TRAILER = (b"<TransmissionFlux><NBTOTDOSRSATRANSM>00000001</NBTOTDOSRSATRANSM>"
