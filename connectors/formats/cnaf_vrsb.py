@@ -114,7 +114,7 @@ def mask_values(message: str) -> str:
         text = match.group(0)
         start = match.start()
         before = message[max(0, start - 10):start]
-        if before.endswith(("Element ", "facet ", "attribute ", "pattern ")) or _KEEP.match(text[1:-1]):
+        if before.endswith(("Element ", "Entity ", "facet ", "attribute ", "pattern ")) or _KEEP.match(text[1:-1]):
             return text
         return "'[valeur masquée]'"
 
