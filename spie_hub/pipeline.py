@@ -15,6 +15,7 @@ import logging
 import shutil
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -278,48 +279,53 @@ class FlowRun:
             self.summary.message = "Ce fichier a déjà été livré à tous les destinataires : aucune nouvelle livraison."
             return self._finish()
         self.staging.mkdir(parents=True, exist_ok=True)
-        outputs = {r.id: load_output(r.sortie) for r in self.active}
-        handles = {r.id: open(self.staging / f"{r.id}.csv", "w", encoding="utf-8-sig", newline="") for r in self.active}
         try:
-            writers = {rid: outputs[rid].open_writer(h) for rid, h in handles.items()}
-            entete = self._stream(writers, progress)
+            with ExitStack() as stack:
+                writers = {
+                    r.id: load_output(r.sortie).open_writer(stack.enter_context(
+                        open(self.staging / f"{r.id}.csv", "w", encoding="utf-8-sig", newline="")))
+                    for r in self.active
+                }
+                entete = self._stream(writers, progress)
         except FatalInputError as error:
-            for handle in handles.values():
-                handle.close()
             return self._quarantine(error, input_sha)
-        finally:
-            for handle in handles.values():
-                handle.close()
         self.summary.anomalies = entete.anomalies
-        for recipient in self.active:
-            self._deliver(recipient, input_sha)
+        staged = [self._prepare(recipient, input_sha) for recipient in self.active]
+        # Write-ahead: the decisions and deliveries enter the audit before any file becomes visible, so nothing
+        # can leave without its trail (a crash in between leaves an audited delivery that a rerun completes).
+        self.spool.commit(self.audit)
+        for recipient, name, manifest in staged:
+            self._publish(recipient, name, manifest, input_sha)
         self._write_rejections(input_sha)
         self.summary.statut = "termine"
         return self._finish()
 
-    def _deliver(self, recipient: Recipient, input_sha: str) -> None:
+    def _prepare(self, recipient: Recipient, input_sha: str) -> tuple[Recipient, str, dict[str, Any]]:
         staged = self.staging / f"{recipient.id}.csv"
         name = self._output_name(recipient, input_sha)
-        file_sha = sha256_file(staged)
         counts = self.summary.destinataires[recipient.id]
-        folder = LocalFolder(self.home.root / recipient.transport.dossier)
-        published = folder.publish(staged, name)
         manifest = {
-            "fichier": name, "sha256": file_sha, "octets": published.stat().st_size,
+            "fichier": name, "sha256": sha256_file(staged), "octets": staged.stat().st_size,
             "enregistrements": counts.livres, "version_schema": SCHEMA_VERSION, "flux": self.flow.id,
             "destinataire": recipient.id, "execution": self.run_id, "genere_le": now(),
             "format": recipient.sortie, "encodage": "UTF-8 avec BOM", "separateur": ";",
         }
+        self._event("livraison", {"fichier": name, "sha256": manifest["sha256"], "enregistrements": counts.livres,
+                                  "retenus": counts.retenus, "version_schema": SCHEMA_VERSION}, recipient.id)
+        return recipient, name, manifest
+
+    def _publish(self, recipient: Recipient, name: str, manifest: dict[str, Any], input_sha: str) -> None:
+        folder = LocalFolder(self.home.root / recipient.transport.dossier)
+        published = folder.publish(self.staging / f"{recipient.id}.csv", name)
         with folder.store_file(name.removesuffix(".csv") + ".manifest.json", encoding="utf-8") as handle:
             json.dump(manifest, handle, ensure_ascii=False, indent=2)
         with self.engine.begin() as connection:
             connection.execute(insert(deliveries).values(
                 flow=self.flow.id, recipient=recipient.id, input_sha256=input_sha, run_id=self.run_id,
-                file_name=name, file_sha256=file_sha, records=counts.livres, delivered_at=now(),
+                file_name=name, file_sha256=manifest["sha256"], records=manifest["enregistrements"],
+                delivered_at=now(),
             ))
-        counts.fichier = str(published)
-        self._event("livraison", {"fichier": name, "sha256": file_sha, "enregistrements": counts.livres,
-                                  "retenus": counts.retenus, "version_schema": SCHEMA_VERSION}, recipient.id)
+        self.summary.destinataires[recipient.id].fichier = str(published)
 
     def _write_rejections(self, input_sha: str) -> None:
         if not self.rejections:
