@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fhir.resources.bundle import Bundle
 from fhir.resources.consent import Consent
 from pydantic import ValidationError
 from sqlalchemy import Engine, func, insert, select

@@ -30,7 +30,7 @@ class LabelledEnum(str, Enum):
 
     libelle: str
 
-    def __new__(cls, code: str, libelle: str) -> "LabelledEnum":
+    def __new__(cls, code: str, libelle: str) -> LabelledEnum:
         member = str.__new__(cls, code)
         member._value_ = code
         member.libelle = libelle
@@ -100,7 +100,7 @@ class TypeOrientation(LabelledEnum):
         return {"pro": "PED", "socio-pro": "PSO", "social": "PSP"}[self.value]
 
     @classmethod
-    def from_france_travail(cls, code: str) -> "TypeOrientation":
+    def from_france_travail(cls, code: str) -> TypeOrientation:
         return {"PED": cls.PRO, "PSO": cls.SOCIO_PRO, "PSP": cls.SOCIAL}[code]
 
 

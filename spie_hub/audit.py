@@ -97,7 +97,7 @@ class AuditSpool:
         text = payload if isinstance(payload, str) else canonical(payload)
         self.handle.write(f"{event}\t{recipient or ''}\t{subject or ''}\t{text}\n")
 
-    def commit(self, log: "AuditLog", batch: int = 5000) -> None:
+    def commit(self, log: AuditLog, batch: int = 5000) -> None:
         """Append every staged event to the chain, then empty the spool."""
         self.handle.seek(0)
         chunk: list[AuditEvent] = []

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,7 +49,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for error in errors:
             print(f"  - {error}")
         return 1
-    print(f"VALIDE : {path.name} ({entete.foyers_lus} foyer(s), format {VALIDATORS[args.format]}, date de référence {entete.date_reference})")
+    print(f"VALIDE : {path.name} ({entete.foyers_lus} foyer(s), format {VALIDATORS[args.format]}, "
+          f"date de référence {entete.date_reference})")
     for anomaly in entete.anomalies:
         print(f"  ! {anomaly}")
     return 0
@@ -135,6 +134,38 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_flows(_args: argparse.Namespace) -> int:
+    from spie_hub.registry import load_flows
+
+    for flow in load_flows().values():
+        print(f"{flow.id} — {flow.titre}")
+        print(f"  source : {flow.partenaire} ({flow.format}, mapping {flow.mapping}), dépôt {flow.transport.dossier}")
+        for recipient in flow.destinataires:
+            bases = ", ".join(f"{c.value} ({'base légale : ' + b.article if b.kind == 'legale' else 'consentement'})"
+                              for c, b in recipient.politique.items())
+            print(f"  → {recipient.id} ({recipient.libelle}) : {bases}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from spie_hub.store import open_store, runs
+
+    engine = open_store(HubHome.from_env().database_url)
+    with engine.connect() as connection:
+        rows = connection.execute(select(runs).order_by(runs.c.started_at.desc()).limit(args.nombre)).all()
+    if not rows:
+        print("Aucune exécution enregistrée.")
+    for row in rows:
+        summary = json.loads(row.summary or "{}")
+        recipients = ", ".join(f"{rid} livrés {c['livres']} retenus {c['retenus']}"
+                               for rid, c in summary.items() if isinstance(c, dict))
+        print(f"{row.started_at[:19]}  {row.run_id}  {row.flow}  {row.status:<12} lus {summary.get('lus', 0)}, "
+              f"rejetés {summary.get('rejetes', 0)}{'; ' + recipients if recipients else ''}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from spie_hub.demo import run_demo
 
@@ -171,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     init = keys_sub.add_parser("init", help="créer une clé locale (démo, poste de développement)")
     init.add_argument("--kid", default="k1")
     init.set_defaults(func=cmd_keys_init)
+
+    sub.add_parser("flux", help="lister les flux déclarés dans le registre").set_defaults(func=cmd_flows)
+    executions = sub.add_parser("executions", help="dernières exécutions des flux")
+    executions.add_argument("-n", "--nombre", type=int, default=20)
+    executions.set_defaults(func=cmd_runs)
 
     demo = sub.add_parser("demo", help="démonstration complète sur données synthétiques")
     demo.add_argument("--foyers", type=int, default=1000)

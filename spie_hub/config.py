@@ -12,7 +12,7 @@ class HubHome:
     root: Path
 
     @classmethod
-    def from_env(cls) -> "HubHome":
+    def from_env(cls) -> HubHome:
         return cls(Path(os.environ.get("SPIE_HUB_HOME", ".spie-hub")).resolve())
 
     @property
@@ -40,7 +40,7 @@ class HubHome:
     def staging(self) -> Path:
         return self.root / "staging"
 
-    def ensure(self) -> "HubHome":
+    def ensure(self) -> HubHome:
         for folder in (self.root, self.keys, self.inbox, self.outbox, self.quarantine, self.staging):
             folder.mkdir(parents=True, exist_ok=True)
         self.keys.chmod(0o700)

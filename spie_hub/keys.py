@@ -40,7 +40,7 @@ class PseudonymisationKey:
         return f"PseudonymisationKey(kid={self.kid}, secret=***)"
 
     @classmethod
-    def parse(cls, text: str, origin: str) -> "PseudonymisationKey":
+    def parse(cls, text: str, origin: str) -> PseudonymisationKey:
         kid, sep, encoded = text.strip().partition(":")
         if not sep:
             raise ConfigurationError(f"{origin} : format attendu 'identifiant:secret_base64'")
@@ -51,7 +51,7 @@ class PseudonymisationKey:
         return cls(kid, secret)
 
     @classmethod
-    def from_file(cls, path: Path) -> "PseudonymisationKey":
+    def from_file(cls, path: Path) -> PseudonymisationKey:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             return cls(data["kid"], base64.b64decode(data["secret_b64"], validate=True))

@@ -81,7 +81,7 @@ class CsvOutput:
     separator: str
     columns: tuple[Column, ...]
 
-    def open_writer(self, handle: IO[str]) -> "CsvRowWriter":
+    def open_writer(self, handle: IO[str]) -> CsvRowWriter:
         return CsvRowWriter(self, handle)
 
 

@@ -1,8 +1,8 @@
 from pathlib import Path
 
 import pytest
-
 from conftest import CAF_FIXTURES
+
 from connectors.formats.cnaf_vrsb import EnTeteFlux, read_foyers, validate_file
 from spie_hub.errors import FatalInputError
 

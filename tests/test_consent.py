@@ -5,11 +5,11 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import consent_resource, write_bundle
 from sqlalchemy import select
 
 from consent.decision import ConsentIndex, decide
 from consent.fhir_import import import_consents
-from helpers import consent_resource, write_bundle
 from schemas.categories import CategorieDonnees as C
 from spie_hub.keys import PseudonymisationKey
 from spie_hub.pseudonym import Pseudonymiser

@@ -8,11 +8,11 @@ import logging
 from pathlib import Path
 
 import pytest
+from conftest import CAF_FIXTURES, REPO
+from helpers import people_of
 from sqlalchemy import select
 
-from conftest import CAF_FIXTURES, REPO
 from consent.fhir_import import import_consents
-from helpers import people_of
 from spie_hub.config import HubHome
 from spie_hub.demo_data import generate
 from spie_hub.keys import load_key

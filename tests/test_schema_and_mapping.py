@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import CAF_FIXTURES, REPO
+
 from connectors.formats.cnaf_vrsb import EnTeteFlux, read_foyers
 from schemas.jsonschema import JSON_SCHEMA_PATH, render
 from schemas.spie_v1 import PersonneSPIE
