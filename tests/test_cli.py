@@ -59,3 +59,16 @@ def test_a_missing_key_is_a_configuration_error_naming_the_variable(tmp_path: Pa
 def test_an_unknown_flow_lists_the_declared_ones(hub_home: Path) -> None:
     run = spie_hub("run", "flux-inconnu", "--input", str(CAF_FIXTURES / "RSABEM-ouvert.xml"))
     assert run.returncode == 2 and "caf-vers-departement" in run.stderr
+
+
+def test_flux_lists_every_flow_with_its_recipients_and_bases(hub_home: Path) -> None:
+    result = spie_hub("flux")
+    assert result.returncode == 0
+    assert "caf-vers-departement" in result.stdout and "base légale : CASF art. L262-40" in result.stdout
+
+
+def test_executions_lists_the_last_runs_with_their_counts(hub_home: Path) -> None:
+    assert "Aucune exécution" in spie_hub("executions").stdout
+    spie_hub("run", "caf-vers-departement", "--input", str(CAF_FIXTURES / "RSABEM.xml"))
+    listed = spie_hub("executions")
+    assert listed.returncode == 0 and "termine" in listed.stdout and "lus 3" in listed.stdout
