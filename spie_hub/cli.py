@@ -12,6 +12,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
 from spie_hub.config import HubHome
 from spie_hub.errors import ConfigurationError, HubError
 
@@ -225,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     except HubError as error:
         _err(f"Erreur : {error}")
         return 1
+    except OperationalError as error:
+        url = make_url(HubHome.from_env().database_url).render_as_string(hide_password=True)
+        _err(f"Base de données injoignable ({url}, variable SPIE_HUB_DATABASE_URL) : {type(error.orig).__name__}")
+        return 2
     except KeyboardInterrupt:
         _err("Interrompu.")
         return 130

@@ -5,6 +5,8 @@ It holds runs, deliveries, consents (by pivot pseudonym, never a NIR) and the ha
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import (
     Column,
     Engine,
@@ -110,6 +112,8 @@ def open_store(url: str) -> Engine:
     """Create the engine and the tables if needed (idempotent)."""
     engine = create_engine(url, future=True)
     if engine.dialect.name == "sqlite":
+        if engine.url.database and engine.url.database != ":memory:":
+            Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
         event.listen(engine, "connect", _sqlite_pragmas)
     metadata.create_all(engine)
     with engine.begin() as connection:

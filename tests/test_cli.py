@@ -72,3 +72,9 @@ def test_executions_lists_the_last_runs_with_their_counts(hub_home: Path) -> Non
     spie_hub("run", "caf-vers-departement", "--input", str(CAF_FIXTURES / "RSABEM.xml"))
     listed = spie_hub("executions")
     assert listed.returncode == 0 and "termine" in listed.stdout and "lus 3" in listed.stdout
+
+
+def test_an_unreachable_database_is_named_without_its_password(hub_home: Path) -> None:
+    result = spie_hub("audit", "verify", env={"SPIE_HUB_DATABASE_URL": "postgresql+psycopg://hub:s3cr3t@127.0.0.1:1/hub"})
+    assert result.returncode == 2 and "SPIE_HUB_DATABASE_URL" in result.stderr
+    assert "s3cr3t" not in result.stderr + result.stdout and "Traceback" not in result.stderr
