@@ -1,7 +1,8 @@
 """Pseudonymisation key material, injected by name (as in dlt) and never logged.
 
 Lookup order: ``SPIE_HUB_PSEUDO_KEY`` (``kid:base64``), ``SPIE_HUB_PSEUDO_KEY_FILE`` (JSON file), the Airflow
-Variable ``spie_hub_pseudo_key`` when running inside an Airflow task, then ``$SPIE_HUB_HOME/keys/pseudonymisation.json``.
+Variable or Connection ``spie_hub_pseudo_key`` when running inside an Airflow task, then
+``$SPIE_HUB_HOME/keys/pseudonymisation.json``.
 """
 
 from __future__ import annotations
@@ -74,14 +75,23 @@ def generate_key_file(path: Path, kid: str = "k1") -> PseudonymisationKey:
 
 
 def _from_airflow() -> str | None:
-    if "AIRFLOW_CTX_DAG_ID" not in os.environ:  # only inside a running task, never at DAG parse time
+    """The key from the Airflow secrets backend: Variable ``spie_hub_pseudo_key`` ("kid:secret_base64"), or
+    Connection ``spie_hub_pseudo_key`` (login = kid, password = secret_base64). Only inside a running task."""
+    if "AIRFLOW_CTX_DAG_ID" not in os.environ:  # never at DAG parse time, never outside Airflow
         return None
-    try:
-        from airflow.sdk import Variable
+    from airflow.sdk import Connection, Variable
 
-        return Variable.get(AIRFLOW_VARIABLE, default=None)
-    except Exception:  # noqa: BLE001 - no Variable backend reachable: fall through to the file
+    try:
+        value = Variable.get(AIRFLOW_VARIABLE, default=None)
+    except Exception:  # noqa: BLE001 - no Variable of that name, or no backend: try the Connection
+        value = None
+    if value:
+        return str(value)
+    try:
+        connection = Connection.get(AIRFLOW_VARIABLE)
+    except Exception:  # noqa: BLE001 - no Connection of that name either: fall through to the file
         return None
+    return f"{connection.login}:{connection.password}" if connection.login and connection.password else None
 
 
 def load_key(home: HubHome | None = None) -> PseudonymisationKey:

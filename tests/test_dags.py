@@ -75,3 +75,32 @@ def test_the_flow_runs_end_to_end_in_airflow_with_no_identity_in_xcoms(airflow_d
         for value in (person["NIR"], person["DTNAI"], f'{person["PRENOM"]}'):
             assert value not in xcoms
         assert person["NIR"] not in logs and person["DTNAI"] not in logs
+
+
+@pytest.mark.parametrize("backend", ["variable", "connection"])
+def test_inside_airflow_the_key_comes_from_the_secrets_backend(airflow_db, hub_home, monkeypatch, backend) -> None:
+    import base64
+    import csv
+    import json
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    from spie_hub.config import HubHome
+    from spie_hub.demo_data import generate
+
+    monkeypatch.delenv("SPIE_HUB_PSEUDO_KEY")
+    secret = base64.b64encode(b"a" * 32).decode()
+    if backend == "variable":
+        monkeypatch.setenv("AIRFLOW_VAR_SPIE_HUB_PSEUDO_KEY", f"airflowvar:{secret}")
+    else:
+        monkeypatch.setenv("AIRFLOW_CONN_SPIE_HUB_PSEUDO_KEY",
+                           json.dumps({"conn_type": "generic", "login": "airflowconn", "password": secret}))
+    home = HubHome.from_env().ensure()
+    (home.root / "inbox" / "caf-msa").mkdir(parents=True)
+    generate(home.root / "inbox" / "caf-msa" / "flux.xml", None, 20, seed=5)
+    run = DagBag(dag_folder=str(REPO / "dags")).get_dag("spie_caf_vers_departement").test()
+    assert str(run.state) == "success"
+    delivered = next((home.outbox / "departement-052").glob("*.csv"))
+    with delivered.open(encoding="utf-8-sig") as handle:
+        kids = {row["Pseudonyme"].split(".")[0] for row in csv.DictReader(handle, delimiter=";")}
+    assert kids == {"airflowvar" if backend == "variable" else "airflowconn"}
