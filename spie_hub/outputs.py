@@ -29,6 +29,19 @@ def neutralise(cell: str) -> str:
     return "'" + cell if cell.startswith(_FORMULA_PREFIXES) else cell
 
 
+def french_csv_writer(handle: IO[str], separator: str = ";") -> Any:
+    """The CSV dialect of every file the hub writes for people: ``;``, CRLF (the handle adds the UTF-8 BOM)."""
+    return csv.writer(handle, delimiter=separator, lineterminator="\r\n")
+
+
+def write_report(handle: IO[str], header: list[str], rows: list[tuple[Any, ...]]) -> None:
+    """A small report (e.g. rejections sent back to a partner), every cell neutralised: reasons can quote codes
+    taken from the partner's own file."""
+    writer = french_csv_writer(handle)
+    writer.writerow(header)
+    writer.writerows([neutralise("" if cell is None else str(cell)) for cell in row] for row in rows)
+
+
 def _render(value: Any, as_label: bool) -> str:
     if value is None:
         return ""
@@ -88,7 +101,7 @@ class CsvOutput:
 class CsvRowWriter:
     def __init__(self, output: CsvOutput, handle: IO[str]) -> None:
         self.output = output
-        self.writer = csv.writer(handle, delimiter=output.separator, lineterminator="\r\n")
+        self.writer = french_csv_writer(handle, output.separator)
         self.writer.writerow([c.entete for c in output.columns])
         self.rows = 0
 

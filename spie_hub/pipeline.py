@@ -7,7 +7,6 @@ input file. Every input record ends delivered, rejected (reason written back to 
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import hashlib
 import json
@@ -33,7 +32,7 @@ from spie_hub.config import HubHome
 from spie_hub.errors import ConfigurationError, FatalInputError, RecordError
 from spie_hub.keys import load_key
 from spie_hub.mapping import CompiledMapping, load_mapping
-from spie_hub.outputs import CsvRowWriter, load_output
+from spie_hub.outputs import CsvRowWriter, load_output, write_report
 from spie_hub.pseudonym import Pivot, Pseudonymiser
 from spie_hub.registry import Condition, Flow, Recipient, get_flow
 from spie_hub.store import deliveries, open_store, runs
@@ -333,9 +332,7 @@ class FlowRun:
         folder = LocalFolder(self.home.outbox / self.flow.partenaire / "rejets")
         name = f"{self.flow.id}_{input_sha[:12]}_rejets.csv"
         with folder.store_file(name, encoding="utf-8-sig", newline="") as handle:
-            writer = csv.writer(handle, delimiter=";", lineterminator="\r\n")
-            writer.writerow(["Position dans le fichier", "Ligne", "Motif du rejet"])
-            writer.writerows(self.rejections)
+            write_report(handle, ["Position dans le fichier", "Ligne", "Motif du rejet"], self.rejections)
         self.summary.rapport_rejets = str(folder.path(name))
 
     def _quarantine(self, error: FatalInputError, input_sha: str) -> RunSummary:

@@ -182,3 +182,13 @@ def test_a_schema_error_quoting_a_birth_date_leaks_it_nowhere(hub_home, database
     notice = Path(summary.rapport_rejets).read_text(encoding="utf-8")
     for text in (summary.message, audit, notice, caplog.text, (Path(summary.quarantaine) / "rapport.txt").read_text()):
         assert "1973-13-21" not in text
+
+
+def test_a_partner_code_quoted_in_a_rejection_cannot_run_as_a_formula(hub_home, database_url, tmp_path) -> None:
+    bad = tmp_path / "formule.xml"
+    bad.write_bytes((CAF_FIXTURES / "RSABEM.xml").read_bytes().replace(b"<MOTICLORSA>PCG", b"<MOTICLORSA>=1+", 1))
+    summary = run_flow(FLOW, bad)
+    assert summary.statut == "termine" and summary.rejetes == 2  # both people of the first foyer
+    rows = _rows(summary.rapport_rejets)
+    assert len(rows) == 2 and all(not cell.startswith(("=", "+", "-", "@")) for row in rows for cell in row.values())
+    assert all("MOTICLORSA inconnu" in row["Motif du rejet"] for row in rows)
