@@ -54,7 +54,7 @@ def run_demo(households: int = 1000, with_airflow: bool = True) -> int:
     from spie_hub.keys import generate_key_file, load_key
     from spie_hub.pseudonym import Pseudonymiser
     from spie_hub.registry import get_flow
-    from spie_hub.store import open_store, runs
+    from spie_hub.store import deliveries, open_store, runs
 
     home = HubHome.from_env().ensure()
     key = generate_key_file(home.keys / "pseudonymisation.json", "demo1")
@@ -100,8 +100,13 @@ def run_demo(households: int = 1000, with_airflow: bool = True) -> int:
     for recipient in flow.destinataires:
         counts = summary.get(recipient.id, {})
         print(f"  {recipient.id} : livrés {counts.get('livres', 0)}, retenus {counts.get('retenus', 0)}")
+    with engine.connect() as connection:
+        delivered = connection.execute(select(deliveries).where(deliveries.c.run_id == last.run_id)).all()
     print("\nOù sont les sorties :")
-    print(f"  livraisons        : {home.outbox}/<destinataire>/ (CSV + manifeste JSON)")
+    folders = {r.id: home.root / r.transport.dossier for r in flow.destinataires}
+    for row in delivered:
+        path = folders[row.recipient] / row.file_name
+        print(f"  livraison {row.recipient} : {path} (+ manifeste .manifest.json)")
     print(f"  rejets émetteur   : {home.outbox / flow.partenaire / 'rejets'}")
     print(f"  quarantaine       : {home.quarantine}")
     print(f"  base et audit     : {home.database_url}")
