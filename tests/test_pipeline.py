@@ -192,3 +192,14 @@ def test_a_partner_code_quoted_in_a_rejection_cannot_run_as_a_formula(hub_home, 
     rows = _rows(summary.rapport_rejets)
     assert len(rows) == 2 and all(not cell.startswith(("=", "+", "-", "@")) for row in rows for cell in row.values())
     assert all("MOTICLORSA inconnu" in row["Motif du rejet"] for row in rows)
+
+
+def test_a_person_sent_without_nir_gets_a_fallback_pseudonym_and_is_delivered(hub_home, database_url, tmp_path) -> None:
+    no_nir = tmp_path / "sans-nir.xml"
+    no_nir.write_bytes((CAF_FIXTURES / "RSABEM-ouvert.xml").read_bytes().replace(b"<NIR>2730799404078</NIR>", b"<NIR/>"))
+    with_nir = run_flow(FLOW, CAF_FIXTURES / "RSABEM-ouvert.xml")
+    without = run_flow(FLOW, no_nir)
+    assert (without.lus, without.rejetes, without.destinataires[RECIPIENT].livres) == (1, 0, 1)
+    pseudonym_with = _rows(with_nir.destinataires[RECIPIENT].fichier)[0]["Pseudonyme"]
+    pseudonym_without = _rows(without.destinataires[RECIPIENT].fichier)[0]["Pseudonyme"]
+    assert pseudonym_without != pseudonym_with  # a fallback pivot never collides with a NIR pivot
