@@ -16,7 +16,7 @@ from typing import Any
 
 from fhir.resources.consent import Consent
 from pydantic import ValidationError
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, insert, select
 
 from schemas.categories import CategorieDonnees
 from spie_hub.audit import AuditEvent, AuditLog, canonical, now
@@ -95,6 +95,8 @@ def _parse(resource: Consent) -> dict[str, Any]:
 
 def _entries(text: str) -> list[tuple[int, Any]]:
     data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("un objet JSON FHIR est attendu")
     if data.get("resourceType") == "Consent":
         return [(1, data)]
     if data.get("resourceType") != "Bundle":
@@ -125,7 +127,7 @@ def import_consents(path: Path, engine: Engine, pseudonymiser: Pseudonymiser) ->
                 continue
             pivot = pseudonymiser.pivot_from_nir(row.pop("nir13")).pseudonyme
             row["subject"] = pivot
-            row["resource_sha256"] = hashlib.sha256(canonical({k: v for k, v in row.items()}).encode()).hexdigest()
+            row["resource_sha256"] = hashlib.sha256(canonical(row).encode()).hexdigest()
             latest = connection.execute(
                 select(consents.c.version, consents.c.resource_sha256)
                 .where(consents.c.consent_id == row["consent_id"])
@@ -149,7 +151,3 @@ def import_consents(path: Path, engine: Engine, pseudonymiser: Pseudonymiser) ->
     AuditLog(engine).append(events)
     return report
 
-
-def count_consents(engine: Engine) -> int:
-    with engine.connect() as connection:
-        return connection.execute(select(func.count()).select_from(consents)).scalar_one()

@@ -97,6 +97,7 @@ def test_invalid_entries_get_clear_errors_and_the_valid_ones_are_kept(engine, tm
     assert "mois de naissance" in report.erreurs[0] and "2821351108030" not in " ".join(report.erreurs)
 
 
-def test_a_file_that_is_not_json_is_reported_not_raised(engine, tmp_path) -> None:
-    (tmp_path / "x.json").write_text("<xml/>")
+@pytest.mark.parametrize("content", ["<xml/>", "[1, 2]", '{"resourceType": "Patient"}', ""])
+def test_a_file_that_is_not_a_fhir_bundle_is_reported_not_raised(engine, tmp_path, content: str) -> None:
+    (tmp_path / "x.json").write_text(content)
     assert "illisible" in import_consents(tmp_path / "x.json", engine, P).erreurs[0]
