@@ -190,6 +190,14 @@ def _is_parent_level(spec: Any) -> bool:
 Field = tuple[tuple[str, ...], Getter]
 
 
+def _place(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    if value is None or value == []:
+        return
+    for part in path[:-1]:
+        tree = tree.setdefault(part, {})
+    tree[path[-1]] = value
+
+
 @dataclass
 class CompiledMapping:
     name: str
@@ -205,28 +213,27 @@ class CompiledMapping:
     def __post_init__(self) -> None:
         self._parent: Element | None = None
         self._parent_texts: list[str | None] = []
-        self._parent_values: list[tuple[tuple[str, ...], Any]] = []
+        self._parent_tree: dict[str, Any] = {}
 
     def context(self, record: Element, parent: Element) -> _Context:
         if parent is not self._parent:
             self._parent = None  # stays unset if a parent-level field raises
             self._parent_texts = self.parent_scope.texts(parent)
             ctx = _Context(record, parent, [], self._parent_texts)
-            self._parent_values = [(path, getter(ctx)) for path, getter in self.parent_fields]
+            tree: dict[str, Any] = {}
+            for path, getter in self.parent_fields:
+                _place(tree, path, getter(ctx))
+            self._parent_tree = tree
             self._parent = parent
         return _Context(record, parent, self.record_scope.texts(record), self._parent_texts)
 
     def map(self, record: Element, parent: Element) -> dict[str, Any]:
         """Return the nested dict of shared-schema fields; raise ``RecordError`` with a readable reason."""
         ctx = self.context(record, parent)
-        out: dict[str, Any] = {}
-        for path, value in self._parent_values + [(path, getter(ctx)) for path, getter in self.record_fields]:
-            if value is None or value == []:
-                continue
-            target = out
-            for part in path[:-1]:
-                target = target.setdefault(part, {})
-            target[path[-1]] = value
+        # The parent's values are shared by its records: copy its blocks (one level), then add the record's own.
+        out = {block: dict(values) if isinstance(values, dict) else values for block, values in self._parent_tree.items()}
+        for path, getter in self.record_fields:
+            _place(out, path, getter(ctx))
         return out
 
     def fallback_parts(self, record: Element, parent: Element) -> list[str] | None:
