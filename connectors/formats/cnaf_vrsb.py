@@ -1,8 +1,8 @@
 """Streaming reader of the CNAF "flux bénéficiaires" RSA XML (``vrsb0801.xsd``), sent by CAF and MSA.
 
 The file is validated against the XSD *while* it is parsed (libxml2 schema validation in ``iterparse``), so a
-file of any size is read in one pass with flat memory: each ``InfosFoyerRSA`` is handed out, then cleared. The
-parser resolves no entity, loads no DTD and fetches nothing; a DOCTYPE is refused outright.
+file of any size is read in one pass with flat memory: each ``InfosFoyerRSA`` is handed out, then cleared. A
+DOCTYPE is refused before parsing starts, so no entity can be declared; the parser loads no DTD and fetches nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from lxml import etree
 from spie_hub.errors import FatalInputError
 
 XSD_PATH = Path(__file__).resolve().parent.parent / "xsd" / "vrsb0801.xsd"
-FORMAT_ID = "cnaf-vrsb0801"
 _PROLOGUE_BYTES = 4096
 _SNIFF_BYTES = 1 << 20
 _MISC = re.compile(rb"(?:\s+|<\?.*?\?>|<!--.*?-->)*", re.DOTALL)
@@ -35,13 +34,19 @@ def schema() -> etree.XMLSchema:
     return etree.XMLSchema(etree.parse(str(XSD_PATH), parser))
 
 
+def release(element: etree._Element) -> None:
+    """Free a streamed element and the siblings read before it, so memory stays flat however long the file."""
+    element.clear(keep_tail=False)
+    parent = element.getparent()
+    if parent is not None:
+        while element.getprevious() is not None:
+            del parent[0]
+
+
 @dataclass
 class EnTeteFlux:
     """What the file says about itself (IdentificationFlux and TransmissionFlux)."""
 
-    application: str | None = None
-    type_flux: str | None = None
-    date_creation: str | None = None
     date_reference: str | None = None
     foyers_annonces: int | None = None
     foyers_lus: int = 0
@@ -143,9 +148,7 @@ def _first_invalid_foyer(stream: BinaryIO, encoding: str | None) -> tuple[int, i
             if not xsd.validate(document):
                 last = xsd.error_log.last_error
                 return index, last.line, last.message
-            element.clear()
-            while element.getprevious() is not None:
-                del element.getparent()[0]
+            release(element)
     except etree.XMLSyntaxError:
         return None
     return None
@@ -183,18 +186,11 @@ def read_foyers(stream: BinaryIO, entete: EnTeteFlux, *, validate: bool = True) 
                 entete.foyers_lus += 1
                 yield element
             elif element.tag == "IdentificationFlux":
-                entete.application = element.findtext("APPLIEME")
-                entete.type_flux = element.findtext("TYPEFLUX")
-                entete.date_creation = element.findtext("DTCREAFLUX")
                 entete.date_reference = element.findtext("DTREF")
             else:
                 announced = element.findtext("NBTOTDOSRSATRANSM")
                 entete.foyers_annonces = int(announced) if announced and announced.strip().isdigit() else None
-            element.clear(keep_tail=False)
-            parent = element.getparent()
-            if parent is not None:
-                while element.getprevious() is not None:
-                    del parent[0]
+            release(element)
     except etree.XMLSyntaxError as error:
         raise _located(error, stream, forced_encoding) from None
     if not root_closed:
