@@ -1,8 +1,16 @@
-"""Per-record, per-recipient, per-category consent decisions.
+"""Per-record, per-recipient, per-category decisions.
 
-Rules (issue 2; refined by the DPO issue): a category under a legal basis is permitted with its article cited;
-a category under consent needs an *active*, in-period ``permit`` Consent naming the recipient and the category,
-and no active ``deny`` covering them. The latest version of each Consent is the one that counts.
+Rules, in order, for each data category present in a record and each recipient:
+
+1. a category outside the flow's policy for that recipient is withheld;
+2. under a legal basis (article cited): permitted, unless the basis is open to objection (RGPD art. 21, e.g.
+   6.1.e) and an active refusal or opposition of the person covers it; a legal basis never covers a special
+   category (the registry refuses such a policy);
+3. under consent: an active, in-period refusal covering it wins; otherwise an active, in-period permission
+   covering it is required.
+
+Only the latest version of each consent (per issuer) counts. Each decision cites its ground: the article, or the
+consent and its version, or the reason of the refusal.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine, select
 
@@ -21,27 +30,57 @@ from spie_hub.store import consents
 
 
 @dataclass(frozen=True)
+class Rule:
+    effect: str  # "permit" | "deny"
+    recipients: frozenset[str]
+    categories: frozenset[str]
+    start: str | None
+    end: str | None
+
+    def in_period(self, day: dt.date) -> bool:
+        iso = day.isoformat()
+        return (self.start is None or self.start[:10] <= iso) and (self.end is None or iso <= self.end[:10])
+
+
+@dataclass(frozen=True)
 class ConsentVersion:
     consent_id: str
     version: int
     status: str
     decision: str
-    grantees: frozenset[str]
-    categories: frozenset[str]
-    period_start: str | None
-    period_end: str | None
+    rules: tuple[Rule, ...]
+    emetteur: str = "hub"
+    kind: str = "consentement"
 
     @property
     def ref(self) -> str:
         return f"{self.consent_id}/v{self.version}"
 
-    def applies(self, recipient: str, category: CategorieDonnees, day: dt.date) -> bool:
-        if self.status != "active" or recipient not in self.grantees or category.value not in self.categories:
+    def covers(self, effect: str, recipient: str, category: CategorieDonnees, day: dt.date) -> bool:
+        if self.status != "active":
             return False
-        iso = day.isoformat()
-        return (self.period_start is None or self.period_start[:10] <= iso) and (
-            self.period_end is None or iso <= self.period_end[:10]
-        )
+        return any(r.effect == effect and recipient in r.recipients and category.value in r.categories and r.in_period(day)
+                   for r in self.rules)
+
+
+def version_from_row(row: Any) -> ConsentVersion:
+    rules = tuple(Rule(r["effet"], frozenset(r["destinataires"]), frozenset(r["categories"]), r["debut"], r["fin"])
+                  for r in json.loads(row.rules))
+    return ConsentVersion(row.consent_id, row.version, row.status, row.decision, rules, row.emetteur, row.kind)
+
+
+def permitted_pairs(found: Iterable[ConsentVersion], day: dt.date) -> set[tuple[str, str]]:
+    """(recipient, category) pairs a set of consents permits on ``day`` (refusals subtracted)."""
+    allowed: set[tuple[str, str]] = set()
+    denied: set[tuple[str, str]] = set()
+    for version in found:
+        if version.status != "active":
+            continue
+        for rule in version.rules:
+            if rule.in_period(day):
+                (allowed if rule.effect == "permit" else denied).update(
+                    (r, c) for r in rule.recipients for c in rule.categories)
+    return allowed - denied
 
 
 @dataclass(frozen=True)
@@ -74,26 +113,28 @@ class ConsentIndex:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
+    @staticmethod
+    def latest_versions(versions: Iterable[ConsentVersion]) -> list[ConsentVersion]:
+        latest: dict[tuple[str, str], ConsentVersion] = {}
+        for version in versions:
+            key = (version.emetteur, version.consent_id)
+            if key not in latest or latest[key].version < version.version:
+                latest[key] = version
+        return list(latest.values())
+
     def lookup(self, pivots: Iterable[str]) -> dict[str, list[ConsentVersion]]:
         wanted = list(set(pivots))
-        latest: dict[str, tuple[str, ConsentVersion]] = {}
+        rows_by_subject: dict[str, list[ConsentVersion]] = defaultdict(list)
         with self.engine.connect() as connection:
             for start in range(0, len(wanted), 500):
-                chunk = wanted[start:start + 500]
-                rows = connection.execute(select(consents).where(consents.c.subject.in_(chunk)))
+                rows = connection.execute(select(consents).where(consents.c.subject.in_(wanted[start:start + 500])))
                 for row in rows:
-                    version = ConsentVersion(
-                        row.consent_id, row.version, row.status, row.decision,
-                        frozenset(json.loads(row.grantees)), frozenset(json.loads(row.categories)),
-                        row.period_start, row.period_end,
-                    )
-                    current = latest.get(row.consent_id)
-                    if current is None or current[1].version < version.version:
-                        latest[row.consent_id] = (row.subject, version)
-        by_subject: dict[str, list[ConsentVersion]] = defaultdict(list)
-        for subject, version in latest.values():
-            by_subject[subject].append(version)
-        return by_subject
+                    rows_by_subject[row.subject].append(version_from_row(row))
+        return {subject: self.latest_versions(versions) for subject, versions in rows_by_subject.items()}
+
+
+def _first(found: list[ConsentVersion], effect: str, recipient: str, category: CategorieDonnees, day: dt.date) -> ConsentVersion | None:
+    return next((c for c in found if c.covers(effect, recipient, category, day)), None)
 
 
 def decide(recipient: Recipient, present: Iterable[CategorieDonnees], found: list[ConsentVersion], day: dt.date) -> RecordDecision:
@@ -103,14 +144,17 @@ def decide(recipient: Recipient, present: Iterable[CategorieDonnees], found: lis
         if base is None:
             decisions[category] = CategoryDecision(False, "catégorie hors politique du flux pour ce destinataire")
             continue
+        refusal = _first(found, "deny", recipient.id, category, day)
         if base.kind == "legale":
-            decisions[category] = CategoryDecision(True, f"legale:{base.article}")
+            if refusal is not None and base.opposable:
+                decisions[category] = CategoryDecision(False, f"opposition:{refusal.ref}")
+            else:
+                decisions[category] = CategoryDecision(True, f"legale:{base.article}")
             continue
-        deny = next((c for c in found if c.decision == "deny" and c.applies(recipient.id, category, day)), None)
-        if deny is not None:
-            decisions[category] = CategoryDecision(False, f"refus exprimé:{deny.ref}")
+        if refusal is not None:
+            decisions[category] = CategoryDecision(False, f"refus exprimé:{refusal.ref}")
             continue
-        permit = next((c for c in found if c.decision == "permit" and c.applies(recipient.id, category, day)), None)
+        permit = _first(found, "permit", recipient.id, category, day)
         if permit is not None:
             decisions[category] = CategoryDecision(True, f"consentement:{permit.ref}")
         else:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO
 from xml.sax.saxutils import escape
 
-from consent.fhir_import import CATEGORY_SYSTEM, INS_NIR, PARTNER_SYSTEM
+from consent.fhir_build import consent
 
 PRENOMS_F = ["Éloïse", "Gaëlle", "Hélène", "Zoé", "Anaïs", "Cécile", "Maëlys", "Léa", "Noémie", "Françoise",
              "Aïcha", "Josiane", "Ophélie", "Inès", "Chloé", "Bérénice", "Sévérine", "Agnès", "Mélodie", "Rosalie"]
@@ -161,23 +161,23 @@ def _foyer_xml(rng: random.Random, index: int, people: list[Personne], etat: str
     )
 
 
+OPPOSED_RECIPIENT = "plateforme-insertion"
+
+
 def _consent(index: int, person: Personne, decision: str, recipient: str) -> dict[str, object]:
-    return {
-        "fullUrl": f"urn:uuid:consent-demo-{index}",
-        "resource": {
-            "resourceType": "Consent", "id": f"demo-{index}", "status": "active", "date": "2025-01-15",
-            "subject": {"identifier": {"system": INS_NIR, "value": person.nir}},
-            "grantee": [{"identifier": {"system": PARTNER_SYSTEM, "value": recipient}}],
-            "controller": [{"reference": "Organization/departement-052"}],
-            "period": {"start": "2025-01-01", "end": "2028-12-31"},
-            "regulatoryBasis": [{"text": "RGPD art. 6.1.a"}],
-            "decision": decision,
-            "provision": [{
-                "purpose": [{"system": "https://spie-hub.example.fr/CodeSystem/finalite", "code": "accompagnement-insertion"}],
-                "code": [{"coding": [{"system": CATEGORY_SYSTEM, "code": c}]} for c in ("identite", "contact")],
-            }],
-        },
-    }
+    if decision == "deny":
+        # Refusals in the demo are oppositions to the shared-pathway platform (legal basis open to objection).
+        resource = consent(f"demo-{index}", person.nir, grant=False, kind="opposition", blanket=True,
+                           recipients=[OPPOSED_RECIPIENT], start="2025-01-01", end=None,
+                           controller="departement-052", regulatory_basis="RGPD art. 21",
+                           collected_by="agent d'accueil", method="courrier de la personne")
+        return {"fullUrl": f"urn:uuid:consent-demo-{index}", "resource": resource}
+    resource = consent(f"demo-{index}", person.nir, grant=decision == "permit", recipients=[recipient],
+                       categories=["identite", "contact"], start="2025-01-01", end="2028-12-31",
+                       controller="departement-052", regulatory_basis="RGPD art. 6.1.a",
+                       purpose="accompagnement-insertion", collected_by="agent d'accueil",
+                       method="formulaire signé, version 3")
+    return {"fullUrl": f"urn:uuid:consent-demo-{index}", "resource": resource}
 
 
 def generate(flux_path: Path, consents_path: Path | None, households: int, *, seed: int = 52,

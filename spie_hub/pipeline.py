@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -25,16 +26,18 @@ from sqlalchemy import Engine, insert, select, update
 from connectors.formats import cnaf_vrsb
 from connectors.transports.local import LocalFolder
 from consent.decision import ConsentIndex, ConsentVersion, RecordDecision, decide
+from consent.revocation import propagate_withdrawals
 from schemas.categories import CATEGORIE_DU_BLOC, CategorieDonnees
 from schemas.spie_v1 import SCHEMA_VERSION, PersonneSPIE
 from spie_hub.audit import AuditEvent, AuditLog, AuditSpool, canonical, now
 from spie_hub.config import HubHome
+from spie_hub.disclosure import suppress
 from spie_hub.errors import ConfigurationError, FatalInputError, RecordError
 from spie_hub.keys import load_key
 from spie_hub.mapping import CompiledMapping, load_mapping
 from spie_hub.outputs import CsvRowWriter, load_output, write_report
 from spie_hub.pseudonym import Pivot, Pseudonymiser
-from spie_hub.registry import Condition, Flow, Recipient, get_flow
+from spie_hub.registry import Condition, Flow, Recipient, get_flow, load_flows
 from spie_hub.store import deliveries, open_store, runs
 
 log = logging.getLogger("spie_hub.pipeline")
@@ -50,6 +53,24 @@ class RecipientCounts:
     retenus: int = 0
     fichier: str | None = None
     deja_livre: bool = False
+    #: withheld records by reason, and for each category the ground of each decision (for the DPO's report)
+    motifs: Counter[str] = field(default_factory=Counter)
+    fondements: dict[str, Counter[str]] = field(default_factory=dict)
+
+
+StatKey = tuple[str | None, tuple[tuple[str, str], ...]]
+
+
+def _ground(fondement: str) -> str:
+    """The family of a decision's ground, without any consent reference (bounded set, for statistics)."""
+    head = fondement.split(":", 1)[0]
+    return {"refus exprimé": "refus"}.get(head, head if ":" in fondement else
+                                          "hors-politique" if "hors politique" in fondement else "sans-consentement")
+
+
+def _stat_key(decision: RecordDecision) -> StatKey:
+    return (None if decision.livre else decision.motif,
+            tuple((c.value, _ground(d.fondement)) for c, d in decision.categories.items()))
 
 
 @dataclass
@@ -153,7 +174,8 @@ class FlowRun:
         self.parallel_validation_bytes = PARALLEL_VALIDATION_BYTES
         self.staging = home.staging / self.run_id
         self.spool = AuditSpool(self.staging / "audit.spool", self.run_id, flow.id)
-        self._decisions: dict[tuple[Any, ...], tuple[RecordDecision, str]] = {}  # see _decision
+        self._decisions: dict[tuple[Any, ...], tuple[RecordDecision, str, StatKey]] = {}  # see _decision
+        self._stats: dict[str, Counter[StatKey]] = {}
         self.rejections: list[tuple[str, int | None, str]] = []
         self.summary = RunSummary(self.run_id, flow.id, "en-cours")
 
@@ -173,7 +195,7 @@ class FlowRun:
         return to_record(self.mapping, self.pseudonymiser, element, foyer, provenance)
 
     def _decision(self, recipient: Recipient, outside: str | None, present: tuple[CategorieDonnees, ...],
-                  found: list[ConsentVersion]) -> tuple[RecordDecision, str]:
+                  found: list[ConsentVersion]) -> tuple[RecordDecision, str, StatKey]:
         # Records without any consent share a handful of situations (same categories, in or out of perimeter):
         # their decision and its canonical audit text are computed once. Records with consents are decided one by
         # one, so this cache never grows with the file.
@@ -181,7 +203,7 @@ class FlowRun:
         cached = None if found else self._decisions.get(key)
         if cached is None:
             decision = RecordDecision(False, {}, outside) if outside else decide(recipient, present, found, self.today)
-            cached = (decision, canonical(decision.as_payload()))
+            cached = (decision, canonical(decision.as_payload()), _stat_key(decision))
             if not found:
                 self._decisions[key] = cached
         return cached
@@ -195,7 +217,8 @@ class FlowRun:
             for recipient in self.active:
                 pseudonym = self.pseudonymiser.for_recipient(pivot, recipient.id)
                 counts = self.summary.destinataires[recipient.id]
-                decision, text = self._decision(recipient, outside, present, consents_found)
+                decision, text, stat = self._decision(recipient, outside, present, consents_found)
+                self._stats[recipient.id][stat] += 1
                 if decision.livre:
                     writers[recipient.id].write(record, pseudonym, decision.permises)
                     counts.livres += 1
@@ -263,6 +286,7 @@ class FlowRun:
         self.reference_date: str | None = None
         done = self._already_delivered(input_sha)
         self.active = [r for r in self.flow.destinataires if r.id not in done]
+        self._stats = {r.id: Counter() for r in self.active}
         for recipient in self.flow.destinataires:
             self.summary.destinataires[recipient.id] = RecipientCounts(deja_livre=recipient.id in done)
         with self.engine.begin() as connection:
@@ -273,6 +297,8 @@ class FlowRun:
         self.audit.append([AuditEvent("execution-debut", {
             "fichier_sha256": input_sha, "octets": self.input_path.stat().st_size, "format": self.flow.format,
             "partenaire": self.flow.partenaire, "version_schema": SCHEMA_VERSION}, self.run_id, self.flow.id)])
+        # Withdrawals recorded since the last run are propagated first: their notices precede new deliveries.
+        propagate_withdrawals(self.engine, self.home, self.pseudonymiser, load_flows(), self.today)
         if not self.active:
             self.summary.statut = "deja-livre"
             self.summary.message = "Ce fichier a déjà été livré à tous les destinataires : aucune nouvelle livraison."
@@ -289,6 +315,7 @@ class FlowRun:
         except FatalInputError as error:
             return self._quarantine(error, input_sha)
         self.summary.anomalies = entete.anomalies
+        self._fold_stats()
         staged = [self._prepare(recipient, input_sha) for recipient in self.active]
         # Write-ahead: the decisions and deliveries enter the audit before any file becomes visible, so nothing
         # can leave without its trail (a crash in between leaves an audited delivery that a rerun completes).
@@ -296,6 +323,7 @@ class FlowRun:
         for recipient, name, manifest in staged:
             self._publish(recipient, name, manifest, input_sha)
         self._write_rejections(input_sha)
+        self._write_acknowledgement(input_sha)
         self.summary.statut = "termine"
         return self._finish()
 
@@ -325,6 +353,29 @@ class FlowRun:
                 delivered_at=now(),
             ))
         self.summary.destinataires[recipient.id].fichier = str(published)
+
+    def _fold_stats(self) -> None:
+        for rid, stats in self._stats.items():
+            counts = self.summary.destinataires[rid]
+            for (motif, grounds), n in stats.items():
+                if motif is not None:
+                    counts.motifs[motif] += n
+                for category, ground in grounds:
+                    counts.fondements.setdefault(category, Counter())[ground] += n
+
+    def _write_acknowledgement(self, input_sha: str) -> None:
+        """The sender's processing receipt: its own counts exact, the recipients' with small cells suppressed."""
+        seuil = self.flow.seuil_petits_effectifs
+        recipients = {rid: suppress({"livres": c.livres, "retenus": c.retenus}, seuil)
+                      for rid, c in self.summary.destinataires.items() if not c.deja_livre}
+        receipt = {"flux": self.flow.id, "fichier_sha256": input_sha, "execution": self.run_id, "traite_le": now(),
+                   "enregistrements_lus": self.summary.lus, "enregistrements_rejetes": self.summary.rejetes,
+                   "destinataires": recipients, "seuil_petits_effectifs": seuil,
+                   "note": f"Effectifs de 1 à {seuil - 1} masqués (et un effectif complémentaire) pour ne révéler "
+                           "aucune personne dont les données ont été retenues."}
+        folder = LocalFolder(self.home.outbox / self.flow.partenaire / "accuses")
+        with folder.store_file(f"{self.flow.id}_{input_sha[:12]}_accuse.json", encoding="utf-8") as handle:
+            json.dump(receipt, handle, ensure_ascii=False, indent=2)
 
     def _write_rejections(self, input_sha: str) -> None:
         if not self.rejections:
@@ -365,7 +416,8 @@ class FlowRun:
         return self._finish()
 
     def _finish(self) -> RunSummary:
-        counts = {rid: {"livres": c.livres, "retenus": c.retenus, "deja_livre": c.deja_livre}
+        counts = {rid: {"livres": c.livres, "retenus": c.retenus, "deja_livre": c.deja_livre,
+                        "motifs": dict(c.motifs), "fondements": {k: dict(v) for k, v in c.fondements.items()}}
                   for rid, c in self.summary.destinataires.items()}
         self._event("execution-fin", {"statut": self.summary.statut, "lus": self.summary.lus,
                                       "rejetes": self.summary.rejetes, "destinataires": counts})

@@ -1,12 +1,15 @@
 """Keyed pseudonyms (HMAC-SHA256) with the key id in every pseudonym.
 
 * pivot pseudonym: HMAC(key, "nir|" + NIR13) — the hub's internal join key, never delivered;
-* recipient pseudonym: HMAC(K_r, pivot digest) with K_r = HMAC(key, "destinataire|" + recipient) — different for
+* recipient pseudonym: HMAC(K_r, pivot) with K_r = HMAC(key, "destinataire|" + recipient) — different for
   each recipient, so two recipients cannot link their files without the hub.
 
 When a partner sends no usable NIR, the pivot falls back to the partner's own identifiers
 ("repli|" + organisme + matricule + rôle + date de naissance + prénom): stable for that partner only, and marked as
 such so it is never mistaken for a NIR-based pivot (see docs/pseudonymisation.md).
+
+The recipient pseudonym is derived from the 128 bits the pivot pseudonym shows, so the hub can compute what a
+recipient knows a person as from its own stored pivot (withdrawal notices, subject access) without any NIR.
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ class Pivot:
     digest: bytes
     pseudonyme: str
     repli: bool = False
+
+    @classmethod
+    def from_pseudonyme(cls, pseudonyme: str) -> Pivot:
+        _kid, _, hex_part = pseudonyme.partition(".")
+        return cls(bytes.fromhex(hex_part), pseudonyme)
 
 
 class Pseudonymiser:
@@ -56,4 +64,6 @@ class Pseudonymiser:
         key = self._recipient_keys.get(recipient)
         if key is None:
             key = self._recipient_keys[recipient] = self._mac(self.key.secret, b"destinataire|" + recipient.encode())
-        return _encode(self.kid, self._mac(key, pivot.digest))
+        if not pivot.pseudonyme.startswith(self.kid + "."):
+            raise ValueError(f"pseudonyme pivot d'une autre clé que {self.kid} : dériver avec la clé d'origine")
+        return _encode(self.kid, self._mac(key, pivot.digest[:_HEX_CHARS // 2]))

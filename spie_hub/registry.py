@@ -25,6 +25,9 @@ class Base:
 
     kind: str  # "legale" | "consentement"
     article: str | None = None
+    #: A legal basis open to objection (RGPD art. 21: public-interest mission, 6.1.e): an active refusal or
+    #: opposition of the person withholds the category. A legal obligation (6.1.c) is not.
+    opposable: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,11 @@ class Flow:
     transport: Transport
     perimetre: tuple[Condition, ...]
     destinataires: tuple[Recipient, ...] = field(default_factory=tuple)
+    responsable: str = "non renseigné"
+    personnes_concernees: str = "non renseigné"
+    transferts_hors_ue: str = "aucun"
+    #: Counts sent to partners below this value are replaced by "< seuil" (see docs/consentement.md).
+    seuil_petits_effectifs: int = 11
 
 
 def _category(name: str, where: str) -> CategorieDonnees:
@@ -79,7 +87,7 @@ def _recipient(flow_id: str, rid: str, spec: dict[str, Any]) -> Recipient:
     politique: dict[CategorieDonnees, Base] = {}
     for name, rule in spec.get("politique", {}).items():
         cat = _category(name, where)
-        base = Base(rule["base"], rule.get("article"))
+        base = Base(rule["base"], rule.get("article"), bool(rule.get("opposable", False)))
         if base.kind not in ("legale", "consentement"):
             raise ConfigurationError(f"{where} : base {base.kind!r} inconnue (legale ou consentement)")
         if base.kind == "legale" and not base.article:
@@ -105,20 +113,37 @@ def _flow(flow_id: str, spec: dict[str, Any]) -> Flow:
         transport=Transport(**source["transport"]),
         perimetre=tuple(Condition(**c) for c in spec.get("perimetre", [])),
         destinataires=tuple(_recipient(flow_id, rid, r) for rid, r in spec["destinataires"].items()),
+        responsable=spec.get("responsable", "non renseigné"),
+        personnes_concernees=spec.get("personnes_concernees", "non renseigné"),
+        transferts_hors_ue=spec.get("transferts_hors_ue", "aucun"),
+        seuil_petits_effectifs=int(spec.get("seuil_petits_effectifs", 11)),
     )
 
 
 @lru_cache(maxsize=4)
-def _load(path: Path) -> dict[str, Flow]:
+def _read(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError:
         raise ConfigurationError(f"Registre des flux introuvable : {path} (variable SPIE_HUB_FLOWS)") from None
-    return {flow_id: _flow(flow_id, spec) for flow_id, spec in (data.get("flux") or {}).items()}
+
+
+def _path(path: Path | None) -> Path:
+    return path or Path(os.environ.get("SPIE_HUB_FLOWS", REGISTRY_PATH))
+
+
+@lru_cache(maxsize=4)
+def _load(path: Path) -> dict[str, Flow]:
+    return {flow_id: _flow(flow_id, spec) for flow_id, spec in (_read(path).get("flux") or {}).items()}
 
 
 def load_flows(path: Path | None = None) -> dict[str, Flow]:
-    return _load(path or Path(os.environ.get("SPIE_HUB_FLOWS", REGISTRY_PATH)))
+    return _load(_path(path))
+
+
+def organisation(path: Path | None = None) -> dict[str, str]:
+    """The registry's ``organisation`` section (controller, DPO, security measures) for the art. 30 register."""
+    return {k: str(v) for k, v in (_read(_path(path)).get("organisation") or {}).items()}
 
 
 def get_flow(flow_id: str) -> Flow:

@@ -57,21 +57,39 @@ consents = Table(
     "consents",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("emetteur", String(80), nullable=False),  # consent ids are scoped by issuing partner
     Column("consent_id", String(128), nullable=False),
     Column("version", Integer, nullable=False),
+    Column("kind", String(20), nullable=False),  # "consentement" | "opposition"
     Column("subject", String(48), nullable=False),  # pivot pseudonym
     Column("status", String(20), nullable=False),
     Column("decision", String(10), nullable=False),
     Column("grantees", Text, nullable=False),  # JSON list of recipient ids
     Column("categories", Text, nullable=False),  # JSON list of data categories
+    Column("rules", Text, nullable=False),  # JSON list of {effet, destinataires, categories, debut, fin}
     Column("purposes", Text, nullable=False),
     Column("period_start", String(32)),
     Column("period_end", String(32)),
     Column("source", Text),
     Column("resource_sha256", String(64), nullable=False),
     Column("imported_at", String(32), nullable=False),
-    UniqueConstraint("consent_id", "version", name="uq_consent_version"),
+    UniqueConstraint("emetteur", "consent_id", "version", name="uq_consent_version"),
     Index("ix_consents_subject", "subject"),
+)
+
+#: Withdrawals detected at import (a permission lost, or a refusal or opposition recorded), pending until their
+#: deletion notices are written in the drops of the recipients that had received the person's data.
+revocations = Table(
+    "revocations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("subject", String(48), nullable=False),  # pivot pseudonym
+    Column("consent_ref", String(140), nullable=False),
+    Column("pairs", Text, nullable=False),  # JSON list of [recipient, category]
+    Column("recorded_at", String(32), nullable=False),
+    Column("propagated_at", String(32)),
+    Column("notices", Integer),
+    Index("ix_revocations_pending", "propagated_at"),
 )
 
 audit_log = Table(
@@ -87,6 +105,8 @@ audit_log = Table(
     Column("payload", Text, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    # Subject access and withdrawal propagation look a person up by pseudonym.
+    Index("ix_audit_subject", "subject"),
 )
 
 audit_head = Table(

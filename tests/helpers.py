@@ -8,19 +8,15 @@ from typing import Any
 
 from lxml import etree
 
-from consent.fhir_import import CATEGORY_SYSTEM, INS_NIR, PARTNER_SYSTEM
+from consent.fhir_build import consent
 
 
 def consent_resource(cid: str, nir: str, *, decision: str = "permit", status: str = "active",
                      grantees: tuple[str, ...] = ("departement-052",), categories: tuple[str, ...] = ("identite",),
-                     start: str = "2020-01-01", end: str = "2099-12-31") -> dict[str, Any]:
-    return {
-        "resourceType": "Consent", "id": cid, "status": status, "decision": decision, "date": "2025-01-01",
-        "subject": {"identifier": {"system": INS_NIR, "value": nir}},
-        "grantee": [{"identifier": {"system": PARTNER_SYSTEM, "value": g}} for g in grantees],
-        "period": {"start": start, "end": end},
-        "provision": [{"code": [{"coding": [{"system": CATEGORY_SYSTEM, "code": c}]} for c in categories]}],
-    }
+                     start: str = "2020-01-01", end: str = "2099-12-31", kind: str = "consentement") -> dict[str, Any]:
+    """A hub Consent: ``decision`` is what the person decided (permit = accord, deny = refus) about ``categories``."""
+    return consent(cid, nir, grant=decision == "permit", status=status, recipients=grantees, categories=categories,
+                   start=start, end=end, kind=kind)
 
 
 def write_bundle(path: Path, *resources: dict[str, Any]) -> Path:

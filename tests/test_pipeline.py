@@ -25,9 +25,17 @@ RECIPIENT = "departement-052"
 
 
 def permitted_nirs(bundle: Path) -> set[str]:
-    entries = [e["resource"] for e in json.loads(bundle.read_text())["entry"]]
-    denied = {r["subject"]["identifier"]["value"] for r in entries if r["decision"] == "deny"}
-    return {r["subject"]["identifier"]["value"] for r in entries if r["decision"] == "permit"} - denied
+    """NIRs whose identity the departement may receive, read straight from the FHIR R5 resources: a grant is a
+    base ``deny`` with a provision (an exception, so a permission) naming the recipient and the category."""
+    granted = set()
+    for entry in json.loads(bundle.read_text())["entry"]:
+        resource = entry["resource"]
+        for provision in resource.get("provision", []) if resource["decision"] == "deny" else []:
+            actors = {a["reference"]["identifier"]["value"] for a in provision["actor"]}
+            codes = {c["coding"][0]["code"] for c in provision["code"]}
+            if RECIPIENT in actors and "identite" in codes and resource["status"] == "active":
+                granted.add(resource["subject"]["identifier"]["value"])
+    return granted
 
 
 @pytest.fixture
@@ -56,9 +64,10 @@ def test_every_input_record_is_delivered_rejected_or_withheld(demo_run) -> None:
     assert counts.livres + counts.retenus + summary.rejetes == summary.lus and summary.accounted()
     assert len(_rows(counts.fichier)) == counts.livres
     with engine.connect() as c:
-        events = [r.event for r in c.execute(select(audit_log.c.event))]
-    assert events.count("decision") == counts.livres + counts.retenus
-    assert events.count("rejet") == summary.rejetes
+        events = [(r.event, r.recipient) for r in c.execute(select(audit_log.c.event, audit_log.c.recipient))]
+    for rid, each in summary.destinataires.items():
+        assert events.count(("decision", rid)) == each.livres + each.retenus
+    assert events.count(("rejet", None)) == summary.rejetes
 
 
 def test_rejected_records_are_reported_to_the_sender_with_a_readable_reason(demo_run) -> None:
