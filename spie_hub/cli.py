@@ -6,6 +6,8 @@ Exit codes: 0 success, 1 invalid input or failed check, 2 usage or configuration
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import getpass
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -59,21 +61,124 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_consent_import(args: argparse.Namespace) -> int:
-    from consent.fhir_import import import_consents
+def _store_and_key() -> tuple[HubHome, object, object]:
     from spie_hub.keys import load_key
     from spie_hub.pseudonym import Pseudonymiser
     from spie_hub.store import open_store
 
     home = HubHome.from_env().ensure()
-    engine = open_store(home.database_url)
-    report = import_consents(Path(args.fichier), engine, Pseudonymiser(load_key(home)))
-    print(f"Consentements importés : {report.importes} ; inchangés : {report.inchanges} ; erreurs : {len(report.erreurs)}")
+    return home, open_store(home.database_url), Pseudonymiser(load_key(home))
+
+
+def _print_propagation(report: object) -> None:
+    from consent.revocation import PropagationReport
+
+    assert isinstance(report, PropagationReport)
+    if report.retraits:
+        print(f"Retraits propagés : {report.retraits} ; avis de suppression : {report.avis}")
+        for path in report.fichiers:
+            print(f"  avis déposé : {path}")
+
+
+def cmd_consent_import(args: argparse.Namespace) -> int:
+    from consent.fhir_import import import_consents
+    from consent.revocation import propagate_withdrawals
+    from spie_hub.registry import load_flows
+
+    home, engine, pseudonymiser = _store_and_key()
+    report = import_consents(Path(args.fichier), engine, pseudonymiser, emetteur=args.emetteur)  # type: ignore[arg-type]
+    print(f"Consentements importés : {report.importes} ; inchangés : {report.inchanges} ; retraits ou oppositions : "
+          f"{report.retraits} ; erreurs : {len(report.erreurs)}")
     for error in report.erreurs[:50]:
         print(f"  - {error}")
     if len(report.erreurs) > 50:
         print(f"  … et {len(report.erreurs) - 50} autre(s)")
+    _print_propagation(propagate_withdrawals(engine, home, pseudonymiser, load_flows()))  # type: ignore[arg-type]
     return 1 if report.erreurs else 0
+
+
+def cmd_consent_propagate(_args: argparse.Namespace) -> int:
+    from consent.revocation import propagate_withdrawals
+    from spie_hub.registry import load_flows
+
+    home, engine, pseudonymiser = _store_and_key()
+    report = propagate_withdrawals(engine, home, pseudonymiser, load_flows())  # type: ignore[arg-type]
+    if not report.retraits:
+        print("Aucun retrait en attente de propagation.")
+    _print_propagation(report)
+    return 0
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"date attendue au format AAAA-MM-JJ : {text!r}") from None
+
+
+def cmd_dpo_report(args: argparse.Namespace) -> int:
+    from spie_hub.dpo.report import write_report
+    from spie_hub.store import open_store
+
+    if args.au < args.du:
+        _err("La date de fin (--au) précède la date de début (--du).")
+        return 2
+    output = Path(args.sortie)
+    data = write_report(open_store(HubHome.from_env().database_url), args.du, args.au, output)
+    print(f"Rapport DPO du {args.du} au {args.au} écrit : {output.resolve()}")
+    print(f"  {data.runs} exécution(s), {data.lus} enregistrement(s) lus, {len(data.retraits)} retrait(s) ; "
+          f"journal d'audit {'intègre' if data.audit.ok else 'ALTÉRÉ'}")
+    return 0 if data.audit.ok else 1
+
+
+def cmd_dpo_register(args: argparse.Namespace) -> int:
+    from spie_hub.dpo.register import as_markdown
+
+    text = as_markdown()
+    if args.sortie:
+        Path(args.sortie).write_text(text + "\n", encoding="utf-8")
+        print(f"Registre des activités de traitement écrit : {Path(args.sortie).resolve()}")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_dpo_person(args: argparse.Namespace) -> int:
+    from spie_hub.dpo.subject_access import subject_access
+    from spie_hub.registry import load_flows
+
+    _home, engine, pseudonymiser = _store_and_key()
+    report = subject_access(engine, pseudonymiser, args.nir, load_flows(), demandeur=args.demandeur,  # type: ignore[arg-type]
+                            motif=args.motif)
+    if args.json:
+        print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
+        return 0
+    print(f"Personne : pseudonyme pivot {report.pseudonyme_pivot} (clé {report.cle}). Recherche journalisée.")
+    print(f"Consentements et oppositions ({len(report.consentements)} version(s)) :")
+    for c in report.consentements:
+        rules = " ; ".join(f"{'autorise' if r['effet'] == 'permit' else 'refuse'} {', '.join(r['categories'])} "
+                           f"à {', '.join(r['destinataires'])} ({r['debut'] or '…'} → {r['fin'] or '…'})" for r in c["regles"])
+        print(f"  - {c['emetteur']}/{c['consentement']} v{c['version']} [{c['type']}, {c['statut']}] : {rules}")
+    print(f"Échanges et décisions ({len(report.echanges)}) :")
+    for e in report.echanges:
+        if e.evenement == "decision":
+            head = f"{e.date} {e.flux} → {e.destinataire} : {'LIVRÉ' if e.decision == 'livre' else 'retenu'}"
+            grounds = ", ".join(f"{c} ({g})" for c, g in e.categories.items())
+            print(f"  - {head} ; {grounds}" + (f" ; motif : {e.motif}" if e.motif else ""))
+            if e.champs:
+                print(f"      fichier {e.fichier} ; champs : {', '.join(e.champs)}")
+        else:
+            print(f"  - {e.date} {e.evenement}" + (f" → {e.destinataire}" if e.destinataire else "")
+                  + (f" : {e.motif}" if e.motif else "") + (f" ; {e.fichier}" if e.fichier else ""))
+    return 0
+
+
+def cmd_purge(_args: argparse.Namespace) -> int:
+    from spie_hub.orchestration import run_purge
+
+    for flow, count in run_purge().items():
+        print(f"Flux {flow} : {count} fichier(s) supprimé(s) au-delà de la durée de conservation (purge journalisée).")
+    return 0
 
 
 def print_summary(summary: object) -> None:
@@ -186,9 +291,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     consent = sub.add_parser("consent", help="registre des consentements")
     consent_sub = consent.add_subparsers(dest="action", required=True, metavar="ACTION")
-    imp = consent_sub.add_parser("import", help="importer un Bundle FHIR de Consent (JSON)")
+    imp = consent_sub.add_parser("import", help="importer des consentements (Bundle FHIR JSON ou CSV du hub)")
     imp.add_argument("fichier")
+    imp.add_argument("--emetteur", default="hub", help="partenaire émetteur (les identifiants de Consent sont propres à lui)")
     imp.set_defaults(func=cmd_consent_import)
+    consent_sub.add_parser("propager", help="déposer les avis de suppression des retraits en attente").set_defaults(
+        func=cmd_consent_propagate)
+
+    dpo = sub.add_parser("dpo", help="outils du délégué à la protection des données")
+    dpo_sub = dpo.add_subparsers(dest="action", required=True, metavar="ACTION")
+    report = dpo_sub.add_parser("rapport", help="rapport HTML autonome sur une période")
+    report.add_argument("--du", type=_date, required=True, help="début de période (AAAA-MM-JJ)")
+    report.add_argument("--au", type=_date, required=True, help="fin de période incluse (AAAA-MM-JJ)")
+    report.add_argument("--sortie", required=True, help="fichier HTML à écrire")
+    report.set_defaults(func=cmd_dpo_report)
+    reg = dpo_sub.add_parser("registre", help="registre des activités de traitement (RGPD art. 30), en Markdown")
+    reg.add_argument("--sortie", help="fichier à écrire (sinon : sortie standard)")
+    reg.set_defaults(func=cmd_dpo_register)
+    person = dpo_sub.add_parser("personne", help="droit d'accès : tous les échanges concernant une personne")
+    person.add_argument("--nir", required=True)
+    person.add_argument("--demandeur", default=getpass.getuser(), help="qui fait la recherche (journalisé)")
+    person.add_argument("--motif", default="demande d'accès (RGPD art. 15)", help="pourquoi (journalisé)")
+    person.add_argument("--json", action="store_true")
+    person.set_defaults(func=cmd_dpo_person)
+
+    sub.add_parser("purge", help="purger ce qui dépasse la durée de conservation des flux").set_defaults(func=cmd_purge)
 
     run = sub.add_parser("run", help="exécuter un flux sur un fichier")
     run.add_argument("flux")

@@ -10,6 +10,7 @@ from pathlib import Path
 from spie_hub.config import HubHome
 
 FLOW_ID = "caf-vers-departement"
+EMETTEUR = "departement-052"
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -72,7 +73,7 @@ def run_demo(households: int = 1000, with_airflow: bool = True) -> int:
           f"({stats.anomalies} NIR volontairement erronés) → {flux}")
 
     engine = open_store(home.database_url)
-    report = import_consents(consents, engine, Pseudonymiser(load_key(home)))
+    report = import_consents(consents, engine, Pseudonymiser(load_key(home)), emetteur=EMETTEUR)
     print(f"3. Consentements FHIR importés : {report.importes} ({stats.consentements} accords, {stats.refus} refus), "
           f"erreurs : {len(report.erreurs)}")
 
@@ -113,6 +114,34 @@ def run_demo(households: int = 1000, with_airflow: bool = True) -> int:
     result = verify(engine)
     if result.ok:
         print(f"\n5. Journal d'audit intègre : {result.entries} entrées chaînées vérifiées.")
-        return 0
-    print(f"\n5. Journal d'audit ALTÉRÉ à l'entrée n° {result.first_bad_seq} : {result.reason}", file=sys.stderr)
-    return 1
+    else:
+        print(f"\n5. Journal d'audit ALTÉRÉ à l'entrée n° {result.first_bad_seq} : {result.reason}", file=sys.stderr)
+        return 1
+    _withdraw_and_report(home, engine, consents, stamp)
+    return 0
+
+
+def _withdraw_and_report(home: HubHome, engine: object, consents: Path, stamp: str) -> None:
+    import datetime as dt
+
+    from consent.fhir_import import import_consents
+    from consent.revocation import propagate_withdrawals
+    from spie_hub.demo_data import write_withdrawals
+    from spie_hub.dpo.report import write_report
+    from spie_hub.keys import load_key
+    from spie_hub.pseudonym import Pseudonymiser
+    from spie_hub.registry import load_flows
+
+    pseudonymiser = Pseudonymiser(load_key(home))
+    withdrawals = home.root / "demo" / f"retraits_{stamp}.csv"
+    count = write_withdrawals(consents, withdrawals, 12)
+    report = import_consents(withdrawals, engine, pseudonymiser, emetteur=EMETTEUR)  # type: ignore[arg-type]
+    propagation = propagate_withdrawals(engine, home, pseudonymiser, load_flows())  # type: ignore[arg-type]
+    print(f"6. {count} retraits de consentement importés (CSV du hub : {withdrawals}) : {report.retraits} enregistrés, "
+          f"{propagation.avis} avis de suppression déposés chez les destinataires")
+    for path in propagation.fichiers:
+        print(f"   {path}")
+    today = dt.date.today()
+    output = home.root / "rapports" / f"rapport-dpo_{today.isoformat()}.html"
+    write_report(engine, today - dt.timedelta(days=30), today, output)  # type: ignore[arg-type]
+    print(f"7. Rapport DPO (HTML autonome, s'ouvre hors ligne) : {output}")

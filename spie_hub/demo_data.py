@@ -220,3 +220,30 @@ def generate(flux_path: Path, consents_path: Path | None, households: int, *, se
         consent_out.write("\n]}\n")
         consent_out.close()
     return stats
+
+
+WITHDRAWAL_HEADER = ["identifiant", "nir", "type", "decision", "statut", "destinataires", "categories", "debut", "fin",
+                     "finalite", "date_recueil", "recueilli_par", "mode_recueil", "base_reglementaire", "responsable"]
+
+
+def write_withdrawals(consents_path: Path, out: Path, count: int, *, seed: int = 52) -> int:
+    """A CSV (hub layout) withdrawing ``count`` of the permissions granted in a demo bundle: same consent id,
+    status ``retire``, as a Département would send after people change their mind."""
+    entries = [e["resource"] for e in json.loads(consents_path.read_text(encoding="utf-8"))["entry"]]
+    grants = [r for r in entries if r["decision"] == "deny" and r.get("provision")]
+    chosen = random.Random(seed).sample(grants, min(count, len(grants)))
+    with out.open("w", encoding="utf-8-sig", newline="") as handle:
+        handle.write(";".join(WITHDRAWAL_HEADER) + "\r\n")
+        for r in chosen:
+            provision = r["provision"][0]
+            row = {
+                "identifiant": r["id"], "nir": r["subject"]["identifier"]["value"], "type": "consentement",
+                "decision": "accord", "statut": "retire",
+                "destinataires": "|".join(a["reference"]["identifier"]["value"] for a in provision["actor"]),
+                "categories": "|".join(c["coding"][0]["code"] for c in provision["code"]),
+                "debut": r["period"]["start"], "fin": r["period"].get("end", ""),
+                "finalite": "accompagnement-insertion", "date_recueil": r["date"], "recueilli_par": "agent d'accueil",
+                "mode_recueil": "retrait par courrier", "base_reglementaire": "RGPD art. 7.3", "responsable": "departement-052",
+            }
+            handle.write(";".join(row[k] for k in WITHDRAWAL_HEADER) + "\r\n")
+    return len(chosen)

@@ -91,3 +91,42 @@ def build_dag(flow: Flow) -> Any:
 
         verifier_audit(executer_flux.expand(ref=detecter_fichiers()))
     return dag
+
+
+PURGE_DAG_ID = DAG_PREFIX + "purge_conservation"
+
+
+def run_purge(home: HubHome | None = None) -> dict[str, int]:
+    from spie_hub.registry import load_flows
+    from spie_hub.retention import purge
+    from spie_hub.store import open_store
+
+    home = (home or HubHome.from_env()).ensure()
+    engine = open_store(home.database_url)
+    try:
+        return {report.flux: len(report.fichiers) for report in purge(engine, home, load_flows())}
+    finally:
+        engine.dispose()
+
+
+def build_purge_dag() -> Any:
+    """Daily purge of what each flow keeps beyond its retention period (see spie_hub/retention.py)."""
+    from airflow.sdk import DAG, task
+
+    with DAG(
+        dag_id=PURGE_DAG_ID,
+        description="Purge des fichiers au-delà de la durée de conservation de chaque flux",
+        schedule="@daily",
+        start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+        catchup=False,
+        max_active_runs=1,
+        tags=["spie", "conservation"],
+        doc_md="Supprime ce qui dépasse `conservation_jours` (flows.yaml) et inscrit chaque purge au journal d'audit.",
+    ) as dag:
+
+        @task
+        def purger() -> dict[str, int]:
+            return run_purge()
+
+        purger()
+    return dag
