@@ -182,22 +182,24 @@ def _consent(index: int, person: Personne, decision: str, recipient: str) -> dic
 
 def generate(flux_path: Path, consents_path: Path | None, households: int, *, seed: int = 52,
              consent_rate: float = 0.4, deny_rate: float = 0.05, anomaly_rate: float = 0.003,
-             max_consents: int | None = None, recipient: str = "departement-052") -> DemoStats:
+             max_consents: int | None = None, recipient: str = "departement-052",
+             reference: dt.date = dt.date(2026, 10, 31)) -> DemoStats:
+    """Same ``seed``, same people: a later ``reference`` date gives the next monthly file about them."""
     rng = random.Random(seed)
-    today = dt.date(2026, 10, 31)
+    birth_reference = dt.date(2026, 10, 31)  # ages drawn from a fixed day, so people do not change between files
     stats = DemoStats()
     consent_out: IO[str] | None = consents_path.open("w", encoding="utf-8") if consents_path else None
     with flux_path.open("w", encoding="cp1252", newline="\n") as out:
         out.write('<?xml version="1.0" encoding="windows-1252"?>\n<Racine>\n<IdentificationFlux><APPLIEME>CRI</APPLIEME>'
                   "<NUMVERSIONAPPLIEME>6200</NUMVERSIONAPPLIEME><TYPEFLUX>M</TYPEFLUX><NATFLUX>D</NATFLUX>"
-                  f"<DTCREAFLUX>{today.isoformat()}</DTCREAFLUX><HEUCREAFLUX>01:18:36.0000</HEUCREAFLUX>"
-                  f"<DTREF>{today.isoformat()}</DTREF></IdentificationFlux>\n")
+                  f"<DTCREAFLUX>{reference.isoformat()}</DTCREAFLUX><HEUCREAFLUX>01:18:36.0000</HEUCREAFLUX>"
+                  f"<DTREF>{reference.isoformat()}</DTREF></IdentificationFlux>\n")
         if consent_out:
             consent_out.write('{"resourceType": "Bundle", "type": "collection", "entry": [\n')
         for index in range(1, households + 1):
             etat = rng.choice(ETATS)
             dept = "052" if rng.random() < 0.95 else rng.choice(["010", "051"])
-            people = _household(rng, today, etat)
+            people = _household(rng, birth_reference, etat)
             out.write(_foyer_xml(rng, index, people, etat, dept, anomaly_rate, stats))
             stats.foyers += 1
             stats.personnes += len(people)
