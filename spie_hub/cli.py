@@ -147,8 +147,10 @@ def cmd_dpo_person(args: argparse.Namespace) -> int:
     from spie_hub.dpo.subject_access import subject_access
     from spie_hub.registry import load_flows
 
+    # "--nir -" reads the NIR from standard input, so it stays out of the shell history and the process list.
+    nir = sys.stdin.readline().strip() if args.nir == "-" else args.nir
     _home, engine, pseudonymiser = _store_and_key()
-    report = subject_access(engine, pseudonymiser, args.nir, load_flows(), demandeur=args.demandeur,  # type: ignore[arg-type]
+    report = subject_access(engine, pseudonymiser, nir, load_flows(), demandeur=args.demandeur,  # type: ignore[arg-type]
                             motif=args.motif)
     if args.json:
         print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
@@ -309,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--sortie", help="fichier à écrire (sinon : sortie standard)")
     reg.set_defaults(func=cmd_dpo_register)
     person = dpo_sub.add_parser("personne", help="droit d'accès : tous les échanges concernant une personne")
-    person.add_argument("--nir", required=True)
+    person.add_argument("--nir", required=True, help="NIR de la personne, ou « - » pour le lire sur l'entrée standard")
     person.add_argument("--demandeur", default=getpass.getuser(), help="qui fait la recherche (journalisé)")
     person.add_argument("--motif", default="demande d'accès (RGPD art. 15)", help="pourquoi (journalisé)")
     person.add_argument("--json", action="store_true")

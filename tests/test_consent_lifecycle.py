@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from fhir.resources.consent import Consent
-from helpers import consent_resource, write_bundle
+from helpers import consent_resource
 from sqlalchemy import select
 
 from consent.decision import ConsentIndex, decide
@@ -138,7 +138,7 @@ def test_the_csv_layout_imports_grants_withdrawals_and_oppositions(engine, tmp_p
     assert decide(DEP, [C.IDENTITE, C.CONTACT], _found(engine), TODAY).permises == {C.IDENTITE, C.CONTACT}
     assert not decide(PLATEFORME, [C.DROITS_RSA], _found(engine), TODAY).livre
     second = tmp_path / "b.csv"
-    second.write_text(CSV_HEADER + f"c1;{NIR};consentement;accord;retire;departement-052;identite|contact;2025-01-01;;insertion;2025-01-02\n")
+    second.write_text(CSV_HEADER + f"c1;{NIR};consentement;accord;retire;departement-052;identite|contact;2025-01-01;;;\n")
     assert import_consents(second, engine, P, emetteur="departement-052", today=TODAY).retraits == 1
     assert decide(DEP, [C.IDENTITE], _found(engine), TODAY).permises == frozenset()
 

@@ -30,7 +30,7 @@ def test_the_dag_folder_imports_without_error_and_has_one_dag_per_flow(airflow_d
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.import_errors == {}
-    assert set(bag.dag_ids) == {dag_id(f) for f in load_flows().values()}
+    assert set(bag.dag_ids) == {dag_id(f) for f in load_flows().values()} | {"spie_purge_conservation"}
     dag = bag.get_dag("spie_caf_vers_departement")
     assert {t.task_id for t in dag.tasks} == {"detecter_fichiers", "executer_flux", "verifier_audit"}
 
@@ -75,6 +75,27 @@ def test_the_flow_runs_end_to_end_in_airflow_with_no_identity_in_xcoms(airflow_d
         for value in (person["NIR"], person["DTNAI"], f'{person["PRENOM"]}'):
             assert value not in xcoms
         assert person["NIR"] not in logs and person["DTNAI"] not in logs
+
+
+def test_the_purge_dag_runs_in_airflow_and_audits_each_flows_purge(airflow_db, hub_home) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+    from sqlalchemy import select
+
+    from spie_hub.config import HubHome
+    from spie_hub.registry import load_flows
+    from spie_hub.store import audit_log, open_store
+
+    home = HubHome.from_env().ensure()
+    stale = home.root / "archive" / "caf-vers-departement" / "ancien.xml"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("<Racine/>")
+    os.utime(stale, (time.time() - 800 * 86400,) * 2)
+    run = DagBag(dag_folder=str(REPO / "dags")).get_dag("spie_purge_conservation").test()
+    assert str(run.state) == "success" and not stale.exists()
+    with open_store(home.database_url).connect() as c:
+        purged = c.execute(select(audit_log.c.flow, audit_log.c.payload).where(audit_log.c.event == "purge")).all()
+    assert {flow for flow, _ in purged} == set(load_flows())
+    assert "archive/caf-vers-departement/ancien.xml" in purged[0].payload
 
 
 @pytest.mark.parametrize("backend", ["variable", "connection"])
