@@ -62,7 +62,8 @@ def measure(households: int, workdir: Path) -> dict[str, float]:
     people, bare_seconds = bare_parse(flux)
     home = workdir / f"home_{households}"
     env = {**os.environ, "SPIE_HUB_HOME": str(home), "SPIE_HUB_DATABASE_URL": "",
-           "SPIE_HUB_PSEUDO_KEY": "bench:" + base64.b64encode(os.urandom(32)).decode()}
+           "SPIE_HUB_PSEUDO_KEY": "bench:" + base64.b64encode(os.urandom(32)).decode(),
+           "SPIE_HUB_SIGNING_KEY": "benchsig:" + base64.b64encode(os.urandom(32)).decode()}
     subprocess.run([sys.executable, "-m", "spie_hub.cli", "consent", "import", str(consents)],
                    check=True, capture_output=True, cwd=REPO, env=env)
     out = subprocess.run([sys.executable, __file__, "--child", str(flux), str(home)],

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 from sqlalchemy import Engine, select, update
 
-from spie_hub.store import GENESIS_HASH, audit_head, audit_log
+from spie_hub.store import audit_head
 
 
 def canonical(payload: dict[str, Any]) -> str:
@@ -128,35 +128,8 @@ class AuditSpool:
         self.path.unlink(missing_ok=True)
 
 
-@dataclass(frozen=True)
-class VerifyResult:
-    ok: bool
-    entries: int
-    first_bad_seq: int | None = None
-    reason: str | None = None
+def verify(engine: Engine, batch: int = 10_000) -> Any:
+    """Walk the chain against its signed checkpoints and report the first entry that does not verify."""
+    from spie_hub.audit_check import verify_store
 
-
-def verify(engine: Engine, batch: int = 10_000) -> VerifyResult:
-    """Walk the chain in order and report the first entry that does not verify."""
-    expected_seq, expected_prev, count = 1, GENESIS_HASH, 0
-    with engine.connect() as connection:
-        head_seq, head_hash = connection.execute(select(audit_head.c.seq, audit_head.c.hash)).one()
-        result = connection.execution_options(stream_results=True, yield_per=batch).execute(
-            select(audit_log).order_by(audit_log.c.seq)
-        )
-        for mapping in result.mappings():
-            row = dict(mapping)
-            if row["seq"] != expected_seq:
-                if row["seq"] > expected_seq:
-                    return VerifyResult(False, count, expected_seq, f"entrée n° {expected_seq} absente (supprimée)")
-                return VerifyResult(False, count, row["seq"], f"entrée n° {row['seq']} dupliquée ou déplacée")
-            if row["prev_hash"] != expected_prev:
-                return VerifyResult(False, count, row["seq"], "chaînage rompu (entrée supprimée, insérée ou déplacée)")
-            if entry_hash(row) != row["hash"]:
-                return VerifyResult(False, count, row["seq"], "contenu modifié (empreinte SHA-256 différente)")
-            expected_seq, expected_prev, count = expected_seq + 1, row["hash"], count + 1
-    if count != head_seq or expected_prev != head_hash:
-        if count < head_seq:
-            return VerifyResult(False, count, count + 1, f"entrées n° {count + 1} à {head_seq} absentes (fin du journal supprimée)")
-        return VerifyResult(False, count, head_seq, "tête de chaîne incohérente avec le journal")
-    return VerifyResult(True, count)
+    return verify_store(engine, batch)

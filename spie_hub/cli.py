@@ -235,12 +235,85 @@ def cmd_audit_verify(_args: argparse.Namespace) -> int:
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
     from spie_hub.keys import generate_key_file
+    from spie_hub.signing import generate_signing_key_file
 
     home = HubHome.from_env().ensure()
     path = home.keys / "pseudonymisation.json"
     existed = path.exists()
     key = generate_key_file(path, args.kid)
     print(f"Clé de pseudonymisation {'existante' if existed else 'créée'} : identifiant {key.kid}, fichier {path}")
+    signing_path = home.keys / "signature.json"
+    existed = signing_path.exists()
+    signer = generate_signing_key_file(signing_path, args.kid_signature)
+    print(f"Clé de signature du journal {'existante' if existed else 'créée'} : identifiant {signer.kid}, fichier {signing_path}")
+    return 0
+
+
+def cmd_keys_publish(args: argparse.Namespace) -> int:
+    from spie_hub.keys import load_key
+    from spie_hub.signing import load_signing_key
+
+    home = HubHome.from_env().ensure()
+    signer = load_signing_key(home, load_key(home))
+    out = Path(args.sortie)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(signer.public_pem, encoding="utf-8")
+    print(f"Clé publique de signature {signer.kid} (Ed25519) écrite : {out.resolve()} — à publier avec la documentation")
+    return 0
+
+
+def _signer(home: HubHome) -> object:
+    from spie_hub.keys import load_key
+    from spie_hub.signing import load_signing_key
+
+    return load_signing_key(home, load_key(home))
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from spie_hub.audit_bundle import export_bundle
+    from spie_hub.store import open_store
+
+    home = HubHome.from_env().ensure()
+    count = export_bundle(open_store(home.database_url), Path(args.sortie), _signer(home))  # type: ignore[arg-type]
+    print(f"Journal exporté : {count} entrée(s) dans {Path(args.sortie).resolve()} "
+          "(vérification hors ligne : spie-hub audit verifier DOSSIER --cle-publique CLE.pem)")
+    return 0
+
+
+def cmd_audit_offline(args: argparse.Namespace) -> int:
+    from spie_hub.audit_bundle import verify_bundle
+
+    folder = Path(args.dossier)
+    if not folder.is_dir():
+        _err(f"Dossier introuvable : {folder}")
+        return 2
+    verdict = verify_bundle(folder, [Path(p) for p in args.cle_publique or []], [Path(p) for p in args.recu or []])
+    for note in verdict.notes:
+        print(f"  ! {note}")
+    result = verdict.result
+    if result.ok:
+        print(f"Journal intègre : {result.entries} entrée(s) (à partir du n° {result.first_seq}), "
+              f"{result.checkpoints} point(s) de contrôle signé(s) vérifié(s).")
+        return 0
+    where = f" à l'entrée n° {result.first_bad_seq}" if result.first_bad_seq else ""
+    print(f"Journal ALTÉRÉ{where} : {result.reason}")
+    return 1
+
+
+def cmd_receipt_verify(args: argparse.Namespace) -> int:
+    from spie_hub.receipts import verify_receipt
+    from spie_hub.signing import public_b64_from_pem
+
+    path = Path(args.manifeste)
+    receipt = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    kid = (receipt.get("signature") or {}).get("cle", "")
+    problems = verify_receipt(path, {kid: public_b64_from_pem(Path(args.cle_publique).read_text(encoding="utf-8"))})
+    if problems:
+        for problem in problems:
+            print(f"REÇU INVALIDE : {problem}")
+        return 1
+    print(f"Reçu valide : {receipt['fichier']} ({receipt['enregistrements']} enregistrement(s)), signé par le hub "
+          f"(clé {kid}), entrée n° {receipt['journal']['entree']} du journal.")
     return 0
 
 
@@ -327,13 +400,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="journal d'audit")
     audit_sub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
-    audit_sub.add_parser("verify", help="vérifier le chaînage du journal").set_defaults(func=cmd_audit_verify)
+    audit_sub.add_parser("verify", help="vérifier le chaînage du journal dans la base").set_defaults(func=cmd_audit_verify)
+    export = audit_sub.add_parser("exporter", help="exporter le journal pour une vérification hors ligne")
+    export.add_argument("--sortie", required=True, help="dossier à écrire")
+    export.set_defaults(func=cmd_audit_export)
+    offline = audit_sub.add_parser("verifier", help="vérifier hors ligne un export du journal (sans base)")
+    offline.add_argument("dossier")
+    offline.add_argument("--cle-publique", action="append", help="clé publique publiée du hub (PEM), répétable")
+    offline.add_argument("--recu", action="append", help="manifeste signé reçu avec une livraison, répétable")
+    offline.set_defaults(func=cmd_audit_offline)
+
+    receipt = sub.add_parser("recu", help="reçus de livraison signés")
+    receipt_sub = receipt.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = receipt_sub.add_parser("verifier", help="vérifier un manifeste signé et le fichier livré")
+    check.add_argument("manifeste")
+    check.add_argument("--cle-publique", required=True, help="clé publique publiée du hub (PEM)")
+    check.set_defaults(func=cmd_receipt_verify)
 
     keys = sub.add_parser("cles", help="clés de pseudonymisation")
     keys_sub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
     init = keys_sub.add_parser("init", help="créer une clé locale (démo, poste de développement)")
-    init.add_argument("--kid", default="k1")
+    init.add_argument("--kid", default="k1", help="identifiant de la clé de pseudonymisation")
+    init.add_argument("--kid-signature", default="s1", help="identifiant de la clé de signature du journal")
     init.set_defaults(func=cmd_keys_init)
+    publish = keys_sub.add_parser("publier", help="écrire la clé publique de signature (PEM) à publier")
+    publish.add_argument("--sortie", required=True)
+    publish.set_defaults(func=cmd_keys_publish)
 
     sub.add_parser("flux", help="lister les flux déclarés dans le registre").set_defaults(func=cmd_flows)
     executions = sub.add_parser("executions", help="dernières exécutions des flux")

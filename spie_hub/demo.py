@@ -55,11 +55,13 @@ def run_demo(households: int = 1000, with_airflow: bool = True) -> int:
     from spie_hub.keys import generate_key_file, load_key
     from spie_hub.pseudonym import Pseudonymiser
     from spie_hub.registry import get_flow
+    from spie_hub.signing import generate_signing_key_file
     from spie_hub.store import deliveries, open_store, runs
 
     home = HubHome.from_env().ensure()
     key = generate_key_file(home.keys / "pseudonymisation.json", "demo1")
-    print(f"1. Clé de pseudonymisation de démonstration : {key.kid} ({home.keys / 'pseudonymisation.json'})")
+    signer = generate_signing_key_file(home.keys / "signature.json", "demosig1")
+    print(f"1. Clés de démonstration : pseudonymisation {key.kid}, signature du journal {signer.kid} ({home.keys})")
 
     flow = get_flow(FLOW_ID)
     inbox = home.root / flow.transport.dossier

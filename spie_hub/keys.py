@@ -21,7 +21,7 @@ from spie_hub.errors import ConfigurationError
 ENV_KEY = "SPIE_HUB_PSEUDO_KEY"
 ENV_KEY_FILE = "SPIE_HUB_PSEUDO_KEY_FILE"
 AIRFLOW_VARIABLE = "spie_hub_pseudo_key"
-_KID = re.compile(r"^[a-z0-9-]{1,16}$")
+KID_PATTERN = re.compile(r"^[a-z0-9-]{1,16}$")
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class PseudonymisationKey:
     secret: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
-        if not _KID.match(self.kid):
+        if not KID_PATTERN.match(self.kid):
             raise ConfigurationError(
                 "Identifiant de clé invalide : 1 à 16 caractères parmi a-z, 0-9 et '-' (ex. 'k2026a')"
             )
@@ -74,21 +74,21 @@ def generate_key_file(path: Path, kid: str = "k1") -> PseudonymisationKey:
     return key
 
 
-def _from_airflow() -> str | None:
-    """The key from the Airflow secrets backend: Variable ``spie_hub_pseudo_key`` ("kid:secret_base64"), or
-    Connection ``spie_hub_pseudo_key`` (login = kid, password = secret_base64). Only inside a running task."""
-    if "AIRFLOW_CTX_DAG_ID" not in os.environ:  # never at DAG parse time, never outside Airflow
+def secret_from_airflow(name: str) -> str | None:
+    """A secret from the Airflow secrets backend: Variable ``name`` ("kid:base64"), or Connection ``name``
+    (login = kid, password = base64). Only inside a running task, never at DAG parse time or outside Airflow."""
+    if "AIRFLOW_CTX_DAG_ID" not in os.environ:
         return None
     from airflow.sdk import Connection, Variable
 
     try:
-        value = Variable.get(AIRFLOW_VARIABLE, default=None)
+        value = Variable.get(name, default=None)
     except Exception:  # noqa: BLE001 - no Variable of that name, or no backend: try the Connection
         value = None
     if value:
         return str(value)
     try:
-        connection = Connection.get(AIRFLOW_VARIABLE)
+        connection = Connection.get(name)
     except Exception:  # noqa: BLE001 - no Connection of that name either: fall through to the file
         return None
     return f"{connection.login}:{connection.password}" if connection.login and connection.password else None
@@ -99,7 +99,7 @@ def load_key(home: HubHome | None = None) -> PseudonymisationKey:
         return PseudonymisationKey.parse(value, f"Variable d'environnement {ENV_KEY}")
     if path := os.environ.get(ENV_KEY_FILE):
         return PseudonymisationKey.from_file(Path(path))
-    if value := _from_airflow():
+    if value := secret_from_airflow(AIRFLOW_VARIABLE):
         return PseudonymisationKey.parse(value, f"Variable Airflow {AIRFLOW_VARIABLE}")
     default = (home or HubHome.from_env()).keys / "pseudonymisation.json"
     if default.exists():

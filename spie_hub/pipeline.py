@@ -30,6 +30,7 @@ from consent.revocation import propagate_withdrawals
 from schemas.categories import CATEGORIE_DU_BLOC, CategorieDonnees
 from schemas.spie_v1 import SCHEMA_VERSION, PersonneSPIE
 from spie_hub.audit import AuditEvent, AuditLog, AuditSpool, canonical, now
+from spie_hub.audit_check import seal
 from spie_hub.config import HubHome
 from spie_hub.disclosure import suppress
 from spie_hub.errors import ConfigurationError, FatalInputError, RecordError
@@ -37,8 +38,10 @@ from spie_hub.keys import load_key
 from spie_hub.mapping import CompiledMapping, load_mapping
 from spie_hub.outputs import CsvRowWriter, load_output, write_report
 from spie_hub.pseudonym import Pivot, Pseudonymiser
+from spie_hub.receipts import sign_manifest
 from spie_hub.registry import Condition, Flow, Recipient, get_flow, load_flows
-from spie_hub.store import deliveries, open_store, runs
+from spie_hub.signing import load_signing_key
+from spie_hub.store import audit_head, deliveries, open_store, runs
 
 log = logging.getLogger("spie_hub.pipeline")
 BATCH = 1000
@@ -167,7 +170,9 @@ class FlowRun:
         self.flow, self.home, self.engine, self.input_path = flow, home, engine, input_path
         self.run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         self.audit = AuditLog(engine)
-        self.pseudonymiser = Pseudonymiser(load_key(home))
+        key = load_key(home)
+        self.pseudonymiser = Pseudonymiser(key)
+        self.signer = load_signing_key(home, key)
         self.mapping: CompiledMapping = load_mapping(flow.mapping)
         self.consents = ConsentIndex(engine)
         self.today = dt.date.today()
@@ -320,8 +325,11 @@ class FlowRun:
         # Write-ahead: the decisions and deliveries enter the audit before any file becomes visible, so nothing
         # can leave without its trail (a crash in between leaves an audited delivery that a rerun completes).
         self.spool.commit(self.audit)
+        with self.engine.connect() as connection:
+            seq, digest = connection.execute(select(audit_head.c.seq, audit_head.c.hash)).one()
         for recipient, name, manifest in staged:
-            self._publish(recipient, name, manifest, input_sha)
+            manifest["journal"] = {"entree": seq, "empreinte": digest}
+            self._publish(recipient, name, sign_manifest(manifest, self.signer), input_sha)
         self._write_rejections(input_sha)
         self._write_acknowledgement(input_sha)
         self.summary.statut = "termine"
@@ -423,6 +431,7 @@ class FlowRun:
                                       "rejetes": self.summary.rejetes, "destinataires": counts})
         self.spool.commit(self.audit)
         self.spool.close()
+        seal(self.engine, self.signer)  # a signed checkpoint at the end of every run
         shutil.rmtree(self.staging, ignore_errors=True)
         with self.engine.begin() as connection:
             connection.execute(update(runs).where(runs.c.run_id == self.run_id).values(

@@ -117,6 +117,27 @@ audit_head = Table(
     Column("hash", String(64), nullable=False),
 )
 
+#: Signed checkpoints over the chain (Ed25519): made at the end of every run, before a retention purge (the
+#: checkpoint at the last purged entry is the anchor the remaining chain starts from), and on export.
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("hash", String(64), nullable=False),
+    Column("ts", String(32), nullable=False),
+    Column("kid", String(16), nullable=False),
+    Column("signature", String(128), nullable=False),
+)
+
+#: Public halves of every signing key ever used, so old checkpoints stay verifiable after a key rotation.
+audit_keys = Table(
+    "audit_keys",
+    metadata,
+    Column("kid", String(16), primary_key=True),
+    Column("public_b64", String(64), nullable=False),
+    Column("added_at", String(32), nullable=False),
+)
+
 GENESIS_HASH = "0" * 64
 
 

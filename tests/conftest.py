@@ -38,6 +38,7 @@ def hub_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "hub"
     monkeypatch.setenv("SPIE_HUB_HOME", str(home))
     monkeypatch.setenv("SPIE_HUB_PSEUDO_KEY", "t1:" + base64.b64encode(b"k" * 32).decode())
+    monkeypatch.setenv("SPIE_HUB_SIGNING_KEY", "s1:" + base64.b64encode(b"s" * 32).decode())
     return home
 
 

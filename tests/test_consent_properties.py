@@ -158,10 +158,12 @@ def _registry(path: Path, policy: dict[str, dict[str, str]]) -> None:
 
 @contextmanager
 def _hub(policy: dict[str, dict[str, str]]) -> Iterator[HubHome]:
-    saved = {k: os.environ.get(k) for k in ("SPIE_HUB_HOME", "SPIE_HUB_FLOWS", "SPIE_HUB_PSEUDO_KEY", "SPIE_HUB_DATABASE_URL")}
+    saved = {k: os.environ.get(k) for k in ("SPIE_HUB_HOME", "SPIE_HUB_FLOWS", "SPIE_HUB_PSEUDO_KEY", "SPIE_HUB_SIGNING_KEY",
+                                            "SPIE_HUB_DATABASE_URL")}
     with tempfile.TemporaryDirectory(prefix="spie-prop-") as tmp:
         os.environ.update({"SPIE_HUB_HOME": f"{tmp}/hub", "SPIE_HUB_FLOWS": f"{tmp}/flows.yaml",
-                           "SPIE_HUB_PSEUDO_KEY": "t1:" + base64.b64encode(b"p" * 32).decode()})
+                           "SPIE_HUB_PSEUDO_KEY": "t1:" + base64.b64encode(b"p" * 32).decode(),
+                           "SPIE_HUB_SIGNING_KEY": "s1:" + base64.b64encode(b"q" * 32).decode()})
         os.environ.pop("SPIE_HUB_DATABASE_URL", None)
         _registry(Path(tmp) / "flows.yaml", policy)
         try:

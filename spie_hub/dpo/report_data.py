@@ -17,7 +17,8 @@ from sqlalchemy import Engine, func, select
 
 from consent.decision import ConsentIndex, version_from_row
 from schemas.categories import CategorieDonnees
-from spie_hub.audit import VerifyResult, verify
+from spie_hub.audit import verify
+from spie_hub.audit_check import VerifyResult
 from spie_hub.registry import Flow
 from spie_hub.store import audit_log, consents, revocations, runs
 
