@@ -85,21 +85,21 @@ def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 def verify_bundle(folder: Path, public_keys_pem: list[Path] | None = None, receipts: list[Path] | None = None) -> BundleVerdict:
     notes: list[str] = []
+    trusted: list[str] = []
     if public_keys_pem:
-        keys = {}
+        # Only the published keys are believed: a bundled key is used for its kid only if it is one of them.
+        trusted = [public_b64_from_pem(pem.read_text(encoding="utf-8")) for pem in public_keys_pem]
         bundled = json.loads((folder / KEYS).read_text(encoding="utf-8")) if (folder / KEYS).is_file() else {}
-        for pem in public_keys_pem:
-            public = public_b64_from_pem(pem.read_text(encoding="utf-8"))
-            kids = [k for k, v in bundled.items() if v == public] or [pem.stem]
-            keys.update(dict.fromkeys(kids, public))
+        keys = {kid: public for kid, public in bundled.items() if public in trusted}
     else:
         keys = json.loads((folder / KEYS).read_text(encoding="utf-8"))
         notes.append("clés publiques lues dans le dossier lui-même : comparez-les à la clé publiée (--cle-publique)")
     try:
-        checker = ChainChecker(list(_jsonl(folder / CHECKPOINTS)), keys)
+        checker = ChainChecker(list(_jsonl(folder / CHECKPOINTS)), keys, trusted)
         for path in receipts or []:
             receipt = json.loads(path.read_text(encoding="utf-8"))
-            if not receipt_valid(receipt, keys):
+            kid = (receipt.get("signature") or {}).get("cle", "")
+            if not any(receipt_valid(receipt, {kid: key}) for key in (trusted or [keys.get(kid, "")])):
                 return BundleVerdict(VerifyResult(False, 0, None, f"reçu {path.name} : signature invalide"), notes)
             head = receipt.get("journal") or {}
             checker.attest(int(head["entree"]), str(head["empreinte"]))

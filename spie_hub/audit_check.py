@@ -46,15 +46,18 @@ def _fail(count: int, seq: int | None, reason: str, checkpoints: int = 0) -> Ver
 class ChainChecker:
     """``checkpoints``: dicts with seq, hash, ts, kid, signature; ``keys``: kid → Ed25519 public key (base64)."""
 
-    def __init__(self, checkpoints: Iterable[Mapping[str, Any]], keys: Mapping[str, str]) -> None:
+    def __init__(self, checkpoints: Iterable[Mapping[str, Any]], keys: Mapping[str, str], trusted: Iterable[str] = ()) -> None:
+        """``trusted``: published public keys to try when a checkpoint's key id is not in ``keys``."""
         self.attested: dict[int, str] = {}
         self.problem: tuple[int, str] | None = None
+        fallback = list(trusted)
         for cp in sorted(checkpoints, key=lambda c: c["seq"]):
-            key = keys.get(cp["kid"])
-            if key is None:
+            candidates = [keys[cp["kid"]]] if cp["kid"] in keys else fallback
+            if not candidates:
                 self.problem = (cp["seq"], f"point de contrôle n° {cp['seq']} signé par une clé inconnue ({cp['kid']})")
                 break
-            if not verify_signature(key, checkpoint_statement(cp["seq"], cp["hash"], cp["ts"], cp["kid"]), cp["signature"]):
+            statement = checkpoint_statement(cp["seq"], cp["hash"], cp["ts"], cp["kid"])
+            if not any(verify_signature(key, statement, cp["signature"]) for key in candidates):
                 self.problem = (cp["seq"], f"point de contrôle n° {cp['seq']} : signature invalide (falsifié)")
                 break
             self.attested[cp["seq"]] = cp["hash"]
@@ -82,7 +85,7 @@ class ChainChecker:
                 expected_seq = seq
             if seq != expected_seq:
                 if seq > expected_seq:
-                    return _fail(count, expected_seq, f"entrée n° {expected_seq} absente (supprimée)"
+                    return _fail(count, expected_seq, f"entrée n° {expected_seq} absente à sa place (supprimée ou déplacée)"
                                  if seq == expected_seq + 1 else f"entrées n° {expected_seq} à {seq - 1} absentes (supprimées)")
                 return _fail(count, seq, f"entrée n° {seq} dupliquée ou déplacée (ordre rompu)")
             if row["prev_hash"] != expected_prev:

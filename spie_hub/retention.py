@@ -14,12 +14,19 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from spie_hub.audit import AuditEvent, AuditLog
+from spie_hub.audit_check import seal
+from spie_hub.audit_guard import purge_upto
 from spie_hub.config import HubHome
 from spie_hub.registry import Flow
-from spie_hub.store import deliveries, runs
+from spie_hub.signing import SigningKey
+from spie_hub.store import audit_log, deliveries, runs
+
+#: Default retention of the audit itself (organisation.conservation_journal_jours in flows.yaml): it must outlast
+#: the data it proves (730 days for the demo flow) so that what left can be shown as long as it may be held.
+AUDIT_RETENTION_DAYS = 1095
 
 
 @dataclass
@@ -74,6 +81,26 @@ def purge_flow(engine: Engine, home: HubHome, flow: Flow, now: dt.datetime) -> P
     return report
 
 
-def purge(engine: Engine, home: HubHome, flows: dict[str, Flow], now: dt.datetime | None = None) -> list[PurgeReport]:
+def purge_audit(engine: Engine, signer: SigningKey, before: dt.datetime) -> int:
+    """Drop audit entries older than ``before`` while keeping the rest verifiable: a signed checkpoint over the
+    last dropped entry becomes the anchor the remaining chain starts from. Returns the number of entries dropped."""
+    with engine.connect() as connection:
+        upto = connection.execute(select(func.max(audit_log.c.seq)).where(audit_log.c.ts < before.isoformat())).scalar()
+        if upto is None:
+            return 0
+        digest = connection.execute(select(audit_log.c.hash).where(audit_log.c.seq == upto)).scalar_one()
+    seal(engine, signer, at=(upto, digest))
+    removed = purge_upto(engine, upto)
+    AuditLog(engine).append([AuditEvent("purge-journal", {"jusqua": upto, "ancre": digest, "entrees": removed,
+                                                          "avant": before.isoformat()})])
+    seal(engine, signer)
+    return removed
+
+
+def purge(engine: Engine, home: HubHome, flows: dict[str, Flow], now: dt.datetime | None = None, *,
+          signer: SigningKey | None = None, audit_days: int = AUDIT_RETENTION_DAYS) -> list[PurgeReport]:
     now = now or dt.datetime.now(dt.timezone.utc)
-    return [purge_flow(engine, home, flow, now) for flow in flows.values()]
+    reports = [purge_flow(engine, home, flow, now) for flow in flows.values()]
+    if signer is not None:
+        purge_audit(engine, signer, now - dt.timedelta(days=audit_days))
+    return reports

@@ -138,6 +138,15 @@ audit_keys = Table(
     Column("added_at", String(32), nullable=False),
 )
 
+#: Entries up to ``seq`` were purged under retention; the signed checkpoint at ``seq`` anchors what remains. The
+#: database refuses any other deletion from the audit (spie_hub/audit_guard.py).
+audit_anchor = Table(
+    "audit_anchor",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", Integer, nullable=False),
+)
+
 GENESIS_HASH = "0" * 64
 
 
@@ -160,4 +169,9 @@ def open_store(url: str) -> Engine:
     with engine.begin() as connection:
         if connection.execute(select(audit_head.c.id)).first() is None:
             connection.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS_HASH))
+        if connection.execute(select(audit_anchor.c.id)).first() is None:
+            connection.execute(insert(audit_anchor).values(id=1, seq=0))
+    from spie_hub.audit_guard import install_guards
+
+    install_guards(engine)
     return engine

@@ -33,3 +33,14 @@ def people_of(flux: Path) -> list[dict[str, str]]:
             people.append({k: person.findtext(f"Identification/{k}") for k in ("NIR", "NOM", "PRENOM", "DTNAI")})
         foyer.clear()
     return people
+
+
+def drop_audit_guards(engine) -> None:  # noqa: ANN001 - an SQLAlchemy engine
+    """Act as an attacker with the database owner's rights: switch off the append-only triggers."""
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.exec_driver_sql("ALTER TABLE audit_log DISABLE TRIGGER USER")
+            connection.exec_driver_sql("ALTER TABLE audit_checkpoints DISABLE TRIGGER USER")
+        else:
+            for name in ("spie_audit_no_update", "spie_audit_no_delete", "spie_checkpoints_no_update", "spie_checkpoints_no_delete"):
+                connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from browser import render
-from helpers import people_of
+from helpers import drop_audit_guards, people_of
 from sqlalchemy import select, update
 
 from consent.fhir_import import import_consents
@@ -85,6 +85,7 @@ def test_the_report_renders_its_sections_and_charts_offline_in_a_real_browser(hu
 
 def test_the_report_says_when_the_audit_chain_is_broken(hub, tmp_path: Path) -> None:
     _, engine, _, _, _ = hub
+    drop_audit_guards(engine)
     with engine.begin() as c:
         c.execute(update(audit_log).where(audit_log.c.seq == 3).values(payload='{"falsifie":true}'))
     data = write_report(engine, TODAY, TODAY, tmp_path / "r.html")

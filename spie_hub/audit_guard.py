@@ -1,0 +1,97 @@
+"""Append-only audit in the database itself, not only in code.
+
+Triggers (PostgreSQL and SQLite) refuse any UPDATE of audit entries and checkpoints, any TRUNCATE, and any DELETE
+of an entry above the retention anchor (``audit_anchor.seq``, raised only by ``spie_audit_purge`` after a signed
+checkpoint at that entry). On PostgreSQL, ``harden_privileges`` also leaves the application role only SELECT and
+INSERT on the audit tables and EXECUTE on the purge function (run it as the database owner: ``spie-hub base durcir``).
+Whoever owns the database can still drop a trigger: that is what the signed checkpoints and receipts are for.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, text
+
+_PG = [
+    """CREATE OR REPLACE FUNCTION spie_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF TG_OP = 'DELETE' AND TG_TABLE_NAME = 'audit_log'
+         AND OLD.seq <= (SELECT seq FROM audit_anchor WHERE id = 1) THEN
+        RETURN OLD;
+      END IF;
+      RAISE EXCEPTION 'journal d''audit en ajout seul : % refusé sur %', TG_OP, TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege';
+    END $$""",
+    """CREATE OR REPLACE FUNCTION spie_audit_purge(upto integer) RETURNS integer LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    DECLARE removed integer;
+    BEGIN
+      IF NOT EXISTS (SELECT 1 FROM audit_checkpoints WHERE seq = upto) THEN
+        RAISE EXCEPTION 'purge du journal refusée : aucun point de contrôle signé à l''entrée %', upto;
+      END IF;
+      UPDATE audit_anchor SET seq = GREATEST(seq, upto) WHERE id = 1;
+      DELETE FROM audit_log WHERE seq <= upto;
+      GET DIAGNOSTICS removed = ROW_COUNT;
+      RETURN removed;
+    END $$""",
+]
+_PG_TRIGGERS = {
+    "audit_log": "BEFORE UPDATE OR DELETE ON audit_log FOR EACH ROW",
+    "audit_checkpoints": "BEFORE UPDATE OR DELETE ON audit_checkpoints FOR EACH ROW",
+}
+
+_SQLITE = [
+    """CREATE TRIGGER IF NOT EXISTS spie_audit_no_update BEFORE UPDATE ON audit_log
+       BEGIN SELECT RAISE(ABORT, 'journal d''audit en ajout seul : UPDATE refusé'); END""",
+    """CREATE TRIGGER IF NOT EXISTS spie_audit_no_delete BEFORE DELETE ON audit_log
+       WHEN OLD.seq > (SELECT seq FROM audit_anchor WHERE id = 1)
+       BEGIN SELECT RAISE(ABORT, 'journal d''audit en ajout seul : DELETE refusé au-dessus de l''ancre'); END""",
+    """CREATE TRIGGER IF NOT EXISTS spie_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+       BEGIN SELECT RAISE(ABORT, 'points de contrôle en ajout seul : UPDATE refusé'); END""",
+    """CREATE TRIGGER IF NOT EXISTS spie_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+       BEGIN SELECT RAISE(ABORT, 'points de contrôle en ajout seul : DELETE refusé'); END""",
+]
+
+
+def install_guards(engine: Engine) -> None:
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            for statement in _PG:
+                connection.execute(text(statement))
+            for table, when in _PG_TRIGGERS.items():
+                connection.execute(text(f"DROP TRIGGER IF EXISTS spie_append_only ON {table}"))
+                connection.execute(text(f"CREATE TRIGGER spie_append_only {when} EXECUTE FUNCTION spie_audit_append_only()"))
+                connection.execute(text(f"DROP TRIGGER IF EXISTS spie_no_truncate ON {table}"))
+                connection.execute(text(f"CREATE TRIGGER spie_no_truncate BEFORE TRUNCATE ON {table} "
+                                        "FOR EACH STATEMENT EXECUTE FUNCTION spie_audit_append_only()"))
+        elif engine.dialect.name == "sqlite":
+            for statement in _SQLITE:
+                connection.exec_driver_sql(statement)
+
+
+def purge_upto(engine: Engine, upto: int) -> int:
+    """Delete the entries up to ``upto`` (a signed checkpoint must exist there); return how many were removed."""
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            return int(connection.execute(text("SELECT spie_audit_purge(:upto)"), {"upto": upto}).scalar_one())
+        exists = connection.exec_driver_sql("SELECT 1 FROM audit_checkpoints WHERE seq = ?", (upto,)).first()
+        if exists is None:
+            raise ValueError(f"purge du journal refusée : aucun point de contrôle signé à l'entrée {upto}")
+        connection.exec_driver_sql("UPDATE audit_anchor SET seq = MAX(seq, ?) WHERE id = 1", (upto,))
+        return connection.exec_driver_sql("DELETE FROM audit_log WHERE seq <= ?", (upto,)).rowcount
+
+
+def harden_privileges(engine: Engine, role: str) -> None:
+    """Leave ``role`` (the hub's application role) only what appending needs on the audit tables."""
+    if engine.dialect.name != "postgresql":
+        raise ValueError("les privilèges ne s'appliquent qu'à PostgreSQL")
+    quoted = engine.dialect.identifier_preparer.quote(role)
+    with engine.begin() as connection:
+        for table in ("audit_log", "audit_checkpoints", "audit_keys", "audit_anchor", "audit_head"):
+            connection.execute(text(f"REVOKE ALL ON {table} FROM PUBLIC, {quoted}"))
+        connection.execute(text(f"GRANT SELECT, INSERT ON audit_log, audit_checkpoints, audit_keys TO {quoted}"))
+        connection.execute(text(f"GRANT SELECT ON audit_anchor TO {quoted}"))
+        connection.execute(text(f"GRANT SELECT, UPDATE ON audit_head TO {quoted}"))  # the head row moves on each append
+        connection.execute(text("REVOKE ALL ON FUNCTION spie_audit_purge(integer) FROM PUBLIC"))
+        connection.execute(text(f"GRANT EXECUTE ON FUNCTION spie_audit_purge(integer) TO {quoted}"))
+        for table in ("runs", "deliveries", "consents", "revocations"):
+            connection.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {quoted}"))
