@@ -175,6 +175,19 @@ def cmd_dpo_person(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_harden(args: argparse.Namespace) -> int:
+    from spie_hub.audit_guard import harden_privileges
+    from spie_hub.store import open_store
+
+    engine = open_store(HubHome.from_env().database_url)
+    if engine.dialect.name != "postgresql":
+        _err("Durcissement des privilèges : PostgreSQL seulement (SQLite est protégé par ses déclencheurs).")
+        return 2
+    harden_privileges(engine, args.role)
+    print(f"Rôle {args.role} : lecture et ajout seuls sur le journal d'audit ; purge par spie_audit_purge() uniquement.")
+    return 0
+
+
 def cmd_purge(_args: argparse.Namespace) -> int:
     from spie_hub.orchestration import run_purge
 
@@ -391,6 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
     person.set_defaults(func=cmd_dpo_person)
 
     sub.add_parser("purge", help="purger ce qui dépasse la durée de conservation des flux").set_defaults(func=cmd_purge)
+    base = sub.add_parser("base", help="administration de la base (PostgreSQL)")
+    base_sub = base.add_subparsers(dest="action", required=True, metavar="ACTION")
+    harden = base_sub.add_parser("durcir", help="restreindre le rôle applicatif à l'ajout dans le journal (propriétaire de la base)")
+    harden.add_argument("--role", required=True, help="rôle PostgreSQL utilisé par le hub")
+    harden.set_defaults(func=cmd_db_harden)
 
     run = sub.add_parser("run", help="exécuter un flux sur un fichier")
     run.add_argument("flux")

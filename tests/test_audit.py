@@ -333,3 +333,47 @@ def test_checkpoints_cannot_be_forged_in_the_database_without_the_key(engine) ->
         c.execute(update(audit_checkpoints).values(signature=forged))
     result = verify(engine)
     assert not result.ok and "signature invalide" in result.reason
+
+
+# -- signed delivery receipts ---------------------------------------------------------------------------------
+
+def test_a_delivery_receipt_verifies_and_any_change_to_the_file_or_manifest_is_refused(hub_home, tmp_path, capsys) -> None:
+    from spie_hub.cli import main
+    from spie_hub.config import HubHome
+    from spie_hub.demo_data import generate
+    from spie_hub.pipeline import run_flow
+
+    home = HubHome.from_env().ensure()
+    flux = tmp_path / "flux.xml"
+    generate(flux, None, 20, seed=4)
+    delivered = Path(run_flow("caf-vers-departement", flux, home).destinataires["departement-052"].fichier)
+    manifest = delivered.with_name(delivered.name.removesuffix(".csv") + ".manifest.json")
+    key = tmp_path / "cle.pem"
+    assert main(["cles", "publier", "--sortie", str(key)]) == 0
+    assert main(["recu", "verifier", str(manifest), "--cle-publique", str(key)]) == 0
+    receipt = json.loads(manifest.read_text(encoding="utf-8"))
+    assert receipt["journal"]["entree"] > 0 and receipt["signature"]["algorithme"] == "Ed25519"
+    delivered.write_bytes(delivered.read_bytes() + b"x;y\r\n")  # a row added after delivery
+    assert main(["recu", "verifier", str(manifest), "--cle-publique", str(key)]) == 1
+    assert "ne correspond pas au manifeste signé" in capsys.readouterr().out
+    receipt["enregistrements"] += 1
+    manifest.write_text(json.dumps(receipt), encoding="utf-8")
+    assert main(["recu", "verifier", str(manifest), "--cle-publique", str(key)]) == 1
+    assert "signature du manifeste invalide" in capsys.readouterr().out
+
+
+def test_each_run_ends_with_a_signed_checkpoint_over_the_head(hub_home, tmp_path) -> None:
+    from spie_hub.config import HubHome
+    from spie_hub.demo_data import generate
+    from spie_hub.pipeline import run_flow
+
+    home = HubHome.from_env().ensure()
+    flux = tmp_path / "flux.xml"
+    generate(flux, None, 10, seed=4)
+    run_flow("caf-vers-departement", flux, home)
+    engine = open_store(home.database_url)
+    with engine.connect() as c:
+        head = c.exec_driver_sql("SELECT seq, hash FROM audit_head").one()
+        last = c.execute(select(audit_checkpoints).order_by(audit_checkpoints.c.seq.desc())).first()
+    assert (last.seq, last.hash) == tuple(head) and last.kid == "s1"
+    assert verify(engine).ok and verify(engine).checkpoints == 1
