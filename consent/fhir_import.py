@@ -183,14 +183,16 @@ class _Importer:
         except ValueError as error:
             self.report.erreurs.append(f"{where} : {error}")
             return
-        pivot = self.pseudonymiser.pivot_from_nir(row.pop("nir13")).pseudonyme
+        person = self.pseudonymiser.pivot_from_nir(row.pop("nir13"))
+        pivot = person.pseudonyme
         row["subject"], row["emetteur"] = pivot, self.emetteur
         row["resource_sha256"] = hashlib.sha256(canonical(row).encode()).hexdigest()
         latest = _latest(connection, self.emetteur, row["consent_id"])
         if latest is not None and latest.resource_sha256 == row["resource_sha256"]:
             self.report.inchanges += 1
             return
-        before = self._current(connection, pivot)
+        subjects = [pivot, *person.aliases]
+        before = self._current(connection, subjects)
         row["version"] = (latest.version if latest else 0) + 1
         row["imported_at"] = now()
         connection.execute(insert(consents).values(**row))
@@ -202,14 +204,16 @@ class _Importer:
              "regles": json.loads(row["rules"]), "empreinte": row["resource_sha256"]},
             subject=pivot,
         ))
-        self._detect_withdrawal(connection, pivot, before, row)
+        self._detect_withdrawal(connection, subjects, before, row)
 
-    def _current(self, connection: Connection, pivot: str) -> list[ConsentVersion]:
-        rows = connection.execute(select(consents).where(consents.c.subject == pivot)).all()
+    def _current(self, connection: Connection, subjects: list[str]) -> list[ConsentVersion]:
+        rows = connection.execute(select(consents).where(consents.c.subject.in_(subjects))).all()
         return ConsentIndex.latest_versions(version_from_row(r) for r in rows)
 
-    def _detect_withdrawal(self, connection: Connection, pivot: str, before: list[ConsentVersion], row: dict[str, Any]) -> None:
-        after = self._current(connection, pivot)
+    def _detect_withdrawal(self, connection: Connection, subjects: list[str], before: list[ConsentVersion],
+                           row: dict[str, Any]) -> None:
+        pivot = subjects[0]
+        after = self._current(connection, subjects)
         lost = permitted_pairs(before, self.today) - permitted_pairs(after, self.today)
         new = next(v for v in after if v.consent_id == row["consent_id"] and v.emetteur == self.emetteur)
         # An opposition or refusal also withdraws what a legal basis open to objection had allowed: the
@@ -220,7 +224,7 @@ class _Importer:
         if not pairs:
             return
         connection.execute(insert(revocations).values(
-            subject=pivot, consent_ref=new.ref, pairs=json.dumps(pairs), recorded_at=now(),
+            subject=pivot, aliases=json.dumps(subjects[1:]), consent_ref=new.ref, pairs=json.dumps(pairs), recorded_at=now(),
         ))
         self.report.retraits += 1
         self.events.append(AuditEvent("consentement-retire", {"consentement": new.ref, "paires": pairs}, subject=pivot))

@@ -79,8 +79,10 @@ def propagate_withdrawals(engine: Engine, home: HubHome, pseudonymiser: Pseudony
     done: list[tuple[int, int]] = []
     index = ConsentIndex(engine)
     for revocation in pending:
-        found = index.lookup([revocation.subject]).get(revocation.subject, [])
-        pivot = Pivot.from_pseudonyme(revocation.subject)
+        aliases = tuple(json.loads(revocation.aliases or "[]"))
+        looked_up = index.lookup([revocation.subject, *aliases])
+        found = ConsentIndex.latest_versions(v for s in (revocation.subject, *aliases) for v in looked_up.get(s, []))
+        pivot = Pivot(Pivot.from_pseudonyme(revocation.subject).digest, revocation.subject, aliases=aliases)
         by_recipient: dict[str, set[str]] = defaultdict(set)
         for rid, category in json.loads(revocation.pairs):
             by_recipient[rid].add(category)
@@ -92,19 +94,21 @@ def propagate_withdrawals(engine: Engine, home: HubHome, pseudonymiser: Pseudony
             present = [CategorieDonnees(c) for c in sorted(categories)]
             current = decide(recipient, present, found, today)
             lost = {c.value for c in present if not current.categories[c].permis}
-            pseudonym = pseudonymiser.for_recipient(pivot, rid)
-            received = _received(engine, rid, pseudonym)
-            to_delete = sorted(c for c in lost if received.get(c))
-            if not to_delete:
-                continue
-            files = sorted({f for c in to_delete for f in received[c]})
-            reasons = sorted({current.categories[CategorieDonnees(c)].fondement for c in to_delete})
-            lines[rid].append((pseudonym, " | ".join(to_delete), " | ".join(files), " ; ".join(reasons),
-                               revocation.consent_ref, today.isoformat()))
-            events.append(AuditEvent("avis-suppression", {"retrait": revocation.id, "consentement": revocation.consent_ref,
-                                                           "categories": to_delete, "fichiers": files},
-                                     recipient=rid, subject=pseudonym))
-            notices += 1
+            reasons = sorted({current.categories[CategorieDonnees(c)].fondement for c in lost})
+            # One line per pseudonym the recipient received data under (a key rotation gives it a new one).
+            for pseudonym in pseudonymiser.recipient_pseudonyms(pivot, rid):
+                received = _received(engine, rid, pseudonym)
+                to_delete = sorted(c for c in lost if received.get(c))
+                if not to_delete:
+                    continue
+                files = sorted({f for c in to_delete for f in received[c]})
+                lines[rid].append((pseudonym, " | ".join(to_delete), " | ".join(files),
+                                   "retrait ou opposition de la personne : " + " ; ".join(reasons),
+                                   revocation.consent_ref, today.isoformat()))
+                events.append(AuditEvent("avis-suppression", {"retrait": revocation.id, "consentement": revocation.consent_ref,
+                                                               "categories": to_delete, "fichiers": files},
+                                         recipient=rid, subject=pseudonym))
+                notices += 1
         events.append(AuditEvent("retrait-propage", {"retrait": revocation.id, "consentement": revocation.consent_ref,
                                                       "avis": notices, "enregistre_le": revocation.recorded_at},
                                  subject=revocation.subject))

@@ -62,12 +62,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _store_and_key() -> tuple[HubHome, object, object]:
-    from spie_hub.keys import load_key
-    from spie_hub.pseudonym import Pseudonymiser
+    from spie_hub.pseudonym import load_pseudonymiser
     from spie_hub.store import open_store
 
     home = HubHome.from_env().ensure()
-    return home, open_store(home.database_url), Pseudonymiser(load_key(home))
+    return home, open_store(home.database_url), load_pseudonymiser(home)
 
 
 def _print_propagation(report: object) -> None:
@@ -262,6 +261,44 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from spie_hub.audit import AuditEvent, AuditLog
+    from spie_hub.keys import key_file, rotate_key_file
+    from spie_hub.store import open_store
+
+    home = HubHome.from_env().ensure()
+    path = key_file(home)
+    ring = rotate_key_file(path, args.kid)
+    AuditLog(open_store(home.database_url)).append([AuditEvent("rotation-cle", {
+        "nouvelle": ring.current.kid, "conservees": [k.kid for k in ring.previous]})])
+    print(f"Nouvelle clé de pseudonymisation actuelle : {ring.current.kid} ; clés conservées pour résoudre les anciens "
+          f"pseudonymes : {', '.join(k.kid for k in ring.previous)} ({path})")
+    return 0
+
+
+def cmd_keys_retire(args: argparse.Namespace) -> int:
+    from sqlalchemy import func, select
+
+    from spie_hub.audit import AuditEvent, AuditLog
+    from spie_hub.keys import key_file, retire_key
+    from spie_hub.store import consents, open_store
+
+    home = HubHome.from_env().ensure()
+    engine = open_store(home.database_url)
+    with engine.connect() as connection:
+        stored = connection.execute(select(func.count()).select_from(consents)
+                                    .where(consents.c.subject.like(f"{args.kid}.%"))).scalar_one()
+    if stored and not args.forcer:
+        _err(f"{stored} version(s) de consentement sont enregistrées sous la clé {args.kid} : la retirer les rendrait "
+             "introuvables. Faites réémettre ces consentements, ou relancez avec --forcer.")
+        return 1
+    ring = retire_key(key_file(home), args.kid)
+    AuditLog(engine).append([AuditEvent("retrait-cle", {"cle": args.kid, "consentements_orphelins": stored})])
+    print(f"Clé {args.kid} retirée : ses pseudonymes ne sont plus résolubles. Trousseau : "
+          f"{', '.join(k.kid for k in ring.keys)}")
+    return 0
+
+
 def cmd_keys_publish(args: argparse.Namespace) -> int:
     from spie_hub.keys import load_key
     from spie_hub.signing import load_signing_key
@@ -441,6 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--kid", default="k1", help="identifiant de la clé de pseudonymisation")
     init.add_argument("--kid-signature", default="s1", help="identifiant de la clé de signature du journal")
     init.set_defaults(func=cmd_keys_init)
+    rotate = keys_sub.add_parser("rotation", help="nouvelle clé de pseudonymisation actuelle (les anciennes sont conservées)")
+    rotate.add_argument("--kid", required=True, help="identifiant de la nouvelle clé")
+    rotate.set_defaults(func=cmd_keys_rotate)
+    retire = keys_sub.add_parser("retirer", help="retirer une ancienne clé du trousseau (fin de conservation)")
+    retire.add_argument("--kid", required=True)
+    retire.add_argument("--forcer", action="store_true", help="retirer même si des consentements en dépendent")
+    retire.set_defaults(func=cmd_keys_retire)
     publish = keys_sub.add_parser("publier", help="écrire la clé publique de signature (PEM) à publier")
     publish.add_argument("--sortie", required=True)
     publish.set_defaults(func=cmd_keys_publish)

@@ -52,8 +52,8 @@ def run_demo(households: int = 1000, with_airflow: bool = True) -> int:
     from consent.fhir_import import import_consents
     from spie_hub.audit import verify
     from spie_hub.demo_data import generate
-    from spie_hub.keys import generate_key_file, load_key
-    from spie_hub.pseudonym import Pseudonymiser
+    from spie_hub.keys import generate_key_file
+    from spie_hub.pseudonym import load_pseudonymiser
     from spie_hub.registry import get_flow
     from spie_hub.signing import generate_signing_key_file
     from spie_hub.store import deliveries, open_store, runs
@@ -75,7 +75,7 @@ def run_demo(households: int = 1000, with_airflow: bool = True) -> int:
           f"({stats.anomalies} NIR volontairement erronés) → {flux}")
 
     engine = open_store(home.database_url)
-    report = import_consents(consents, engine, Pseudonymiser(load_key(home)), emetteur=EMETTEUR)
+    report = import_consents(consents, engine, load_pseudonymiser(home), emetteur=EMETTEUR)
     print(f"3. Consentements FHIR importés : {report.importes} ({stats.consentements} accords, {stats.refus} refus), "
           f"erreurs : {len(report.erreurs)}")
 
@@ -130,11 +130,10 @@ def _withdraw_and_report(home: HubHome, engine: object, consents: Path, stamp: s
     from consent.revocation import propagate_withdrawals
     from spie_hub.demo_data import write_withdrawals
     from spie_hub.dpo.report import write_report
-    from spie_hub.keys import load_key
-    from spie_hub.pseudonym import Pseudonymiser
+    from spie_hub.pseudonym import load_pseudonymiser
     from spie_hub.registry import load_flows
 
-    pseudonymiser = Pseudonymiser(load_key(home))
+    pseudonymiser = load_pseudonymiser(home)
     withdrawals = home.root / "demo" / f"retraits_{stamp}.csv"
     count = write_withdrawals(consents, withdrawals, 12)
     report = import_consents(withdrawals, engine, pseudonymiser, emetteur=EMETTEUR)  # type: ignore[arg-type]

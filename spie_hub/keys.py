@@ -1,8 +1,12 @@
 """Pseudonymisation key material, injected by name (as in dlt) and never logged.
 
-Lookup order: ``SPIE_HUB_PSEUDO_KEY`` (``kid:base64``), ``SPIE_HUB_PSEUDO_KEY_FILE`` (JSON file), the Airflow
-Variable or Connection ``spie_hub_pseudo_key`` when running inside an Airflow task, then
-``$SPIE_HUB_HOME/keys/pseudonymisation.json``.
+Lookup order: ``SPIE_HUB_PSEUDO_KEY`` (``kid:base64``, or several separated by commas, the current one first),
+``SPIE_HUB_PSEUDO_KEY_FILE`` (JSON file), the Airflow Variable or Connection ``spie_hub_pseudo_key`` when running
+inside an Airflow task, then ``$SPIE_HUB_HOME/keys/pseudonymisation.json``.
+
+Rotation: a key ring holds the current key and the previous ones still within their retention period. New
+pseudonyms use the current key; the previous keys keep old pseudonyms resolvable (consents stored under an old
+pivot, data delivered under an old recipient pseudonym) until they are retired (docs/pseudonymisation.md).
 """
 
 from __future__ import annotations
@@ -62,16 +66,77 @@ class PseudonymisationKey:
             ) from None
 
 
+@dataclass(frozen=True)
+class KeyRing:
+    current: PseudonymisationKey
+    previous: tuple[PseudonymisationKey, ...] = ()
+
+    def __post_init__(self) -> None:
+        kids = [k.kid for k in self.keys]
+        if len(set(kids)) != len(kids):
+            raise ConfigurationError("Trousseau de clés : deux clés portent le même identifiant")
+
+    @property
+    def keys(self) -> tuple[PseudonymisationKey, ...]:
+        return (self.current, *self.previous)
+
+    @classmethod
+    def parse(cls, text: str, origin: str) -> KeyRing:
+        keys = [PseudonymisationKey.parse(part, origin) for part in text.split(",") if part.strip()]
+        if not keys:
+            raise ConfigurationError(f"{origin} : aucune clé")
+        return cls(keys[0], tuple(keys[1:]))
+
+    @classmethod
+    def from_file(cls, path: Path) -> KeyRing:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if "cles" not in data:  # a single key
+                return cls(PseudonymisationKey.from_file(path))
+            keys = {kid: PseudonymisationKey(kid, base64.b64decode(b64, validate=True)) for kid, b64 in data["cles"].items()}
+            return cls(keys[data["actuelle"]], tuple(k for kid, k in keys.items() if kid != data["actuelle"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ConfigurationError(
+                f"Fichier de clé illisible : {path} (attendu : JSON avec 'actuelle' et 'cles', ou 'kid' et 'secret_b64')"
+            ) from None
+
+    def write(self, path: Path) -> None:
+        """Write the ring (mode 0600) atomically."""
+        data = {"actuelle": self.current.kid, "cles": {k.kid: base64.b64encode(k.secret).decode() for k in self.keys}}
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+        tmp.replace(path)
+
+
 def generate_key_file(path: Path, kid: str = "k1") -> PseudonymisationKey:
-    """Write a new random key (mode 0600) unless one exists; return the key in the file."""
+    """Write a new random key (mode 0600) unless one exists; return the current key in the file."""
     if path.exists():
-        return PseudonymisationKey.from_file(path)
+        return KeyRing.from_file(path).current
     key = PseudonymisationKey(kid, secrets.token_bytes(32))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"kid": key.kid, "secret_b64": base64.b64encode(key.secret).decode()}, handle)
+    KeyRing(key).write(path)
     return key
+
+
+def rotate_key_file(path: Path, kid: str) -> KeyRing:
+    """Make a new random key current; the previous ones stay in the ring to resolve old pseudonyms."""
+    ring = KeyRing.from_file(path)
+    new = KeyRing(PseudonymisationKey(kid, secrets.token_bytes(32)), ring.keys)
+    new.write(path)
+    return new
+
+
+def retire_key(path: Path, kid: str) -> KeyRing:
+    ring = KeyRing.from_file(path)
+    if kid == ring.current.kid:
+        raise ConfigurationError(f"La clé {kid} est la clé actuelle : faites d'abord une rotation")
+    if kid not in {k.kid for k in ring.previous}:
+        raise ConfigurationError(f"Clé {kid} absente du trousseau {path}")
+    new = KeyRing(ring.current, tuple(k for k in ring.previous if k.kid != kid))
+    new.write(path)
+    return new
 
 
 def secret_from_airflow(name: str) -> str | None:
@@ -94,17 +159,26 @@ def secret_from_airflow(name: str) -> str | None:
     return f"{connection.login}:{connection.password}" if connection.login and connection.password else None
 
 
-def load_key(home: HubHome | None = None) -> PseudonymisationKey:
+def load_keyring(home: HubHome | None = None) -> KeyRing:
     if value := os.environ.get(ENV_KEY):
-        return PseudonymisationKey.parse(value, f"Variable d'environnement {ENV_KEY}")
+        return KeyRing.parse(value, f"Variable d'environnement {ENV_KEY}")
     if path := os.environ.get(ENV_KEY_FILE):
-        return PseudonymisationKey.from_file(Path(path))
+        return KeyRing.from_file(Path(path))
     if value := secret_from_airflow(AIRFLOW_VARIABLE):
-        return PseudonymisationKey.parse(value, f"Variable Airflow {AIRFLOW_VARIABLE}")
-    default = (home or HubHome.from_env()).keys / "pseudonymisation.json"
+        return KeyRing.parse(value, f"Variable Airflow {AIRFLOW_VARIABLE}")
+    default = key_file(home)
     if default.exists():
-        return PseudonymisationKey.from_file(default)
+        return KeyRing.from_file(default)
     raise ConfigurationError(
         f"Aucune clé de pseudonymisation : définissez {ENV_KEY} ('kid:secret_base64') ou {ENV_KEY_FILE}, "
         f"ou créez {default} avec 'spie-hub cles init'."
     )
+
+
+def key_file(home: HubHome | None = None) -> Path:
+    return Path(os.environ.get(ENV_KEY_FILE) or (home or HubHome.from_env()).keys / "pseudonymisation.json")
+
+
+def load_key(home: HubHome | None = None) -> PseudonymisationKey:
+    """The current pseudonymisation key."""
+    return load_keyring(home).current

@@ -34,7 +34,7 @@ from spie_hub.audit_check import seal
 from spie_hub.config import HubHome
 from spie_hub.disclosure import suppress
 from spie_hub.errors import ConfigurationError, FatalInputError, RecordError
-from spie_hub.keys import load_key
+from spie_hub.keys import load_keyring
 from spie_hub.mapping import CompiledMapping, load_mapping
 from spie_hub.outputs import CsvRowWriter, load_output, write_report
 from spie_hub.pseudonym import Pivot, Pseudonymiser
@@ -170,9 +170,9 @@ class FlowRun:
         self.flow, self.home, self.engine, self.input_path = flow, home, engine, input_path
         self.run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         self.audit = AuditLog(engine)
-        key = load_key(home)
-        self.pseudonymiser = Pseudonymiser(key)
-        self.signer = load_signing_key(home, key)
+        ring = load_keyring(home)
+        self.pseudonymiser = Pseudonymiser(ring)
+        self.signer = load_signing_key(home, ring.current)
         self.mapping: CompiledMapping = load_mapping(flow.mapping)
         self.consents = ConsentIndex(engine)
         self.today = dt.date.today()
@@ -214,11 +214,14 @@ class FlowRun:
         return cached
 
     def _decide_batch(self, batch: list[tuple[PersonneSPIE, Pivot, str]], writers: dict[str, CsvRowWriter]) -> None:
-        found = self.consents.lookup(p.pseudonyme for _, p, _ in batch)
+        found = self.consents.lookup(s for _, p, _ in batch for s in (p.pseudonyme, *p.aliases))
         for record, pivot, position in batch:
             outside = _outside_perimeter(record, self.flow.perimetre)
             present = _present_categories(record)
             consents_found = found.get(pivot.pseudonyme, [])
+            if pivot.aliases:  # consents recorded under a previous key of the ring: the latest version wins
+                consents_found = ConsentIndex.latest_versions(
+                    consents_found + [v for alias in pivot.aliases for v in found.get(alias, [])])
             for recipient in self.active:
                 pseudonym = self.pseudonymiser.for_recipient(pivot, recipient.id)
                 counts = self.summary.destinataires[recipient.id]

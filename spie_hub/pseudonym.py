@@ -17,7 +17,8 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from spie_hub.keys import PseudonymisationKey
+from spie_hub.config import HubHome
+from spie_hub.keys import KeyRing, PseudonymisationKey, load_keyring
 
 _HEX_CHARS = 32  # 128 bits; hex rather than base32, whose pure-Python encoder cost 3 µs a pseudonym
 
@@ -33,6 +34,8 @@ class Pivot:
     digest: bytes
     pseudonyme: str
     repli: bool = False
+    #: the same person's pivots under the previous keys of the ring (empty when there is no previous key)
+    aliases: tuple[str, ...] = ()
 
     @classmethod
     def from_pseudonyme(cls, pseudonyme: str) -> Pivot:
@@ -41,29 +44,53 @@ class Pivot:
 
 
 class Pseudonymiser:
-    def __init__(self, key: PseudonymisationKey) -> None:
-        self.key = key
-        self._recipient_keys: dict[str, bytes] = {}
+    def __init__(self, key: PseudonymisationKey | KeyRing) -> None:
+        self.ring = key if isinstance(key, KeyRing) else KeyRing(key)
+        self.key = self.ring.current
+        self._by_kid = {k.kid: k for k in self.ring.keys}
+        self._recipient_keys: dict[tuple[str, str], bytes] = {}
 
     @property
     def kid(self) -> str:
         return self.key.kid
 
+    @property
+    def kids(self) -> tuple[str, ...]:
+        return tuple(self._by_kid)
+
     def _mac(self, key: bytes, message: bytes) -> bytes:
         return hmac.digest(key, message, "sha256")
 
+    def _aliases(self, message: bytes) -> tuple[str, ...]:
+        return tuple(_encode(k.kid, self._mac(k.secret, message)) for k in self.ring.previous)
+
     def pivot_from_nir(self, nir13: str) -> Pivot:
-        digest = self._mac(self.key.secret, b"nir|" + nir13.encode("ascii"))
-        return Pivot(digest, _encode(self.kid, digest))
+        message = b"nir|" + nir13.encode("ascii")
+        digest = self._mac(self.key.secret, message)
+        return Pivot(digest, _encode(self.kid, digest), aliases=self._aliases(message) if self.ring.previous else ())
 
     def pivot_fallback(self, *parts: str) -> Pivot:
-        digest = self._mac(self.key.secret, ("repli|" + "|".join(p.strip().upper() for p in parts)).encode("utf-8"))
-        return Pivot(digest, _encode(self.kid, digest), repli=True)
+        message = ("repli|" + "|".join(p.strip().upper() for p in parts)).encode("utf-8")
+        digest = self._mac(self.key.secret, message)
+        return Pivot(digest, _encode(self.kid, digest), repli=True,
+                     aliases=self._aliases(message) if self.ring.previous else ())
 
     def for_recipient(self, pivot: Pivot, recipient: str) -> str:
-        key = self._recipient_keys.get(recipient)
+        """The recipient's pseudonym, under the key that made the pivot (so old pivots give old pseudonyms)."""
+        kid = pivot.pseudonyme.partition(".")[0]
+        key = self._recipient_keys.get((kid, recipient))
         if key is None:
-            key = self._recipient_keys[recipient] = self._mac(self.key.secret, b"destinataire|" + recipient.encode())
-        if not pivot.pseudonyme.startswith(self.kid + "."):
-            raise ValueError(f"pseudonyme pivot d'une autre clé que {self.kid} : dériver avec la clé d'origine")
-        return _encode(self.kid, self._mac(key, pivot.digest[:_HEX_CHARS // 2]))
+            owner = self._by_kid.get(kid)
+            if owner is None:
+                raise ValueError(f"pseudonyme d'une clé retirée ou inconnue ({kid}) : il n'est plus résoluble")
+            key = self._recipient_keys[(kid, recipient)] = self._mac(owner.secret, b"destinataire|" + recipient.encode())
+        return _encode(kid, self._mac(key, pivot.digest[:_HEX_CHARS // 2]))
+
+    def recipient_pseudonyms(self, pivot: Pivot, recipient: str) -> list[str]:
+        """Every pseudonym the recipient may know the person by: current key first, then each previous key."""
+        return [self.for_recipient(pivot, recipient)] + [self.for_recipient(Pivot.from_pseudonyme(a), recipient)
+                                                           for a in pivot.aliases]
+
+
+def load_pseudonymiser(home: HubHome | None = None) -> Pseudonymiser:
+    return Pseudonymiser(load_keyring(home))

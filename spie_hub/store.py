@@ -86,6 +86,7 @@ revocations = Table(
     Column("subject", String(48), nullable=False),  # pivot pseudonym
     Column("consent_ref", String(140), nullable=False),
     Column("pairs", Text, nullable=False),  # JSON list of [recipient, category]
+    Column("aliases", Text, nullable=False, default="[]"),  # the person's pivots under previous keys of the ring
     Column("recorded_at", String(32), nullable=False),
     Column("propagated_at", String(32)),
     Column("notices", Integer),

@@ -3,7 +3,7 @@ import base64
 import pytest
 
 from spie_hub.errors import ConfigurationError
-from spie_hub.keys import ENV_KEY, PseudonymisationKey, generate_key_file, load_key
+from spie_hub.keys import ENV_KEY, KeyRing, PseudonymisationKey, generate_key_file, load_key
 from spie_hub.pseudonym import Pseudonymiser
 
 SECRET = b"s" * 32
@@ -47,7 +47,7 @@ def test_a_generated_key_file_is_private_and_reloads(tmp_path) -> None:
     path = tmp_path / "keys" / "k.json"
     key = generate_key_file(path, "demo1")
     assert path.stat().st_mode & 0o077 == 0
-    assert PseudonymisationKey.from_file(path) == key
+    assert KeyRing.from_file(path).current == key
     assert generate_key_file(path, "other") == key  # never overwritten
 
 

@@ -65,20 +65,21 @@ def subject_access(engine: Engine, pseudonymiser: Pseudonymiser, nir: str, flows
     except NirInvalide as error:
         raise HubError(f"NIR invalide : {error}") from None
     recipients = sorted({r.id for f in flows.values() for r in f.destinataires})
-    pseudonyms = {pseudonymiser.for_recipient(pivot, rid): rid for rid in recipients}
+    pivots = [pivot.pseudonyme, *pivot.aliases]  # under every key of the ring: old pseudonyms stay resolvable
+    pseudonyms = {p: rid for rid in recipients for p in pseudonymiser.recipient_pseudonyms(pivot, rid)}
     AuditLog(engine).append([AuditEvent("acces-personne", {"demandeur": demandeur, "motif": motif,
-                                                           "cle": pseudonymiser.kid}, subject=pivot.pseudonyme)])
-    report = AccessReport(pivot.pseudonyme, pseudonymiser.kid)
+                                                           "cle": ",".join(pseudonymiser.kids)}, subject=pivot.pseudonyme)])
+    report = AccessReport(pivot.pseudonyme, ",".join(pseudonymiser.kids))
     columns = _fields(flows)
     with engine.connect() as connection:
-        for row in connection.execute(select(consents).where(consents.c.subject == pivot.pseudonyme)
+        for row in connection.execute(select(consents).where(consents.c.subject.in_(pivots))
                                       .order_by(consents.c.emetteur, consents.c.consent_id, consents.c.version)):
             report.consentements.append({
                 "emetteur": row.emetteur, "consentement": row.consent_id, "version": row.version, "type": row.kind,
                 "statut": row.status, "regles": json.loads(row.rules), "importe_le": row.imported_at,
                 "source": json.loads(row.source or "{}")})
         rows = connection.execute(select(audit_log).where(
-            audit_log.c.subject.in_([pivot.pseudonyme, *pseudonyms])).order_by(audit_log.c.seq)).all()
+            audit_log.c.subject.in_([*pivots, *pseudonyms])).order_by(audit_log.c.seq)).all()
         files = {(d.run_id, d.recipient): d.file_name for d in connection.execute(
             select(deliveries).where(deliveries.c.run_id.in_({r.run_id for r in rows if r.run_id})))}
     for row in rows:
