@@ -38,4 +38,5 @@ CATEGORIE_DU_BLOC: dict[str, CategorieDonnees] = {
     "actions": CategorieDonnees.ORIENTATION_PARCOURS,
     "contrats": CategorieDonnees.CONTRATS,
     "sortie": CategorieDonnees.SORTIES,
+    "inscription_ft": CategorieDonnees.ORIENTATION_PARCOURS,
 }

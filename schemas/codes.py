@@ -149,6 +149,14 @@ class StatutAction(LabelledEnum):
     ANNULEE = ("annulee", "Annulée")
 
 
+class EvenementFranceTravail(LabelledEnum):
+    """Kind of event in France Travail's monthly files to the Département (inscriptions, cessations, radiations)."""
+
+    INSCRIPTION = ("inscription", "Inscription comme demandeur d'emploi")
+    CESSATION = ("cessation", "Cessation d'inscription")
+    RADIATION = ("radiation", "Radiation de la liste des demandeurs d'emploi")
+
+
 class TypeSortie(LabelledEnum):
     EMPLOI_DURABLE = ("emploi-durable", "Emploi durable (CDI, CDD de plus de 6 mois)")
     EMPLOI_TEMPORAIRE = ("emploi-temporaire", "Emploi temporaire")

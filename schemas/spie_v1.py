@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from schemas.codes import (
     EtatDroitRSA,
+    EvenementFranceTravail,
     Frein,
     ImpactFrein,
     OrganismePayeur,
@@ -28,7 +29,7 @@ from schemas.codes import (
     cnaf_labels,
 )
 
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"
 
 Pseudonyme = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,16}\.[0-9a-f]{32}$")]
 CodeInsee = Annotated[str, StringConstraints(pattern=r"^(\d{5}|2[AB]\d{3})$")]
@@ -151,6 +152,16 @@ class Sortie(_Model):
     type: TypeSortie
 
 
+class InscriptionFranceTravail(_Model):
+    """An event of the person's registration with France Travail, as the Département receives it (CASF L262-42)."""
+
+    evenement: EvenementFranceTravail
+    date: dt.date
+    code: str | None = Field(None, description="Code transmis (catégorie d'inscription ou motif), tel qu'envoyé")
+    motif: str | None = None
+    agence: str | None = Field(None, description="Agence France Travail (ALE) de rattachement")
+
+
 class Provenance(_Model):
     partenaire: str
     format: str
@@ -173,4 +184,5 @@ class PersonneSPIE(_Model):
     rendez_vous: list[RendezVous] = Field(default_factory=list)
     actions: list[Action] = Field(default_factory=list)
     sortie: Sortie | None = None
+    inscription_ft: InscriptionFranceTravail | None = None
     provenance: Provenance

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import logging
 import shutil
+import sqlite3
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import IO, Any
 from pydantic import ValidationError
 from sqlalchemy import Engine, insert, select, update
 
-from connectors.formats import cnaf_vrsb
+from connectors.formats import cnaf_vrsb, partner_csv
 from connectors.transports.local import LocalFolder
 from consent.decision import ConsentIndex, ConsentVersion, RecordDecision, decide
 from consent.revocation import propagate_withdrawals
@@ -149,20 +151,51 @@ def to_record(mapping: CompiledMapping, pseudonymiser: Pseudonymiser, element: A
         raise RecordError(_readable(error)) from None
 
 
-class _ProgressReader:
-    """File wrapper reporting bytes read, for progress bars on long files."""
+class _SeenPivots:
+    """Which people a file already had, on disk so memory stays flat: keyed pivot digests only, never an identifier,
+    in the run's staging folder (deleted with it)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path)
+        self.db.execute("CREATE TABLE IF NOT EXISTS vus (cle BLOB PRIMARY KEY, position TEXT) WITHOUT ROWID")
+
+    def add(self, digest: bytes, position: str) -> str | None:
+        """Record the person; return the position where they were first seen if already there."""
+        row = self.db.execute("SELECT position FROM vus WHERE cle = ?", (digest[:16],)).fetchone()
+        if row is not None:
+            return str(row[0])
+        self.db.execute("INSERT INTO vus VALUES (?, ?)", (digest[:16], position))
+        return None
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class _ProgressReader(io.RawIOBase):
+    """File wrapper reporting bytes read, for progress bars on long files (a raw stream: lxml and io both read it)."""
 
     def __init__(self, handle: IO[bytes], callback: ProgressCallback | None) -> None:
+        super().__init__()
         self.handle, self.callback = handle, callback
 
-    def read(self, size: int = -1) -> bytes:
-        data = self.handle.read(size)
-        if self.callback is not None:
-            self.callback(len(data))
-        return data
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = self.handle.readinto(buffer)  # type: ignore[attr-defined]
+        if self.callback is not None and count:
+            self.callback(count)
+        return count
+
+    def seekable(self) -> bool:
+        return True
 
     def seek(self, offset: int, whence: int = 0) -> int:
         return self.handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.handle.tell()
 
 
 class FlowRun:
@@ -239,7 +272,7 @@ class FlowRun:
     def _stream(self, writers: dict[str, CsvRowWriter], progress: ProgressCallback | None) -> cnaf_vrsb.EnTeteFlux:
         entete = cnaf_vrsb.EnTeteFlux()
         background = None
-        if self.input_path.stat().st_size >= self.parallel_validation_bytes:
+        if self.mapping.record_tag and self.input_path.stat().st_size >= self.parallel_validation_bytes:
             background = cnaf_vrsb.BackgroundValidation(self.input_path)
         try:
             self._stream_records(writers, progress, entete, validate=background is None)
@@ -251,20 +284,37 @@ class FlowRun:
             raise FatalInputError(errors[0])
         return entete
 
+    def _parents(self, raw: IO[bytes], entete: cnaf_vrsb.EnTeteFlux, validate: bool) -> Iterator[Any]:
+        """The partner file's units, streamed: CNAF foyers (XML), or CSV rows (one record each)."""
+        if self.mapping.record_tag:
+            return cnaf_vrsb.read_foyers(raw, entete, validate=validate)  # type: ignore[arg-type]
+        return partner_csv.read_rows(raw, entete, self.mapping.columns)  # type: ignore[arg-type]
+
     def _stream_records(self, writers: dict[str, CsvRowWriter], progress: ProgressCallback | None,
                         entete: cnaf_vrsb.EnTeteFlux, *, validate: bool) -> None:
         batch: list[tuple[PersonneSPIE, Pivot, str]] = []
+        seen = _SeenPivots(self.staging / "vus.sqlite3") if self.mapping.unique_key else None
         with self.input_path.open("rb") as raw:
-            reader = cnaf_vrsb.read_foyers(_ProgressReader(raw, progress), entete, validate=validate)  # type: ignore[arg-type]
-            for foyer in reader:
+            for parent in self._parents(_ProgressReader(raw, progress), entete, validate):  # type: ignore[arg-type]
                 self.reference_date = entete.date_reference
-                for index, element in enumerate(self.mapping.records(foyer), start=1):
+                if isinstance(parent, partner_csv.CsvRow):
+                    if parent.problem is not None:
+                        self.summary.lus += 1
+                        self._reject(f"ligne {parent.line}", parent.line, parent.problem)
+                        continue
+                    units: list[tuple[Any, str, int | None]] = [(parent.values, f"ligne {parent.line}", parent.line)]
+                    parent = parent.values
+                else:
+                    units = [(element, f"foyer {entete.foyers_lus}, personne {index}", element.sourceline)
+                             for index, element in enumerate(self.mapping.records(parent), start=1)]
+                for element, position, line in units:
                     self.summary.lus += 1
-                    position = f"foyer {entete.foyers_lus}, personne {index}"
                     try:
-                        record, pivot = self._to_record(element, foyer, position)
+                        record, pivot = self._to_record(element, parent, position)
+                        if seen is not None and (first := seen.add(pivot.digest, position)) is not None:
+                            raise RecordError(f"doublon : même personne qu'en {first}")
                     except RecordError as error:
-                        self._reject(position, element.sourceline, str(error))
+                        self._reject(position, line, str(error))
                         continue
                     batch.append((record, pivot, position))
                     if len(batch) >= BATCH:
@@ -272,6 +322,8 @@ class FlowRun:
                         batch = []
         if batch:
             self._decide_batch(batch, writers)
+        if seen is not None:
+            seen.close()
 
     # -- run -----------------------------------------------------------------------------------------------
     def _already_delivered(self, input_sha: str) -> set[str]:

@@ -158,7 +158,8 @@ def test_the_purge_deletes_what_is_past_retention_keeps_the_rest_and_is_audited(
     assert not old.exists() and not notice.exists() and recent.exists()
     assert not old.with_name(old.name.removesuffix(".csv") + ".manifest.json").exists()
     with engine.connect() as c:
-        audited = json.loads(c.execute(select(audit_log.c.payload).where(audit_log.c.event == "purge")).scalar_one())
+        audited = json.loads(c.execute(select(audit_log.c.payload).where(
+            audit_log.c.event == "purge", audit_log.c.flow == FLOW)).scalar_one())
     assert audited["nombre"] == len(removed) and audited["conservation_jours"] == flow.conservation_jours
 
 

@@ -13,6 +13,7 @@ from helpers import people_of
 from sqlalchemy import select
 
 from consent.fhir_import import import_consents
+from schemas.spie_v1 import SCHEMA_VERSION
 from spie_hub.config import HubHome
 from spie_hub.demo_data import generate
 from spie_hub.keys import load_key
@@ -127,7 +128,7 @@ def test_a_manifest_describes_each_delivery(demo_run) -> None:
     manifest = json.loads(csv_path.with_name(csv_path.stem + ".manifest.json").read_text())
     assert manifest["sha256"] == hashlib.sha256(csv_path.read_bytes()).hexdigest()
     assert manifest["enregistrements"] == summary.destinataires[RECIPIENT].livres
-    assert manifest["version_schema"] == "1.0.0" and manifest["fichier"] == csv_path.name
+    assert manifest["version_schema"] == SCHEMA_VERSION and manifest["fichier"] == csv_path.name
     assert csv_path.read_bytes().startswith(b"\xef\xbb\xbfPseudonyme;")
     assert not list(csv_path.parent.glob(".*.part"))
 

@@ -34,6 +34,18 @@ def map_file(path: Path) -> list[dict]:
     return out
 
 
+def map_csv(path: Path) -> list[dict]:
+    from connectors.formats.partner_csv import read_rows
+
+    mapping, pseudonymiser, out = load_mapping("ft_flux_mensuel"), Pseudonymiser(TEST_KEY), []
+    with path.open("rb") as stream:
+        for row in read_rows(stream, EnTeteFlux(), mapping.columns):
+            provenance = {"partenaire": "france-travail", "format": "ft-flux-mensuel", "position": f"ligne {row.line}"}
+            record, _ = to_record(mapping, pseudonymiser, row.values, row.values, provenance)
+            out.append(record.model_dump(mode="json", exclude_defaults=True))
+    return out
+
+
 def test_the_committed_json_schema_matches_the_models() -> None:
     assert JSON_SCHEMA_PATH.read_text(encoding="utf-8") == render(), "lancer : python -m schemas.jsonschema"
 
@@ -45,6 +57,16 @@ def test_a_real_cnaf_sample_maps_to_its_golden_shared_records(sample: str) -> No
     if os.environ.get("SPIE_HUB_UPDATE_GOLDEN") == "1":
         golden.write_text(json.dumps(records, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     assert records == json.loads(golden.read_text(encoding="utf-8"))
+
+
+def test_the_france_travail_monthly_csv_maps_to_its_golden_shared_records() -> None:
+    golden = GOLDEN / "FT_inscriptions_052_202611.csv.json"
+    records = map_csv(REPO / "tests" / "fixtures" / "france_travail" / "FT_inscriptions_052_202611.csv")
+    if os.environ.get("SPIE_HUB_UPDATE_GOLDEN") == "1":
+        golden.write_text(json.dumps(records, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    assert records == json.loads(golden.read_text(encoding="utf-8"))
+    assert records[1]["identite"]["identifiants"] == [{"systeme": "france-travail", "valeur": "2345678B123"}]
+    assert {r["inscription_ft"]["evenement"] for r in records} == {"inscription"}
 
 
 def test_golden_records_round_trip_through_the_model() -> None:
