@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from connectors.transports.local import printable_name
 from spie_hub.config import HubHome
 from spie_hub.registry import Flow
 
@@ -46,10 +47,10 @@ def run_inbox_file(flow: Flow, ref: str, home: HubHome | None = None) -> dict[st
     else:
         archive = home.root / "archive" / flow.id
         archive.mkdir(parents=True, exist_ok=True)
-        shutil.move(path, archive / f"{summary.run_id}_{path.name}")
+        shutil.move(path, archive / f"{summary.run_id}_{printable_name(path.name)}")
     return {
         "fichier": ref, "execution": summary.run_id, "statut": summary.statut, "lus": summary.lus,
-        "rejetes": summary.rejetes,
+        "rejetes": summary.rejetes, "anomalies": summary.anomalies,
         "destinataires": {rid: {"livres": c.livres, "retenus": c.retenus} for rid, c in summary.destinataires.items()},
     }
 

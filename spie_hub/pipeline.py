@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, insert, select, update
 
 from connectors.formats import cnaf_vrsb, partner_csv
-from connectors.transports.local import LocalFolder
+from connectors.transports.local import LocalFolder, printable_name
 from consent.decision import ConsentIndex, ConsentVersion, RecordDecision, decide
 from consent.revocation import propagate_withdrawals
 from schemas.categories import CATEGORIE_DU_BLOC, CategorieDonnees
@@ -351,7 +351,7 @@ class FlowRun:
             self.summary.destinataires[recipient.id] = RecipientCounts(deja_livre=recipient.id in done)
         with self.engine.begin() as connection:
             connection.execute(insert(runs).values(
-                run_id=self.run_id, flow=self.flow.id, input_name=self.input_path.name[:255],
+                run_id=self.run_id, flow=self.flow.id, input_name=printable_name(self.input_path.name),
                 input_sha256=input_sha, started_at=now(), status="en-cours", summary="{}",
             ))
         self.audit.append([AuditEvent("execution-debut", {
@@ -483,7 +483,8 @@ class FlowRun:
                         "motifs": dict(c.motifs), "fondements": {k: dict(v) for k, v in c.fondements.items()}}
                   for rid, c in self.summary.destinataires.items()}
         self._event("execution-fin", {"statut": self.summary.statut, "lus": self.summary.lus,
-                                      "rejetes": self.summary.rejetes, "destinataires": counts})
+                                      "rejetes": self.summary.rejetes, "destinataires": counts,
+                                      "anomalies": self.summary.anomalies})
         self.spool.commit(self.audit)
         self.spool.close()
         seal(self.engine, self.signer)  # a signed checkpoint at the end of every run
@@ -491,7 +492,7 @@ class FlowRun:
         with self.engine.begin() as connection:
             connection.execute(update(runs).where(runs.c.run_id == self.run_id).values(
                 finished_at=now(), status=self.summary.statut, summary=json.dumps(counts | {
-                    "lus": self.summary.lus, "rejetes": self.summary.rejetes}),
+                    "lus": self.summary.lus, "rejetes": self.summary.rejetes, "anomalies": self.summary.anomalies}),
             ))
         log.info("Flux %s, exécution %s : %s ; lus %d, rejetés %d, %s", self.flow.id, self.run_id, self.summary.statut,
                  self.summary.lus, self.summary.rejetes,

@@ -6,6 +6,7 @@ Loading it reads one small YAML file and touches no database or network, so it i
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -82,8 +83,19 @@ def _category(name: str, where: str) -> CategorieDonnees:
         raise ConfigurationError(f"{where} : catégorie inconnue {name!r} (connues : {known})") from None
 
 
+_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,79}$")
+
+
+def _identifier(value: Any, where: str) -> str:
+    """Flow, partner and recipient ids become folder and file names: a short list of characters only."""
+    if not isinstance(value, str) or not _ID.match(value):
+        raise ConfigurationError(f"{where} : identifiant {value!r} invalide (a-z, 0-9 et '-', 80 caractères au plus)")
+    return value
+
+
 def _recipient(flow_id: str, rid: str, spec: dict[str, Any]) -> Recipient:
     where = f"flows.yaml, flux {flow_id}, destinataire {rid}"
+    _identifier(rid, where)
     politique: dict[CategorieDonnees, Base] = {}
     for name, rule in spec.get("politique", {}).items():
         cat = _category(name, where)
@@ -101,6 +113,8 @@ def _recipient(flow_id: str, rid: str, spec: dict[str, Any]) -> Recipient:
 
 def _flow(flow_id: str, spec: dict[str, Any]) -> Flow:
     source = spec["source"]
+    _identifier(flow_id, "flows.yaml, flux")
+    _identifier(source["partenaire"], f"flows.yaml, flux {flow_id}, partenaire source")
     return Flow(
         id=flow_id,
         titre=spec["titre"],

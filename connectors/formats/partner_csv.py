@@ -41,6 +41,8 @@ class _Lines:
     def __iter__(self) -> Iterator[str]:
         for line in self.text:
             self.number += 1
+            if "\x00" in line:  # Python's csv module accepts NUL since 3.11: refuse it here (binary or corrupt file)
+                raise FatalInputError(f"CSV illisible ligne {self.number} : caractère NUL (fichier binaire ou corrompu)")
             if line.endswith("\r\n"):
                 self.crlf += 1
             elif line.endswith("\n"):

@@ -24,6 +24,12 @@ def safe_name(name: str) -> str:
     return name
 
 
+def printable_name(name: str) -> str:
+    """A received file's name as the hub stores and shows it: control characters (a newline could forge a log
+    line, an escape sequence could drive a terminal) replaced by '?'."""
+    return "".join("?" if ord(ch) < 32 or ord(ch) == 127 else ch for ch in name)[:255]
+
+
 class LocalFolder:
     def __init__(self, root: Path) -> None:
         self.root = root
