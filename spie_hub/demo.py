@@ -142,7 +142,25 @@ def _withdraw_and_report(home: HubHome, engine: object, consents: Path, stamp: s
           f"{propagation.avis} avis de suppression déposés chez les destinataires")
     for path in propagation.fichiers:
         print(f"   {path}")
+    _export_and_verify(home, engine, stamp)
     today = dt.date.today()
     output = home.root / "rapports" / f"rapport-dpo_{today.isoformat()}.html"
     write_report(engine, today - dt.timedelta(days=30), today, output)  # type: ignore[arg-type]
-    print(f"7. Rapport DPO (HTML autonome, s'ouvre hors ligne) : {output}")
+    print(f"8. Rapport DPO (HTML autonome, s'ouvre hors ligne) : {output}")
+
+
+def _export_and_verify(home: HubHome, engine: object, stamp: str) -> None:
+    from spie_hub.audit_bundle import export_bundle, verify_bundle
+    from spie_hub.keys import load_key
+    from spie_hub.signing import load_signing_key
+
+    signer = load_signing_key(home, load_key(home))
+    published = home.root / "cles-publiques" / f"audit-{signer.kid}.pem"
+    published.parent.mkdir(parents=True, exist_ok=True)
+    published.write_text(signer.public_pem, encoding="utf-8")
+    folder = home.root / "exports" / f"audit_{stamp}"
+    export_bundle(engine, folder, signer)  # type: ignore[arg-type]
+    result = verify_bundle(folder, [published]).result
+    state = "intègre" if result.ok else f"ALTÉRÉ ({result.reason})"
+    print(f"7. Journal exporté ({folder}) et vérifié hors ligne avec la clé publique {published.name} : {state}, "
+          f"{result.entries} entrées, {result.checkpoints} points de contrôle signés")
