@@ -28,6 +28,31 @@ AIRFLOW_VARIABLE = "spie_hub_pseudo_key"
 KID_PATTERN = re.compile(r"^[a-z0-9-]{1,16}$")
 
 
+def parse_kid_secret(text: str, origin: str) -> tuple[str, bytes]:
+    """``kid:base64`` (the form every key takes in a variable) → (kid, secret bytes)."""
+    kid, sep, encoded = text.strip().partition(":")
+    if not sep:
+        raise ConfigurationError(f"{origin} : format attendu 'identifiant:secret_base64'")
+    try:
+        return kid, base64.b64decode(encoded, validate=True)
+    except ValueError:
+        raise ConfigurationError(f"{origin} : le secret n'est pas du base64 valide") from None
+
+
+def find_key_source(env: str, env_file: str, airflow_name: str, default: Path) -> tuple[str, str | Path] | None:
+    """Where a key is, in the hub's lookup order: (origin, value) from the environment or Airflow, or
+    ("fichier", path) from the file variable or the default file; None when there is none."""
+    if value := os.environ.get(env):
+        return f"Variable d'environnement {env}", value
+    if path := os.environ.get(env_file):
+        return "fichier", Path(path)
+    if value := secret_from_airflow(airflow_name):
+        return f"Variable Airflow {airflow_name}", value
+    if default.exists():
+        return "fichier", default
+    return None
+
+
 @dataclass(frozen=True)
 class PseudonymisationKey:
     kid: str
@@ -46,14 +71,7 @@ class PseudonymisationKey:
 
     @classmethod
     def parse(cls, text: str, origin: str) -> PseudonymisationKey:
-        kid, sep, encoded = text.strip().partition(":")
-        if not sep:
-            raise ConfigurationError(f"{origin} : format attendu 'identifiant:secret_base64'")
-        try:
-            secret = base64.b64decode(encoded, validate=True)
-        except ValueError:
-            raise ConfigurationError(f"{origin} : le secret n'est pas du base64 valide") from None
-        return cls(kid, secret)
+        return cls(*parse_kid_secret(text, origin))
 
     @classmethod
     def from_file(cls, path: Path) -> PseudonymisationKey:
@@ -160,19 +178,14 @@ def secret_from_airflow(name: str) -> str | None:
 
 
 def load_keyring(home: HubHome | None = None) -> KeyRing:
-    if value := os.environ.get(ENV_KEY):
-        return KeyRing.parse(value, f"Variable d'environnement {ENV_KEY}")
-    if path := os.environ.get(ENV_KEY_FILE):
-        return KeyRing.from_file(Path(path))
-    if value := secret_from_airflow(AIRFLOW_VARIABLE):
-        return KeyRing.parse(value, f"Variable Airflow {AIRFLOW_VARIABLE}")
-    default = key_file(home)
-    if default.exists():
-        return KeyRing.from_file(default)
-    raise ConfigurationError(
-        f"Aucune clé de pseudonymisation : définissez {ENV_KEY} ('kid:secret_base64') ou {ENV_KEY_FILE}, "
-        f"ou créez {default} avec 'spie-hub cles init'."
-    )
+    default = (home or HubHome.from_env()).keys / "pseudonymisation.json"
+    found = find_key_source(ENV_KEY, ENV_KEY_FILE, AIRFLOW_VARIABLE, default)
+    if found is None:
+        raise ConfigurationError(
+            f"Aucune clé de pseudonymisation : définissez {ENV_KEY} ('kid:secret_base64') ou {ENV_KEY_FILE}, "
+            f"ou créez {default} avec 'spie-hub cles init'.")
+    origin, value = found
+    return KeyRing.from_file(value) if isinstance(value, Path) else KeyRing.parse(value, origin)
 
 
 def key_file(home: HubHome | None = None) -> Path:

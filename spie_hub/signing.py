@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from spie_hub.config import HubHome
 from spie_hub.errors import ConfigurationError
-from spie_hub.keys import KID_PATTERN, PseudonymisationKey, secret_from_airflow
+from spie_hub.keys import KID_PATTERN, PseudonymisationKey, find_key_source, parse_kid_secret
 
 ENV_KEY = "SPIE_HUB_SIGNING_KEY"
 ENV_KEY_FILE = "SPIE_HUB_SIGNING_KEY_FILE"
@@ -62,13 +62,7 @@ class SigningKey:
 
     @classmethod
     def parse(cls, text: str, origin: str) -> SigningKey:
-        kid, sep, encoded = text.strip().partition(":")
-        if not sep:
-            raise ConfigurationError(f"{origin} : format attendu 'identifiant:graine_base64'")
-        try:
-            return cls(kid, base64.b64decode(encoded, validate=True))
-        except (ValueError, binascii.Error):
-            raise ConfigurationError(f"{origin} : la graine n'est pas du base64 valide") from None
+        return cls(*parse_kid_secret(text, origin))
 
     @classmethod
     def from_file(cls, path: Path) -> SigningKey:
@@ -119,15 +113,11 @@ def load_signing_key(home: HubHome | None = None, pseudonymisation: Pseudonymisa
 
 
 def _find(home: HubHome | None) -> SigningKey:
-    if value := os.environ.get(ENV_KEY):
-        return SigningKey.parse(value, f"Variable d'environnement {ENV_KEY}")
-    if path := os.environ.get(ENV_KEY_FILE):
-        return SigningKey.from_file(Path(path))
-    if value := secret_from_airflow(AIRFLOW_NAME):
-        return SigningKey.parse(value, f"Variable Airflow {AIRFLOW_NAME}")
     default = (home or HubHome.from_env()).keys / "signature.json"
-    if default.exists():
-        return SigningKey.from_file(default)
-    raise ConfigurationError(
-        f"Aucune clé de signature du journal : définissez {ENV_KEY} ('kid:graine_base64') ou {ENV_KEY_FILE}, "
-        f"ou créez {default} avec 'spie-hub cles init'.")
+    found = find_key_source(ENV_KEY, ENV_KEY_FILE, AIRFLOW_NAME, default)
+    if found is None:
+        raise ConfigurationError(
+            f"Aucune clé de signature du journal : définissez {ENV_KEY} ('kid:graine_base64') ou {ENV_KEY_FILE}, "
+            f"ou créez {default} avec 'spie-hub cles init'.")
+    origin, value = found
+    return SigningKey.from_file(value) if isinstance(value, Path) else SigningKey.parse(value, origin)

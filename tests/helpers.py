@@ -44,3 +44,22 @@ def drop_audit_guards(engine) -> None:  # noqa: ANN001 - an SQLAlchemy engine
         else:
             for name in ("spie_audit_no_update", "spie_audit_no_delete", "spie_checkpoints_no_update", "spie_checkpoints_no_delete"):
                 connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
+
+
+def first_delivery(tmp_path: Path, households: int, seed: int, anomaly_rate: float = 0.0):  # noqa: ANN201
+    """A hub (from the environment) that imported the demo consents of a synthetic population and ran the CAF flow
+    once: (home, engine, pseudonymiser, flux, consent bundle, run summary)."""
+    from consent.fhir_import import import_consents
+    from spie_hub.config import HubHome
+    from spie_hub.demo_data import generate
+    from spie_hub.pipeline import run_flow
+    from spie_hub.pseudonym import load_pseudonymiser
+    from spie_hub.store import open_store
+
+    home = HubHome.from_env().ensure()
+    flux, bundle = tmp_path / "flux1.xml", tmp_path / "consents.json"
+    generate(flux, bundle, households, seed=seed, anomaly_rate=anomaly_rate)
+    engine = open_store(home.database_url)
+    pseudonymiser = load_pseudonymiser(home)
+    import_consents(bundle, engine, pseudonymiser, emetteur="departement-052")
+    return home, engine, pseudonymiser, flux, bundle, run_flow("caf-vers-departement", flux, home)

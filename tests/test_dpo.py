@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from browser import render
-from helpers import drop_audit_guards, people_of
+from helpers import drop_audit_guards, first_delivery, people_of
 from sqlalchemy import select, update
 
 from consent.fhir_import import import_consents
@@ -23,12 +23,10 @@ from spie_hub.disclosure import suppress
 from spie_hub.dpo.register import as_markdown
 from spie_hub.dpo.report import write_report
 from spie_hub.dpo.subject_access import subject_access
-from spie_hub.keys import load_key
 from spie_hub.pipeline import run_flow
-from spie_hub.pseudonym import Pseudonymiser
 from spie_hub.registry import load_flows
 from spie_hub.retention import purge
-from spie_hub.store import audit_log, deliveries, open_store
+from spie_hub.store import audit_log, deliveries
 
 FLOW = "caf-vers-departement"
 TODAY = dt.date.today()
@@ -36,13 +34,7 @@ TODAY = dt.date.today()
 
 @pytest.fixture
 def hub(hub_home: Path, database_url: str, tmp_path: Path):
-    home = HubHome.from_env().ensure()
-    flux, bundle = tmp_path / "flux.xml", tmp_path / "consents.json"
-    generate(flux, bundle, 120, seed=5, anomaly_rate=0.02)
-    engine = open_store(home.database_url)
-    pseudonymiser = Pseudonymiser(load_key(home))
-    import_consents(bundle, engine, pseudonymiser, emetteur="departement-052")
-    summary = run_flow(FLOW, flux, home)
+    home, engine, pseudonymiser, flux, bundle, summary = first_delivery(tmp_path, 120, seed=5, anomaly_rate=0.02)
     write_withdrawals(bundle, tmp_path / "retraits.csv", 6)
     import_consents(tmp_path / "retraits.csv", engine, pseudonymiser, emetteur="departement-052")
     propagate_withdrawals(engine, home, pseudonymiser, load_flows())

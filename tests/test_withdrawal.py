@@ -8,18 +8,15 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import people_of
+from helpers import first_delivery, people_of
 from sqlalchemy import select
 
 from consent.fhir_import import import_consents
 from consent.revocation import propagate_withdrawals
-from spie_hub.config import HubHome
 from spie_hub.demo_data import generate
-from spie_hub.keys import load_key
 from spie_hub.pipeline import run_flow
-from spie_hub.pseudonym import Pseudonymiser
 from spie_hub.registry import load_flows
-from spie_hub.store import audit_log, open_store
+from spie_hub.store import audit_log
 
 FLOW = "caf-vers-departement"
 DEP = "departement-052"
@@ -33,13 +30,7 @@ def _rows(path: str | Path) -> list[dict[str, str]]:
 
 @pytest.fixture
 def delivered(hub_home: Path, database_url: str, tmp_path: Path):
-    home = HubHome.from_env().ensure()
-    flux, bundle = tmp_path / "flux1.xml", tmp_path / "consents.json"
-    generate(flux, bundle, 150, seed=11, anomaly_rate=0)
-    engine = open_store(home.database_url)
-    pseudonymiser = Pseudonymiser(load_key(home))
-    import_consents(bundle, engine, pseudonymiser, emetteur=DEP)
-    summary = run_flow(FLOW, flux, home)
+    home, engine, pseudonymiser, flux, bundle, summary = first_delivery(tmp_path, 150, seed=11)
     by_pseudonym = {pseudonymiser.for_recipient(pseudonymiser.pivot_from_nir(p["NIR"]), DEP): p for p in people_of(flux)}
     identified = [r for r in _rows(summary.destinataires[DEP].fichier) if r["NIR"]]
     grants = {e["resource"]["subject"]["identifier"]["value"]: e["resource"]["id"]
