@@ -55,6 +55,14 @@ _SQLITE = [
 def install_guards(engine: Engine) -> None:
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
+            # Installed once by whoever creates the tables; a hardened application role (no DDL rights) then
+            # finds them in place and changes nothing. An attacker who dropped one gets it back on the next open.
+            present = connection.execute(text(
+                "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                "WHERE t.tgname IN ('spie_append_only', 'spie_no_truncate') AND t.tgenabled <> 'D' "
+                "AND c.relname IN ('audit_log', 'audit_checkpoints')")).scalar_one()
+            if present == 2 * len(_PG_TRIGGERS):
+                return
             for statement in _PG:
                 connection.execute(text(statement))
             for table, when in _PG_TRIGGERS.items():

@@ -110,9 +110,16 @@ def test_on_postgresql_the_application_role_may_only_append(pg_engine) -> None:
             with pytest.raises(DBAPIError, match="permission denied|droit refusé"), engine.begin() as c:
                 c.exec_driver_sql(f'SET LOCAL ROLE "{role}"')
                 c.exec_driver_sql(statement)
-        with engine.begin() as c:  # appending still works under the role
-            c.exec_driver_sql(f'SET LOCAL ROLE "{role}"')
-            c.exec_driver_sql("INSERT INTO audit_keys (kid, public_b64, added_at) VALUES ('r1', 'x', 'now')")
+        # The hub itself, connected as that role, opens the store, appends and seals: the guards are in place.
+        from urllib.parse import quote
+
+        app = open_store(f"{engine.url.render_as_string(hide_password=False)}?options={quote(f'-c role={role}')}")
+        AuditLog(app).append([AuditEvent("decision", {"n": 7}, "run-2", "flux")])
+        seal(app, SIGNER)
+        assert verify(app).ok and verify(app).entries == 7
+        with pytest.raises(DBAPIError, match="permission denied|droit refusé"), app.begin() as c:
+            c.exec_driver_sql("DELETE FROM audit_log")
+        app.dispose()
     finally:
         with engine.begin() as c:
             c.exec_driver_sql(f'DROP OWNED BY "{role}"')
