@@ -99,7 +99,7 @@ def test_the_purge_dag_runs_in_airflow_and_audits_each_flows_purge(airflow_db, h
 
 
 @pytest.mark.parametrize("backend", ["variable", "connection"])
-def test_inside_airflow_the_key_comes_from_the_secrets_backend(airflow_db, hub_home, monkeypatch, backend) -> None:
+def test_inside_airflow_both_keys_come_from_the_secrets_backend(airflow_db, hub_home, monkeypatch, backend) -> None:
     import base64
     import csv
     import json
@@ -110,12 +110,17 @@ def test_inside_airflow_the_key_comes_from_the_secrets_backend(airflow_db, hub_h
     from spie_hub.demo_data import generate
 
     monkeypatch.delenv("SPIE_HUB_PSEUDO_KEY")
+    monkeypatch.delenv("SPIE_HUB_SIGNING_KEY")
     secret = base64.b64encode(b"a" * 32).decode()
+    seed = base64.b64encode(b"e" * 32).decode()
     if backend == "variable":
         monkeypatch.setenv("AIRFLOW_VAR_SPIE_HUB_PSEUDO_KEY", f"airflowvar:{secret}")
+        monkeypatch.setenv("AIRFLOW_VAR_SPIE_HUB_SIGNING_KEY", f"sigvar:{seed}")
     else:
         monkeypatch.setenv("AIRFLOW_CONN_SPIE_HUB_PSEUDO_KEY",
                            json.dumps({"conn_type": "generic", "login": "airflowconn", "password": secret}))
+        monkeypatch.setenv("AIRFLOW_CONN_SPIE_HUB_SIGNING_KEY",
+                           json.dumps({"conn_type": "generic", "login": "sigconn", "password": seed}))
     home = HubHome.from_env().ensure()
     (home.root / "inbox" / "caf-msa").mkdir(parents=True)
     generate(home.root / "inbox" / "caf-msa" / "flux.xml", None, 20, seed=5)
@@ -125,3 +130,5 @@ def test_inside_airflow_the_key_comes_from_the_secrets_backend(airflow_db, hub_h
     with delivered.open(encoding="utf-8-sig") as handle:
         kids = {row["Pseudonyme"].split(".")[0] for row in csv.DictReader(handle, delimiter=";")}
     assert kids == {"airflowvar" if backend == "variable" else "airflowconn"}
+    manifest = json.loads(delivered.with_name(delivered.stem + ".manifest.json").read_text(encoding="utf-8"))
+    assert manifest["signature"]["cle"] == ("sigvar" if backend == "variable" else "sigconn")
