@@ -18,6 +18,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from sqlalchemy import Connection, Engine, insert, select
 
 from consent.decision import ConsentIndex, ConsentVersion, permitted_pairs, version_from_row
 from consent.fhir_build import CATEGORY_SYSTEM, INS_NIR, KIND_SYSTEM, KINDS, PARTNER_SYSTEM
+from consent.json_stream import bundle_entries
 from schemas.categories import CategorieDonnees
 from spie_hub.audit import AuditEvent, AuditLog, canonical, now
 from spie_hub.nir import NirInvalide, normaliser_nir
@@ -147,17 +149,6 @@ def _parse(resource: Consent) -> dict[str, Any]:
     }
 
 
-def _entries(text: str) -> list[tuple[str, Any]]:
-    data = json.loads(text)
-    if not isinstance(data, dict):
-        raise ValueError("un objet JSON FHIR est attendu")
-    if data.get("resourceType") == "Consent":
-        return [("entrée 1", data)]
-    if data.get("resourceType") != "Bundle":
-        raise ValueError("un Bundle FHIR (ou une ressource Consent) est attendu")
-    return [(f"entrée {i}", (e or {}).get("resource")) for i, e in enumerate(data.get("entry") or [], start=1)]
-
-
 def _latest(connection: Connection, emetteur: str, consent_id: str) -> Any:
     return connection.execute(
         select(consents).where(consents.c.emetteur == emetteur, consents.c.consent_id == consent_id)
@@ -231,31 +222,51 @@ class _Importer:
 
 
 def import_resources(entries: Iterable[tuple[str, Any]], engine: Engine, pseudonymiser: Pseudonymiser, *,
-                     emetteur: str = "hub", today: dt.date | None = None) -> ImportReport:
+                     emetteur: str = "hub", today: dt.date | None = None, batch: int = 1000) -> ImportReport:
+    """Import entries by batches (one transaction and one audit append each): memory stays flat however many."""
     importer = _Importer(engine, pseudonymiser, emetteur, today or dt.date.today())
-    with engine.begin() as connection:
-        for where, raw in entries:
-            importer.add(connection, where, raw)
-    AuditLog(engine).append(importer.events)
+    iterator, seen = iter(entries), 0
+    while True:
+        try:
+            chunk = list(islice(iterator, batch))
+        except UnicodeDecodeError:
+            importer.report.erreurs.append(f"fichier illisible après {seen} entrée(s) : encodage UTF-8 attendu")
+            chunk = []
+        except ValueError as error:
+            importer.report.erreurs.append(f"fichier illisible après {seen} entrée(s) : {error}")
+            chunk = []
+        if not chunk:
+            break
+        seen += len(chunk)
+        with engine.begin() as connection:
+            for where, raw in chunk:
+                importer.add(connection, where, raw)
+        AuditLog(engine).append(importer.events)
+        importer.events = []
     return importer.report
 
 
 def import_consents(path: Path, engine: Engine, pseudonymiser: Pseudonymiser, *, emetteur: str = "hub",
                     today: dt.date | None = None) -> ImportReport:
-    """Import a FHIR JSON file (Bundle or Consent) or a CSV file in the hub's documented layout."""
-    row_errors: list[str] = []
-    try:
-        if path.suffix.lower() == ".csv":
-            from consent.csv_import import read_csv_consents
+    """Import a FHIR JSON file (Bundle, streamed entry by entry, or one Consent) or a CSV file in the hub's layout."""
+    if path.suffix.lower() == ".csv":
+        from consent.csv_import import read_csv_consents
 
+        try:
             entries, row_errors = read_csv_consents(path)
-        else:
-            entries = _entries(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        return ImportReport(erreurs=[f"{path.name} : fichier illisible (encodage UTF-8 attendu)"])
-    except (OSError, ValueError) as error:
-        reason = type(error).__name__ if isinstance(error, (OSError, json.JSONDecodeError)) else str(error)
-        return ImportReport(erreurs=[f"{path.name} : fichier illisible ({reason})"])
-    report = import_resources(entries, engine, pseudonymiser, emetteur=emetteur, today=today)
-    report.erreurs[:0] = row_errors
+        except UnicodeDecodeError:
+            return ImportReport(erreurs=[f"{path.name} : fichier illisible (encodage UTF-8 attendu)"])
+        except (OSError, ValueError) as error:
+            reason = type(error).__name__ if isinstance(error, OSError) else str(error)
+            return ImportReport(erreurs=[f"{path.name} : fichier illisible ({reason})"])
+        report = import_resources(entries, engine, pseudonymiser, emetteur=emetteur, today=today)
+        report.erreurs[:0] = row_errors
+        return report
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as error:
+        return ImportReport(erreurs=[f"{path.name} : fichier illisible ({type(error).__name__})"])
+    with handle:
+        report = import_resources(bundle_entries(handle), engine, pseudonymiser, emetteur=emetteur, today=today)
+    report.erreurs = [e if not e.startswith("fichier illisible") else f"{path.name} : {e}" for e in report.erreurs]
     return report

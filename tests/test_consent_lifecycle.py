@@ -187,3 +187,51 @@ def test_partner_identifiers_may_name_grantees_by_identifier_or_organization_ref
     assert resource["grantee"][0]["identifier"]["system"] == PARTNER_SYSTEM
     _import(engine, resource)
     assert C.IDENTITE in decide(DEP, [C.IDENTITE], _found(engine), TODAY).permises
+
+
+def _big_bundle(path: Path, count: int, *, type_first: bool = True) -> int:
+    """A bundle of ``count`` consents written entry by entry (the shape of an initial migration)."""
+    template = json.dumps(consent("ID", "NIR_"))
+    with path.open("w", encoding="utf-8") as out:
+        out.write('{"resourceType": "Bundle", "type": "collection", "entry": [' if type_first else '{"entry": [')
+        for i in range(count):  # one person each (commune and order number vary)
+            resource = template.replace('"id": "ID"', f'"id": "m{i}"').replace("NIR_", f"2820251{i + 1001:06d}")
+            out.write(("," if i else "") + '{"resource": ' + resource + "}")
+        out.write("]}" if type_first else '], "type": "collection", "resourceType": "Bundle"}')
+    return path.stat().st_size
+
+
+def test_a_large_bundle_is_imported_entry_by_entry_with_flat_memory(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from consent.json_stream import bundle_entries
+
+    engine = open_store(f"sqlite:///{tmp_path / 'hub.sqlite3'}")
+
+    def peak(count: int, name: str) -> int:
+        _big_bundle(tmp_path / f"{name}.json", count)
+        tracemalloc.start()
+        with (tmp_path / f"{name}.json").open(encoding="utf-8") as handle:
+            report = import_resources(bundle_entries(handle), engine, P, emetteur=name, today=TODAY, batch=100)
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert (report.importes, report.erreurs) == (count, [])
+        return top
+
+    peak(150, "echauffement")  # caches of fhir.resources, SQLAlchemy and the decoder
+    two_batches, ten_batches = peak(200, "petit"), peak(1000, "grand")
+    # Five times the entries, the same peak: one batch is held at a time, never the file (measured by batches of
+    # 1000: 9.5 Mo for one batch, then 14.3 Mo flat from 2 000 to 6 000 entries).
+    assert ten_batches < two_batches * 1.1 + 300_000, f"pic {two_batches / 1e6:.1f} Mo → {ten_batches / 1e6:.1f} Mo"
+    engine.dispose()
+
+
+def test_bundle_members_may_come_in_any_order_and_a_truncated_bundle_keeps_what_was_complete(engine, tmp_path) -> None:
+    _big_bundle(tmp_path / "late-type.json", 3, type_first=False)
+    assert import_consents(tmp_path / "late-type.json", engine, P, today=TODAY).importes == 3
+    path = tmp_path / "cut.json"
+    _big_bundle(path, 2500)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size - 500])
+    report = import_consents(path, engine, P, emetteur="cut", today=TODAY)
+    assert report.importes == 2000  # the complete batches; the batch holding the cut entry is not half-imported
+    assert report.erreurs == ["cut.json : fichier illisible après 2000 entrée(s) : JSON invalide ou tronqué"]
