@@ -294,7 +294,9 @@ class FlowRun:
                         entete: cnaf_vrsb.EnTeteFlux, *, validate: bool) -> None:
         batch: list[tuple[PersonneSPIE, Pivot, str]] = []
         seen = _SeenPivots(self.staging / "vus.sqlite3") if self.mapping.unique_key else None
-        with self.input_path.open("rb") as raw:
+        with self.input_path.open("rb") as raw, ExitStack() as cleanup:
+            if seen is not None:
+                cleanup.callback(seen.close)
             for parent in self._parents(_ProgressReader(raw, progress), entete, validate):  # type: ignore[arg-type]
                 self.reference_date = entete.date_reference
                 if isinstance(parent, partner_csv.CsvRow):
@@ -322,8 +324,6 @@ class FlowRun:
                         batch = []
         if batch:
             self._decide_batch(batch, writers)
-        if seen is not None:
-            seen.close()
 
     # -- run -----------------------------------------------------------------------------------------------
     def _already_delivered(self, input_sha: str) -> set[str]:
