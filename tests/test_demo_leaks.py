@@ -18,15 +18,28 @@ from spie_hub.nir import cle_nir
 pytestmark = pytest.mark.airflow
 
 
-def _forms(person: dict[str, str]) -> list[str]:
+def _other_dates(home: Path) -> set[str]:
+    """Dates the hub legitimately writes that are not anyone's birth date (consent periods, RSA request dates…):
+    a birth date equal to one of them, found in the audit, identifies nobody."""
+    import re
+
+    texts = [p.read_text(encoding="utf-8", errors="replace") for p in (home / "demo").glob("*")]
+    texts += [re.sub(r"<DTNAI>[^<]*</DTNAI>", "", p.read_text(encoding="cp1252"))
+              for p in (home / "archive" / "caf-vers-departement").glob("*.xml")]
+    return {d for text in texts for d in re.findall(r"\d{4}-\d{2}-\d{2}", text)}
+
+
+def _forms(person: dict[str, str], other_dates: set[str]) -> list[str]:
     forms = []
     nir = person["NIR"] or ""
     if len(nir) >= 13:
         forms.append(nir[:13])
         if nir[3:5] != "13":  # the deliberately invalid NIRs have no key to add
             forms.append(f"{nir[:13]}{cle_nir(nir[:13]):02d}")
-    year, month, day = (person["DTNAI"] or "--").split("-")
-    forms += [person["DTNAI"], f"{day}/{month}/{year}", person["NOM"], person["PRENOM"]]
+    if person["DTNAI"] and person["DTNAI"] not in other_dates:
+        year, month, day = person["DTNAI"].split("-")
+        forms += [person["DTNAI"], f"{day}/{month}/{year}"]
+    forms += [person["NOM"], person["PRENOM"]]
     return [f for f in forms if f and len(f) > 3]
 
 
@@ -60,6 +73,8 @@ def test_the_demo_leaves_no_identity_in_logs_xcoms_or_the_audit(tmp_path: Path) 
         texts["exécutions"] = " ".join(str(row) for row in connection.execute("SELECT * FROM runs"))
     assert texts["xcom"] and texts["journal d'audit"]
 
-    leaks = [(where, form) for person in people for form in _forms(person)
+    other_dates = _other_dates(home)
+    assert sum(1 for p in people if p["DTNAI"] not in other_dates) > 0.9 * len(people)  # the scan still covers them
+    leaks = [(where, form) for person in people for form in _forms(person, other_dates)
              for where, text in texts.items() if form in text]
     assert leaks == []
