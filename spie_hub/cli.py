@@ -300,11 +300,10 @@ def cmd_keys_retire(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_publish(args: argparse.Namespace) -> int:
-    from spie_hub.keys import load_key
-    from spie_hub.signing import load_signing_key
+    from spie_hub.signing import load_hub_signer
 
     home = HubHome.from_env().ensure()
-    signer = load_signing_key(home, load_key(home))
+    signer = load_hub_signer(home)
     out = Path(args.sortie)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(signer.public_pem, encoding="utf-8")
@@ -312,19 +311,13 @@ def cmd_keys_publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def _signer(home: HubHome) -> object:
-    from spie_hub.keys import load_key
-    from spie_hub.signing import load_signing_key
-
-    return load_signing_key(home, load_key(home))
-
-
 def cmd_audit_export(args: argparse.Namespace) -> int:
     from spie_hub.audit_bundle import export_bundle
+    from spie_hub.signing import load_hub_signer
     from spie_hub.store import open_store
 
     home = HubHome.from_env().ensure()
-    count = export_bundle(open_store(home.database_url), Path(args.sortie), _signer(home))  # type: ignore[arg-type]
+    count = export_bundle(open_store(home.database_url), Path(args.sortie), load_hub_signer(home))
     print(f"Journal exporté : {count} entrée(s) dans {Path(args.sortie).resolve()} "
           "(vérification hors ligne : spie-hub audit verifier DOSSIER --cle-publique CLE.pem)")
     return 0

@@ -151,10 +151,9 @@ def _withdraw_and_report(home: HubHome, engine: object, consents: Path, stamp: s
 
 def _export_and_verify(home: HubHome, engine: object, stamp: str) -> None:
     from spie_hub.audit_bundle import export_bundle, verify_bundle
-    from spie_hub.keys import load_key
-    from spie_hub.signing import load_signing_key
+    from spie_hub.signing import load_hub_signer
 
-    signer = load_signing_key(home, load_key(home))
+    signer = load_hub_signer(home)
     published = home.root / "cles-publiques" / f"audit-{signer.kid}.pem"
     published.parent.mkdir(parents=True, exist_ok=True)
     published.write_text(signer.public_pem, encoding="utf-8")

@@ -39,9 +39,9 @@ def parse_kid_secret(text: str, origin: str) -> tuple[str, bytes]:
         raise ConfigurationError(f"{origin} : le secret n'est pas du base64 valide") from None
 
 
-def find_key_source(env: str, env_file: str, airflow_name: str, default: Path) -> tuple[str, str | Path] | None:
-    """Where a key is, in the hub's lookup order: (origin, value) from the environment or Airflow, or
-    ("fichier", path) from the file variable or the default file; None when there is none."""
+def find_key_source(env: str, env_file: str, airflow_name: str, default: Path, what: str) -> tuple[str, str | Path]:
+    """Where a key is, in the hub's lookup order: (origin, "kid:base64") from the environment or Airflow, or
+    ("fichier", path) from the file variable or the default file. Its absence names the variables to set."""
     if value := os.environ.get(env):
         return f"Variable d'environnement {env}", value
     if path := os.environ.get(env_file):
@@ -50,7 +50,17 @@ def find_key_source(env: str, env_file: str, airflow_name: str, default: Path) -
         return f"Variable Airflow {airflow_name}", value
     if default.exists():
         return "fichier", default
-    return None
+    raise ConfigurationError(f"Aucune {what} : définissez {env} ('kid:base64') ou {env_file}, "
+                             f"ou créez {default} avec 'spie-hub cles init'.")
+
+
+def read_key_file(path: Path, secret_field: str, what: str) -> tuple[str, bytes]:
+    """A single-key JSON file {"kid", <secret_field>: base64} → (kid, secret bytes)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data["kid"], base64.b64decode(data[secret_field], validate=True)
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigurationError(f"Fichier de {what} illisible : {path} (attendu : JSON avec 'kid' et '{secret_field}')") from None
 
 
 @dataclass(frozen=True)
@@ -75,13 +85,7 @@ class PseudonymisationKey:
 
     @classmethod
     def from_file(cls, path: Path) -> PseudonymisationKey:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return cls(data["kid"], base64.b64decode(data["secret_b64"], validate=True))
-        except (OSError, ValueError, KeyError, TypeError):
-            raise ConfigurationError(
-                f"Fichier de clé illisible : {path} (attendu : JSON avec 'kid' et 'secret_b64')"
-            ) from None
+        return cls(*read_key_file(path, "secret_b64", "clé de pseudonymisation"))
 
 
 @dataclass(frozen=True)
@@ -179,16 +183,12 @@ def secret_from_airflow(name: str) -> str | None:
 
 def load_keyring(home: HubHome | None = None) -> KeyRing:
     default = (home or HubHome.from_env()).keys / "pseudonymisation.json"
-    found = find_key_source(ENV_KEY, ENV_KEY_FILE, AIRFLOW_VARIABLE, default)
-    if found is None:
-        raise ConfigurationError(
-            f"Aucune clé de pseudonymisation : définissez {ENV_KEY} ('kid:secret_base64') ou {ENV_KEY_FILE}, "
-            f"ou créez {default} avec 'spie-hub cles init'.")
-    origin, value = found
+    origin, value = find_key_source(ENV_KEY, ENV_KEY_FILE, AIRFLOW_VARIABLE, default, "clé de pseudonymisation")
     return KeyRing.from_file(value) if isinstance(value, Path) else KeyRing.parse(value, origin)
 
 
 def key_file(home: HubHome | None = None) -> Path:
+    """The key-ring file that rotation and retirement rewrite."""
     return Path(os.environ.get(ENV_KEY_FILE) or (home or HubHome.from_env()).keys / "pseudonymisation.json")
 
 

@@ -98,15 +98,14 @@ PURGE_DAG_ID = DAG_PREFIX + "purge_conservation"
 
 
 def run_purge(home: HubHome | None = None) -> dict[str, int]:
-    from spie_hub.keys import load_key
     from spie_hub.registry import load_flows, organisation
     from spie_hub.retention import AUDIT_RETENTION_DAYS, purge
-    from spie_hub.signing import load_signing_key
+    from spie_hub.signing import load_hub_signer
     from spie_hub.store import open_store
 
     home = (home or HubHome.from_env()).ensure()
     engine = open_store(home.database_url)
-    signer = load_signing_key(home, load_key(home))
+    signer = load_hub_signer(home)
     days = int(organisation().get("conservation_journal_jours", AUDIT_RETENTION_DAYS))
     try:
         return {report.flux: len(report.fichiers) for report in purge(engine, home, load_flows(), signer=signer, audit_days=days)}

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from spie_hub.config import HubHome
 from spie_hub.errors import ConfigurationError
-from spie_hub.keys import KID_PATTERN, PseudonymisationKey, find_key_source, parse_kid_secret
+from spie_hub.keys import KID_PATTERN, PseudonymisationKey, find_key_source, parse_kid_secret, read_key_file
 
 ENV_KEY = "SPIE_HUB_SIGNING_KEY"
 ENV_KEY_FILE = "SPIE_HUB_SIGNING_KEY_FILE"
@@ -66,11 +66,7 @@ class SigningKey:
 
     @classmethod
     def from_file(cls, path: Path) -> SigningKey:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return cls(data["kid"], base64.b64decode(data["graine_b64"], validate=True))
-        except (OSError, ValueError, KeyError, TypeError):
-            raise ConfigurationError(f"Fichier de clé de signature illisible : {path} (JSON avec 'kid' et 'graine_b64')") from None
+        return cls(*read_key_file(path, "graine_b64", "clé de signature"))
 
 
 def public_key(public_b64: str) -> Ed25519PublicKey:
@@ -114,10 +110,12 @@ def load_signing_key(home: HubHome | None = None, pseudonymisation: Pseudonymisa
 
 def _find(home: HubHome | None) -> SigningKey:
     default = (home or HubHome.from_env()).keys / "signature.json"
-    found = find_key_source(ENV_KEY, ENV_KEY_FILE, AIRFLOW_NAME, default)
-    if found is None:
-        raise ConfigurationError(
-            f"Aucune clé de signature du journal : définissez {ENV_KEY} ('kid:graine_base64') ou {ENV_KEY_FILE}, "
-            f"ou créez {default} avec 'spie-hub cles init'.")
-    origin, value = found
+    origin, value = find_key_source(ENV_KEY, ENV_KEY_FILE, AIRFLOW_NAME, default, "clé de signature du journal")
     return SigningKey.from_file(value) if isinstance(value, Path) else SigningKey.parse(value, origin)
+
+
+def load_hub_signer(home: HubHome | None = None) -> SigningKey:
+    """The signing key, checked against the current pseudonymisation key."""
+    from spie_hub.keys import load_key
+
+    return load_signing_key(home, load_key(home))
