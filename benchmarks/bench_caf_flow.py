@@ -41,8 +41,8 @@ def bare_parse(path: Path) -> tuple[int, float]:
 
 def child_run(flux: Path, home: Path) -> None:
     """Runs the flow alone in a fresh process, so that its peak RSS belongs to this file size only."""
-    from spie_hub.config import HubHome
-    from spie_hub.pipeline import run_flow
+    from spie_hub.core.home import HubHome
+    from spie_hub.run.flow_run import run_flow
 
     hub = HubHome(home)
     started = time.perf_counter()
@@ -55,7 +55,7 @@ def child_run(flux: Path, home: Path) -> None:
 
 
 def measure(households: int, workdir: Path) -> dict[str, float]:
-    from spie_hub.demo_data import generate
+    from spie_hub.demo.data import generate
 
     flux, consents = workdir / f"flux_{households}.xml", workdir / f"consents_{households}.json"
     generate(flux, consents, households, seed=households, max_consents=5_000)

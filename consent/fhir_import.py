@@ -30,9 +30,9 @@ from consent.decision import ConsentIndex, ConsentVersion, permitted_pairs, vers
 from consent.fhir_build import CATEGORY_SYSTEM, INS_NIR, KIND_SYSTEM, KINDS, PARTNER_SYSTEM
 from consent.json_stream import bundle_entries
 from schemas.categories import CategorieDonnees
-from spie_hub.audit import AuditEvent, AuditLog, canonical, now
-from spie_hub.nir import NirInvalide, normaliser_nir
-from spie_hub.pseudonym import Pseudonymiser
+from spie_hub.audit.log import AuditEvent, AuditLog, canonical, now
+from spie_hub.core.nir import NirInvalide, normaliser_nir
+from spie_hub.privacy.pseudonym import Pseudonymiser
 from spie_hub.store import consents, revocations
 
 __all__ = ["CATEGORY_SYSTEM", "INS_NIR", "PARTNER_SYSTEM", "ImportReport", "import_consents", "import_resources"]

@@ -17,8 +17,8 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from spie_hub.config import HubHome
-from spie_hub.errors import ConfigurationError, HubError
+from spie_hub.core.errors import ConfigurationError, HubError
+from spie_hub.core.home import HubHome
 
 VALIDATORS = {"caf-vrsb": "cnaf-vrsb0801"}
 
@@ -62,7 +62,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _store_and_key() -> tuple[HubHome, object, object]:
-    from spie_hub.pseudonym import load_pseudonymiser
+    from spie_hub.privacy.pseudonym import load_pseudonymiser
     from spie_hub.store import open_store
 
     home = HubHome.from_env().ensure()
@@ -82,7 +82,7 @@ def _print_propagation(report: object) -> None:
 def cmd_consent_import(args: argparse.Namespace) -> int:
     from consent.fhir_import import import_consents
     from consent.revocation import propagate_withdrawals
-    from spie_hub.registry import load_flows
+    from spie_hub.core.registry import load_flows
 
     home, engine, pseudonymiser = _store_and_key()
     report = import_consents(Path(args.fichier), engine, pseudonymiser, emetteur=args.emetteur)  # type: ignore[arg-type]
@@ -98,7 +98,7 @@ def cmd_consent_import(args: argparse.Namespace) -> int:
 
 def cmd_consent_propagate(_args: argparse.Namespace) -> int:
     from consent.revocation import propagate_withdrawals
-    from spie_hub.registry import load_flows
+    from spie_hub.core.registry import load_flows
 
     home, engine, pseudonymiser = _store_and_key()
     report = propagate_withdrawals(engine, home, pseudonymiser, load_flows())  # type: ignore[arg-type]
@@ -143,8 +143,8 @@ def cmd_dpo_register(args: argparse.Namespace) -> int:
 
 
 def cmd_dpo_person(args: argparse.Namespace) -> int:
+    from spie_hub.core.registry import load_flows
     from spie_hub.dpo.subject_access import subject_access
-    from spie_hub.registry import load_flows
 
     # "--nir -" reads the NIR from standard input, so it stays out of the shell history and the process list.
     nir = sys.stdin.readline().strip() if args.nir == "-" else args.nir
@@ -175,8 +175,8 @@ def cmd_dpo_person(args: argparse.Namespace) -> int:
 
 
 def cmd_db_harden(args: argparse.Namespace) -> int:
-    from spie_hub.audit_guard import harden_privileges
     from spie_hub.store import open_store
+    from spie_hub.store.guards import harden_privileges
 
     engine = open_store(HubHome.from_env().database_url)
     if engine.dialect.name != "postgresql":
@@ -188,7 +188,7 @@ def cmd_db_harden(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(_args: argparse.Namespace) -> int:
-    from spie_hub.orchestration import run_purge
+    from spie_hub.airflow.dags import run_purge
 
     for flow, count in run_purge().items():
         print(f"Flux {flow} : {count} fichier(s) supprimé(s) au-delà de la durée de conservation (purge journalisée).")
@@ -196,7 +196,7 @@ def cmd_purge(_args: argparse.Namespace) -> int:
 
 
 def print_summary(summary: object) -> None:
-    from spie_hub.pipeline import RunSummary
+    from spie_hub.run.flow_run import RunSummary
 
     assert isinstance(summary, RunSummary)
     print(f"Flux {summary.flux} — exécution {summary.run_id} : {summary.statut}")
@@ -218,7 +218,7 @@ def print_summary(summary: object) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from spie_hub.pipeline import run_flow
+    from spie_hub.run.flow_run import run_flow
 
     path = Path(args.input)
     if not path.is_file():
@@ -234,7 +234,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(_args: argparse.Namespace) -> int:
-    from spie_hub.audit import verify
+    from spie_hub.audit.chain import verify
     from spie_hub.store import open_store
 
     result = verify(open_store(HubHome.from_env().database_url))
@@ -246,8 +246,8 @@ def cmd_audit_verify(_args: argparse.Namespace) -> int:
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
-    from spie_hub.keys import generate_key_file
-    from spie_hub.signing import generate_signing_key_file
+    from spie_hub.audit.signing import generate_signing_key_file
+    from spie_hub.privacy.keys import generate_key_file
 
     home = HubHome.from_env().ensure()
     path = home.keys / "pseudonymisation.json"
@@ -262,8 +262,8 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    from spie_hub.audit import AuditEvent, AuditLog
-    from spie_hub.keys import key_file, rotate_key_file
+    from spie_hub.audit.log import AuditEvent, AuditLog
+    from spie_hub.privacy.keys import key_file, rotate_key_file
     from spie_hub.store import open_store
 
     home = HubHome.from_env().ensure()
@@ -279,8 +279,8 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 def cmd_keys_retire(args: argparse.Namespace) -> int:
     from sqlalchemy import func, select
 
-    from spie_hub.audit import AuditEvent, AuditLog
-    from spie_hub.keys import key_file, retire_key
+    from spie_hub.audit.log import AuditEvent, AuditLog
+    from spie_hub.privacy.keys import key_file, retire_key
     from spie_hub.store import consents, open_store
 
     home = HubHome.from_env().ensure()
@@ -300,7 +300,7 @@ def cmd_keys_retire(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_publish(args: argparse.Namespace) -> int:
-    from spie_hub.signing import load_hub_signer
+    from spie_hub.audit.signing import load_hub_signer
 
     home = HubHome.from_env().ensure()
     signer = load_hub_signer(home)
@@ -312,8 +312,8 @@ def cmd_keys_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
-    from spie_hub.audit_bundle import export_bundle
-    from spie_hub.signing import load_hub_signer
+    from spie_hub.audit.bundle import export_bundle
+    from spie_hub.audit.signing import load_hub_signer
     from spie_hub.store import open_store
 
     home = HubHome.from_env().ensure()
@@ -324,7 +324,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_offline(args: argparse.Namespace) -> int:
-    from spie_hub.audit_bundle import verify_bundle
+    from spie_hub.audit.bundle import verify_bundle
 
     folder = Path(args.dossier)
     if not folder.is_dir():
@@ -344,8 +344,8 @@ def cmd_audit_offline(args: argparse.Namespace) -> int:
 
 
 def cmd_receipt_verify(args: argparse.Namespace) -> int:
-    from spie_hub.receipts import verify_receipt
-    from spie_hub.signing import public_b64_from_pem
+    from spie_hub.audit.receipts import verify_receipt
+    from spie_hub.audit.signing import public_b64_from_pem
 
     path = Path(args.manifeste)
     receipt = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -361,7 +361,7 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_flows(_args: argparse.Namespace) -> int:
-    from spie_hub.registry import load_flows
+    from spie_hub.core.registry import load_flows
 
     for flow in load_flows().values():
         print(f"{flow.id} — {flow.titre}")
@@ -393,7 +393,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from spie_hub.demo import run_demo
+    from spie_hub.demo.scenario import run_demo
 
     return run_demo(households=args.foyers, with_airflow=not args.sans_airflow)
 

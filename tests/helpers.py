@@ -50,10 +50,10 @@ def first_delivery(tmp_path: Path, households: int, seed: int, anomaly_rate: flo
     """A hub (from the environment) that imported the demo consents of a synthetic population and ran the CAF flow
     once: (home, engine, pseudonymiser, flux, consent bundle, run summary)."""
     from consent.fhir_import import import_consents
-    from spie_hub.config import HubHome
-    from spie_hub.demo_data import generate
-    from spie_hub.pipeline import run_flow
-    from spie_hub.pseudonym import load_pseudonymiser
+    from spie_hub.core.home import HubHome
+    from spie_hub.demo.data import generate
+    from spie_hub.privacy.pseudonym import load_pseudonymiser
+    from spie_hub.run.flow_run import run_flow
     from spie_hub.store import open_store
 
     home = HubHome.from_env().ensure()

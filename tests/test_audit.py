@@ -14,11 +14,11 @@ from helpers import drop_audit_guards
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from spie_hub.audit import AuditEvent, AuditLog, entry_hash, verify
-from spie_hub.audit_bundle import CHECKPOINTS, ENTRIES, KEYS, export_bundle, verify_bundle
-from spie_hub.audit_check import checkpoint_statement, seal
-from spie_hub.retention import purge_audit
-from spie_hub.signing import SigningKey
+from spie_hub.audit.bundle import CHECKPOINTS, ENTRIES, KEYS, export_bundle, verify_bundle
+from spie_hub.audit.chain import checkpoint_statement, seal, verify
+from spie_hub.audit.log import AuditEvent, AuditLog, entry_hash
+from spie_hub.audit.signing import SigningKey
+from spie_hub.run.retention import purge_audit
 from spie_hub.store import audit_checkpoints, audit_log, open_store
 
 COLUMNS = ["ts", "run_id", "event", "flow", "recipient", "subject", "payload", "prev_hash", "hash"]
@@ -93,7 +93,7 @@ def test_postgresql_refuses_truncating_the_audit(pg_engine) -> None:
 
 def test_on_postgresql_the_application_role_may_only_append(pg_engine) -> None:
     engine = pg_engine
-    from spie_hub.audit_guard import harden_privileges
+    from spie_hub.store.guards import harden_privileges
 
     role = f"spie_app_{engine.url.database}"[:60]
     with engine.begin() as c:
@@ -190,7 +190,7 @@ def test_a_retention_purge_keeps_the_remaining_chain_verifiable_from_its_signed_
         c.execute(update(audit_log).where(audit_log.c.seq <= 3).values(ts="2020-01-01T00:00:00+00:00"))
         rows = [dict(r._mapping) for r in c.execute(select(audit_log).order_by(audit_log.c.seq))]
     _rehash_all(engine, rows)
-    from spie_hub.audit_guard import install_guards
+    from spie_hub.store.guards import install_guards
 
     install_guards(engine)
     removed = purge_audit(engine, SIGNER, dt.datetime(2021, 1, 1, tzinfo=dt.timezone.utc))
@@ -292,7 +292,7 @@ def test_a_rehashed_export_is_caught_by_the_signed_checkpoints(bundle) -> None:
 
 def test_truncation_with_its_checkpoints_removed_is_still_caught_by_a_delivery_receipt(bundle, tmp_path: Path) -> None:
     folder, key = bundle
-    from spie_hub.receipts import sign_manifest
+    from spie_hub.audit.receipts import sign_manifest
 
     last = json.loads(_lines(folder)[-1])
     receipt = tmp_path / "recu.manifest.json"
@@ -346,9 +346,9 @@ def test_checkpoints_cannot_be_forged_in_the_database_without_the_key(engine) ->
 
 def test_a_delivery_receipt_verifies_and_any_change_to_the_file_or_manifest_is_refused(hub_home, tmp_path, capsys) -> None:
     from spie_hub.cli import main
-    from spie_hub.config import HubHome
-    from spie_hub.demo_data import generate
-    from spie_hub.pipeline import run_flow
+    from spie_hub.core.home import HubHome
+    from spie_hub.demo.data import generate
+    from spie_hub.run.flow_run import run_flow
 
     home = HubHome.from_env().ensure()
     flux = tmp_path / "flux.xml"
@@ -370,9 +370,9 @@ def test_a_delivery_receipt_verifies_and_any_change_to_the_file_or_manifest_is_r
 
 
 def test_each_run_ends_with_a_signed_checkpoint_over_the_head(hub_home, tmp_path) -> None:
-    from spie_hub.config import HubHome
-    from spie_hub.demo_data import generate
-    from spie_hub.pipeline import run_flow
+    from spie_hub.core.home import HubHome
+    from spie_hub.demo.data import generate
+    from spie_hub.run.flow_run import run_flow
 
     home = HubHome.from_env().ensure()
     flux = tmp_path / "flux.xml"

@@ -4,7 +4,7 @@ import pytest
 from conftest import CAF_FIXTURES
 
 from connectors.formats.cnaf_vrsb import EnTeteFlux, read_foyers, validate_file
-from spie_hub.errors import FatalInputError
+from spie_hub.core.errors import FatalInputError
 
 
 @pytest.mark.parametrize("sample", ["RSABEM.xml", "RSABEM-ouvert.xml"])
@@ -77,7 +77,7 @@ def test_an_undeclared_entity_reference_is_an_error_not_an_expansion(tmp_path: P
 
 
 def test_a_schema_error_is_located_by_foyer_and_line(tmp_path: Path) -> None:
-    from spie_hub.demo_data import generate
+    from spie_hub.demo.data import generate
 
     flux = tmp_path / "flux.xml"
     generate(flux, None, 5, seed=1)

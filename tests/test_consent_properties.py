@@ -24,18 +24,18 @@ from helpers import people_of, write_bundle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from connectors.formats.csv_output import load_output
 from consent.decision import ConsentVersion, Rule, decide
 from consent.fhir_build import consent
 from consent.fhir_import import import_consents
 from schemas.categories import CategorieDonnees as C
-from spie_hub.config import HubHome
-from spie_hub.demo_data import generate
-from spie_hub.errors import ConfigurationError
-from spie_hub.keys import load_key
-from spie_hub.outputs import load_output
-from spie_hub.pipeline import run_flow
-from spie_hub.pseudonym import Pseudonymiser
-from spie_hub.registry import REGISTRY_PATH, Base, Recipient, Transport, _recipient
+from spie_hub.core.errors import ConfigurationError
+from spie_hub.core.home import HubHome
+from spie_hub.core.registry import REGISTRY_PATH, Base, Recipient, Transport, _recipient
+from spie_hub.demo.data import generate
+from spie_hub.privacy.keys import load_key
+from spie_hub.privacy.pseudonym import Pseudonymiser
+from spie_hub.run.flow_run import run_flow
 from spie_hub.store import open_store
 
 RECIPIENTS = ("departement-052", "plateforme-insertion")

@@ -25,8 +25,8 @@ def airflow_db() -> Path:
 def test_the_dag_folder_imports_without_error_and_has_one_dag_per_flow(airflow_db) -> None:
     from airflow.dag_processing.dagbag import DagBag
 
-    from spie_hub.orchestration import dag_id
-    from spie_hub.registry import load_flows
+    from spie_hub.airflow.dags import dag_id
+    from spie_hub.core.registry import load_flows
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.import_errors == {}
@@ -52,8 +52,8 @@ def test_parsing_the_dag_file_touches_no_database_and_is_quick(tmp_path, monkeyp
 def test_the_flow_runs_end_to_end_in_airflow_with_no_identity_in_xcoms(airflow_db, hub_home, capfd) -> None:
     from airflow.dag_processing.dagbag import DagBag
 
-    from spie_hub.config import HubHome
-    from spie_hub.demo_data import generate
+    from spie_hub.core.home import HubHome
+    from spie_hub.demo.data import generate
 
     home = HubHome.from_env().ensure()
     inbox = home.root / "inbox" / "caf-msa"
@@ -81,8 +81,8 @@ def test_the_purge_dag_runs_in_airflow_and_audits_each_flows_purge(airflow_db, h
     from airflow.dag_processing.dagbag import DagBag
     from sqlalchemy import select
 
-    from spie_hub.config import HubHome
-    from spie_hub.registry import load_flows
+    from spie_hub.core.home import HubHome
+    from spie_hub.core.registry import load_flows
     from spie_hub.store import audit_log, open_store
 
     home = HubHome.from_env().ensure()
@@ -106,8 +106,8 @@ def test_inside_airflow_both_keys_come_from_the_secrets_backend(airflow_db, hub_
 
     from airflow.dag_processing.dagbag import DagBag
 
-    from spie_hub.config import HubHome
-    from spie_hub.demo_data import generate
+    from spie_hub.core.home import HubHome
+    from spie_hub.demo.data import generate
 
     monkeypatch.delenv("SPIE_HUB_PSEUDO_KEY")
     monkeypatch.delenv("SPIE_HUB_SIGNING_KEY")

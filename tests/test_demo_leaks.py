@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO
 from helpers import people_of
 
-from spie_hub.nir import cle_nir
+from spie_hub.core.nir import cle_nir
 
 pytestmark = pytest.mark.airflow
 

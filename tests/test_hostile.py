@@ -13,12 +13,12 @@ from hostile.corpus import CAF_FLOW, CASES, FT_FLOW, Case, caf_base, ft_base
 from sqlalchemy import select
 
 from connectors.transports.local import LocalFolder
-from spie_hub.audit import verify
-from spie_hub.config import HubHome
-from spie_hub.errors import FatalInputError
-from spie_hub.orchestration import file_ref, run_inbox_file
-from spie_hub.pipeline import run_flow
-from spie_hub.registry import get_flow
+from spie_hub.airflow.dags import file_ref, run_inbox_file
+from spie_hub.audit.chain import verify
+from spie_hub.core.errors import FatalInputError
+from spie_hub.core.home import HubHome
+from spie_hub.core.registry import get_flow
+from spie_hub.run.flow_run import run_flow
 from spie_hub.store import deliveries, open_store, runs
 
 FORMULA = re.compile(r"^[=+\-@\t\r]")
@@ -109,8 +109,8 @@ def test_file_names_that_could_escape_a_folder_are_refused_by_the_transport(tmp_
 
 @pytest.mark.parametrize("bad", ["../outbox", "/tmp/x", "Département 52", "a\nb"])
 def test_partner_and_recipient_ids_that_become_folder_names_are_checked_when_the_registry_loads(tmp_path, bad: str) -> None:
-    from spie_hub.errors import ConfigurationError
-    from spie_hub.registry import load_flows
+    from spie_hub.core.errors import ConfigurationError
+    from spie_hub.core.registry import load_flows
 
     registry = tmp_path / "flows.yaml"
     import yaml

@@ -14,16 +14,16 @@ from sqlalchemy import select
 
 from consent.fhir_import import import_consents
 from consent.revocation import propagate_withdrawals
+from spie_hub.audit.signing import SigningKey, load_signing_key
 from spie_hub.cli import main
-from spie_hub.config import HubHome
-from spie_hub.demo_data import generate
+from spie_hub.core.errors import ConfigurationError
+from spie_hub.core.home import HubHome
+from spie_hub.core.registry import load_flows
+from spie_hub.demo.data import generate
 from spie_hub.dpo.subject_access import subject_access
-from spie_hub.errors import ConfigurationError
-from spie_hub.keys import KeyRing, PseudonymisationKey, generate_key_file, load_keyring
-from spie_hub.pipeline import run_flow
-from spie_hub.pseudonym import Pseudonymiser, load_pseudonymiser
-from spie_hub.registry import load_flows
-from spie_hub.signing import SigningKey, load_signing_key
+from spie_hub.privacy.keys import KeyRing, PseudonymisationKey, generate_key_file, load_keyring
+from spie_hub.privacy.pseudonym import Pseudonymiser, load_pseudonymiser
+from spie_hub.run.flow_run import run_flow
 from spie_hub.store import audit_log, open_store
 
 DEP = "departement-052"

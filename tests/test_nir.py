@@ -1,6 +1,6 @@
 import pytest
 
-from spie_hub.nir import NirInvalide, cle_nir, est_nir_valide, normaliser_nir
+from spie_hub.core.nir import NirInvalide, cle_nir, est_nir_valide, normaliser_nir
 
 
 @pytest.mark.parametrize(("nir13", "key"), [("2820251108030", 94), ("1770393050005", 66), ("2730799404078", 91)])

@@ -14,11 +14,11 @@ from sqlalchemy import select
 
 from consent.fhir_import import import_consents
 from schemas.spie_v1 import SCHEMA_VERSION
-from spie_hub.config import HubHome
-from spie_hub.demo_data import generate
-from spie_hub.keys import load_key
-from spie_hub.pipeline import run_flow
-from spie_hub.pseudonym import Pseudonymiser
+from spie_hub.core.home import HubHome
+from spie_hub.demo.data import generate
+from spie_hub.privacy.keys import load_key
+from spie_hub.privacy.pseudonym import Pseudonymiser
+from spie_hub.run.flow_run import run_flow
 from spie_hub.store import audit_log, open_store
 
 FLOW = "caf-vers-departement"
@@ -169,7 +169,7 @@ def test_the_real_samples_run_end_to_end(hub_home, database_url) -> None:
 def test_background_validation_gives_the_same_outcome_as_inline_validation(
     hub_home, database_url, sample, monkeypatch, tmp_path
 ) -> None:
-    from spie_hub import pipeline
+    from spie_hub.run import flow_run as pipeline
 
     inline = run_flow(FLOW, CAF_FIXTURES / sample)
     monkeypatch.setattr(pipeline, "PARALLEL_VALIDATION_BYTES", 0)  # every file validated in the child process

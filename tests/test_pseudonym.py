@@ -2,9 +2,9 @@ import base64
 
 import pytest
 
-from spie_hub.errors import ConfigurationError
-from spie_hub.keys import ENV_KEY, KeyRing, PseudonymisationKey, generate_key_file, load_key
-from spie_hub.pseudonym import Pseudonymiser
+from spie_hub.core.errors import ConfigurationError
+from spie_hub.privacy.keys import ENV_KEY, KeyRing, PseudonymisationKey, generate_key_file, load_key
+from spie_hub.privacy.pseudonym import Pseudonymiser
 
 SECRET = b"s" * 32
 

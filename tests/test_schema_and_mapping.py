@@ -12,11 +12,11 @@ from conftest import CAF_FIXTURES, REPO
 from connectors.formats.cnaf_vrsb import EnTeteFlux, read_foyers
 from schemas.jsonschema import JSON_SCHEMA_PATH, render
 from schemas.spie_v1 import PersonneSPIE
-from spie_hub.errors import RecordError
-from spie_hub.keys import PseudonymisationKey
-from spie_hub.mapping import load_mapping
-from spie_hub.pipeline import to_record
-from spie_hub.pseudonym import Pseudonymiser
+from spie_hub.core.errors import RecordError
+from spie_hub.mapping.compiler import load_mapping
+from spie_hub.privacy.keys import PseudonymisationKey
+from spie_hub.privacy.pseudonym import Pseudonymiser
+from spie_hub.run.flow_run import to_record
 
 GOLDEN = REPO / "tests" / "golden"
 TEST_KEY = PseudonymisationKey("golden", b"g" * 32)

@@ -13,9 +13,9 @@ from sqlalchemy import select
 
 from consent.fhir_import import import_consents
 from consent.revocation import propagate_withdrawals
-from spie_hub.demo_data import generate
-from spie_hub.pipeline import run_flow
-from spie_hub.registry import load_flows
+from spie_hub.core.registry import load_flows
+from spie_hub.demo.data import generate
+from spie_hub.run.flow_run import run_flow
 from spie_hub.store import audit_log
 
 FLOW = "caf-vers-departement"

@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 from lxml import etree
 
-from spie_hub.errors import FatalInputError
+from spie_hub.core.errors import FatalInputError
 
 XSD_PATH = Path(__file__).resolve().parent.parent / "xsd" / "vrsb0801.xsd"
 _PROLOGUE_BYTES = 4096

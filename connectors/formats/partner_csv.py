@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from connectors.formats.cnaf_vrsb import EnTeteFlux
-from spie_hub.errors import FatalInputError
+from spie_hub.core.errors import FatalInputError
 
 FIELD_LIMIT = 64 * 1024
 SEPARATOR = ";"

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from spie_hub.errors import FatalInputError
+from spie_hub.core.errors import FatalInputError
 
 
 def safe_name(name: str) -> str:

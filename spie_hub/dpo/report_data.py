@@ -17,9 +17,8 @@ from sqlalchemy import Engine, func, select
 
 from consent.decision import ConsentIndex, version_from_row
 from schemas.categories import CategorieDonnees
-from spie_hub.audit import verify
-from spie_hub.audit_check import VerifyResult
-from spie_hub.registry import Flow
+from spie_hub.audit.chain import VerifyResult, verify
+from spie_hub.core.registry import Flow
 from spie_hub.store import audit_log, consents, revocations, runs
 
 GROUND_LABELS = {
@@ -160,7 +159,7 @@ def _withdrawals(data: ReportData, engine: Engine) -> None:
 
 
 def gather(engine: Engine, flows: dict[str, Flow], du: dt.date, au: dt.date) -> ReportData:
-    from spie_hub.audit import now
+    from spie_hub.audit.log import now
 
     data = ReportData(du=du, au=au, genere_le=now()[:19].replace("T", " "), audit=verify(engine), flows=list(flows.values()))
     _runs(data, engine, flows)

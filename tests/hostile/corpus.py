@@ -21,7 +21,7 @@ CAF_FLOW, FT_FLOW = "caf-vers-departement", "france-travail-vers-departement"
 
 def caf_base() -> bytes:
     """A valid CNAF flux of 6 households, generated (synthetic people)."""
-    from spie_hub.demo_data import generate
+    from spie_hub.demo.data import generate
 
     path = Path(__import__("tempfile").mkdtemp()) / "base.xml"
     generate(path, None, 6, seed=21, anomaly_rate=0, reference=dt.date(2026, 11, 1))

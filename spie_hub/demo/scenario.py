@@ -7,11 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-from spie_hub.config import HubHome
+from spie_hub.core.home import HubHome
 
 FLOW_ID = "caf-vers-departement"
 EMETTEUR = "departement-052"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def configure_airflow(home: HubHome) -> None:
@@ -36,8 +36,8 @@ def run_in_airflow(home: HubHome) -> None:
     db.initdb() if hasattr(db, "initdb") else db.upgradedb()
     from airflow.dag_processing.dagbag import DagBag
 
-    from spie_hub.orchestration import dag_id
-    from spie_hub.registry import get_flow
+    from spie_hub.airflow.dags import dag_id
+    from spie_hub.core.registry import get_flow
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     if bag.import_errors:
@@ -50,12 +50,12 @@ def run_in_airflow(home: HubHome) -> None:
 
 def run_demo(households: int = 1000, with_airflow: bool = True) -> int:
     from consent.fhir_import import import_consents
-    from spie_hub.audit import verify
-    from spie_hub.demo_data import generate
-    from spie_hub.keys import generate_key_file
-    from spie_hub.pseudonym import load_pseudonymiser
-    from spie_hub.registry import get_flow
-    from spie_hub.signing import generate_signing_key_file
+    from spie_hub.audit.chain import verify
+    from spie_hub.audit.signing import generate_signing_key_file
+    from spie_hub.core.registry import get_flow
+    from spie_hub.demo.data import generate
+    from spie_hub.privacy.keys import generate_key_file
+    from spie_hub.privacy.pseudonym import load_pseudonymiser
     from spie_hub.store import deliveries, open_store, runs
 
     home = HubHome.from_env().ensure()
@@ -84,7 +84,7 @@ def run_demo(households: int = 1000, with_airflow: bool = True) -> int:
         print("4. Exécution du flux dans Airflow (SQLite embarqué, dag.test()) …")
         run_in_airflow(home)
     else:
-        from spie_hub.orchestration import file_ref, run_inbox_file
+        from spie_hub.airflow.dags import file_ref, run_inbox_file
 
         print("4. Exécution du flux (sans Airflow) …")
         run_inbox_file(flow, file_ref(flux.name), home)
@@ -128,10 +128,10 @@ def _withdraw_and_report(home: HubHome, engine: object, consents: Path, stamp: s
 
     from consent.fhir_import import import_consents
     from consent.revocation import propagate_withdrawals
-    from spie_hub.demo_data import write_withdrawals
+    from spie_hub.core.registry import load_flows
+    from spie_hub.demo.data import write_withdrawals
     from spie_hub.dpo.report import write_report
-    from spie_hub.pseudonym import load_pseudonymiser
-    from spie_hub.registry import load_flows
+    from spie_hub.privacy.pseudonym import load_pseudonymiser
 
     pseudonymiser = load_pseudonymiser(home)
     withdrawals = home.root / "demo" / f"retraits_{stamp}.csv"
@@ -150,8 +150,8 @@ def _withdraw_and_report(home: HubHome, engine: object, consents: Path, stamp: s
 
 
 def _export_and_verify(home: HubHome, engine: object, stamp: str) -> None:
-    from spie_hub.audit_bundle import export_bundle, verify_bundle
-    from spie_hub.signing import load_hub_signer
+    from spie_hub.audit.bundle import export_bundle, verify_bundle
+    from spie_hub.audit.signing import load_hub_signer
 
     signer = load_hub_signer(home)
     published = home.root / "cles-publiques" / f"audit-{signer.kid}.pem"

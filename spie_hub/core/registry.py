@@ -15,9 +15,8 @@ from typing import Any
 import yaml
 
 from schemas.categories import CategorieDonnees
-from spie_hub.errors import ConfigurationError
-
-REGISTRY_PATH = Path(__file__).resolve().parent.parent / "flows.yaml"
+from spie_hub.core.errors import ConfigurationError
+from spie_hub.core.home import REGISTRY_PATH
 
 
 @dataclass(frozen=True)

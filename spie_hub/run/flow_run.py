@@ -26,26 +26,26 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, insert, select, update
 
 from connectors.formats import cnaf_vrsb, partner_csv
+from connectors.formats.csv_output import CsvRowWriter, load_output, write_report
 from connectors.transports.local import LocalFolder, printable_name
 from consent.decision import ConsentIndex, ConsentVersion, RecordDecision, decide
 from consent.revocation import propagate_withdrawals
 from schemas.categories import CATEGORIE_DU_BLOC, CategorieDonnees
 from schemas.spie_v1 import SCHEMA_VERSION, PersonneSPIE
-from spie_hub.audit import AuditEvent, AuditLog, AuditSpool, canonical, now
-from spie_hub.audit_check import seal
-from spie_hub.config import HubHome
-from spie_hub.disclosure import suppress
-from spie_hub.errors import ConfigurationError, FatalInputError, RecordError
-from spie_hub.keys import load_keyring
-from spie_hub.mapping import CompiledMapping, load_mapping
-from spie_hub.outputs import CsvRowWriter, load_output, write_report
-from spie_hub.pseudonym import Pivot, Pseudonymiser
-from spie_hub.receipts import sign_manifest
-from spie_hub.registry import Condition, Flow, Recipient, get_flow, load_flows
-from spie_hub.signing import load_signing_key
+from spie_hub.audit.chain import seal
+from spie_hub.audit.log import AuditEvent, AuditLog, AuditSpool, canonical, now
+from spie_hub.audit.receipts import sign_manifest
+from spie_hub.audit.signing import load_signing_key
+from spie_hub.core.errors import ConfigurationError, FatalInputError, RecordError
+from spie_hub.core.home import HubHome
+from spie_hub.core.registry import Condition, Flow, Recipient, get_flow, load_flows
+from spie_hub.mapping.compiler import CompiledMapping, load_mapping
+from spie_hub.privacy.disclosure import suppress
+from spie_hub.privacy.keys import load_keyring
+from spie_hub.privacy.pseudonym import Pivot, Pseudonymiser
 from spie_hub.store import audit_head, deliveries, open_store, runs
 
-log = logging.getLogger("spie_hub.pipeline")
+log = logging.getLogger("spie_hub.run.flow_run")
 BATCH = 1000
 #: Above this size the XSD validation runs in a child process on the other core while the pipeline streams.
 PARALLEL_VALIDATION_BYTES = 8 * 1024 * 1024

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from connectors.transports.local import printable_name
-from spie_hub.config import HubHome
-from spie_hub.registry import Flow
+from spie_hub.core.home import HubHome
+from spie_hub.core.registry import Flow
 
 DAG_PREFIX = "spie_"
 
@@ -35,7 +35,7 @@ def inbox_files(flow: Flow, home: HubHome) -> list[Path]:
 
 def run_inbox_file(flow: Flow, ref: str, home: HubHome | None = None) -> dict[str, Any]:
     """Run the flow on the inbox file whose reference is ``ref``, then archive (or drop, if quarantined) it."""
-    from spie_hub.pipeline import run_flow
+    from spie_hub.run.flow_run import run_flow
 
     home = (home or HubHome.from_env()).ensure()
     path = next((p for p in inbox_files(flow, home) if file_ref(p.name) == ref), None)
@@ -79,8 +79,8 @@ def build_dag(flow: Flow) -> Any:
 
         @task(trigger_rule="all_done")
         def verifier_audit(resultats: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-            from spie_hub.audit import verify
-            from spie_hub.errors import HubError
+            from spie_hub.audit.chain import verify
+            from spie_hub.core.errors import HubError
             from spie_hub.store import open_store
 
             engine = open_store(HubHome.from_env().database_url)
@@ -98,9 +98,9 @@ PURGE_DAG_ID = DAG_PREFIX + "purge_conservation"
 
 
 def run_purge(home: HubHome | None = None) -> dict[str, int]:
-    from spie_hub.registry import load_flows, organisation
-    from spie_hub.retention import AUDIT_RETENTION_DAYS, purge
-    from spie_hub.signing import load_hub_signer
+    from spie_hub.audit.signing import load_hub_signer
+    from spie_hub.core.registry import load_flows, organisation
+    from spie_hub.run.retention import AUDIT_RETENTION_DAYS, purge
     from spie_hub.store import open_store
 
     home = (home or HubHome.from_env()).ensure()

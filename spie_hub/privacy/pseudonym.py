@@ -17,8 +17,8 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from spie_hub.config import HubHome
-from spie_hub.keys import KeyRing, PseudonymisationKey, load_keyring
+from spie_hub.core.home import HubHome
+from spie_hub.privacy.keys import KeyRing, PseudonymisationKey, load_keyring
 
 _HEX_CHARS = 32  # 128 bits; hex rather than base32, whose pure-Python encoder cost 3 µs a pseudonym
 

@@ -19,9 +19,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from spie_hub.config import HubHome
-from spie_hub.errors import ConfigurationError
-from spie_hub.keys import KID_PATTERN, PseudonymisationKey, find_key_source, parse_kid_secret, read_key_file
+from spie_hub.core.errors import ConfigurationError
+from spie_hub.core.home import HubHome
+from spie_hub.privacy.keys import KID_PATTERN, PseudonymisationKey, find_key_source, parse_kid_secret, read_key_file
 
 ENV_KEY = "SPIE_HUB_SIGNING_KEY"
 ENV_KEY_FILE = "SPIE_HUB_SIGNING_KEY_FILE"
@@ -116,6 +116,6 @@ def _find(home: HubHome | None) -> SigningKey:
 
 def load_hub_signer(home: HubHome | None = None) -> SigningKey:
     """The signing key, checked against the current pseudonymisation key."""
-    from spie_hub.keys import load_key
+    from spie_hub.privacy.keys import load_key
 
     return load_signing_key(home, load_key(home))

@@ -18,8 +18,8 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, select
 
-from spie_hub.audit import canonical, entry_hash, now
-from spie_hub.signing import SigningKey, verify_signature
+from spie_hub.audit.log import canonical, entry_hash, now
+from spie_hub.audit.signing import SigningKey, verify_signature
 from spie_hub.store import GENESIS_HASH, audit_checkpoints, audit_head, audit_keys, audit_log
 
 CHECKPOINT_TYPE = "spie-hub/point-de-controle/v1"
@@ -140,3 +140,8 @@ def seal(engine: Engine, signer: SigningKey, at: tuple[int, str] | None = None) 
         if connection.execute(select(audit_keys.c.kid).where(audit_keys.c.kid == signer.kid)).first() is None:
             connection.execute(insert(audit_keys).values(kid=signer.kid, public_b64=signer.public_b64, added_at=now()))
     return seq
+
+
+def verify(engine: Engine, batch: int = 10_000) -> VerifyResult:
+    """Walk the chain against its signed checkpoints and report the first entry that does not verify."""
+    return verify_store(engine, batch)

@@ -16,13 +16,13 @@ from pathlib import Path
 
 from sqlalchemy import Engine, func, select
 
-from spie_hub.audit import AuditEvent, AuditLog
-from spie_hub.audit_check import seal
-from spie_hub.audit_guard import purge_upto
-from spie_hub.config import HubHome
-from spie_hub.registry import Flow
-from spie_hub.signing import SigningKey
+from spie_hub.audit.chain import seal
+from spie_hub.audit.log import AuditEvent, AuditLog
+from spie_hub.audit.signing import SigningKey
+from spie_hub.core.home import HubHome
+from spie_hub.core.registry import Flow
 from spie_hub.store import audit_log, deliveries, runs
+from spie_hub.store.guards import purge_upto
 
 #: Default retention of the audit itself (organisation.conservation_journal_jours in flows.yaml): it must outlast
 #: the data it proves (730 days for the demo flow) so that what left can be shown as long as it may be held.

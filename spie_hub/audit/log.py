@@ -127,9 +127,3 @@ class AuditSpool:
         self.handle.close()
         self.path.unlink(missing_ok=True)
 
-
-def verify(engine: Engine, batch: int = 10_000) -> Any:
-    """Walk the chain against its signed checkpoints and report the first entry that does not verify."""
-    from spie_hub.audit_check import verify_store
-
-    return verify_store(engine, batch)

@@ -22,9 +22,9 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from spie_hub.audit_check import ChainChecker, VerifyResult, seal, store_checkpoints, store_keys
-from spie_hub.receipts import receipt_valid
-from spie_hub.signing import SigningKey, public_b64_from_pem
+from spie_hub.audit.chain import ChainChecker, VerifyResult, seal, store_checkpoints, store_keys
+from spie_hub.audit.receipts import receipt_valid
+from spie_hub.audit.signing import SigningKey, public_b64_from_pem
 from spie_hub.store import audit_log
 
 ENTRIES, CHECKPOINTS, KEYS = "journal.jsonl", "points-de-controle.jsonl", "cles-publiques.json"

@@ -18,8 +18,8 @@ import yaml
 
 from schemas.categories import CATEGORIE_DU_BLOC, CategorieDonnees
 from schemas.spie_v1 import PersonneSPIE
-from spie_hub.errors import ConfigurationError
-from spie_hub.mapping import MAPPINGS_DIR
+from spie_hub.core.errors import ConfigurationError
+from spie_hub.core.home import MAPPINGS_DIR
 
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 

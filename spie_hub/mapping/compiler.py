@@ -23,10 +23,10 @@ import yaml
 from lxml import etree
 
 from schemas.codes import cnaf_labels
-from spie_hub.errors import ConfigurationError, RecordError
-from spie_hub.nir import normaliser_nir
+from spie_hub.core.errors import ConfigurationError, RecordError
+from spie_hub.core.home import MAPPINGS_DIR
+from spie_hub.core.nir import normaliser_nir
 
-MAPPINGS_DIR = Path(__file__).resolve().parent.parent / "mappings"
 PARENT_PREFIX = "foyer:"
 _SEP = "\ue000"  # a private-use character as field separator; a record holding it falls back to field-by-field
 

@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from spie_hub.audit import canonical
-from spie_hub.signing import ALGORITHM, SigningKey, verify_signature
+from spie_hub.audit.log import canonical
+from spie_hub.audit.signing import ALGORITHM, SigningKey, verify_signature
 
 RECEIPT_TYPE = "spie-hub/recu-de-livraison/v1"
 

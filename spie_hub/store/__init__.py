@@ -172,7 +172,7 @@ def open_store(url: str) -> Engine:
             connection.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS_HASH))
         if connection.execute(select(audit_anchor.c.id)).first() is None:
             connection.execute(insert(audit_anchor).values(id=1, seq=0))
-    from spie_hub.audit_guard import install_guards
+    from spie_hub.store.guards import install_guards
 
     install_guards(engine)
     return engine

@@ -6,6 +6,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+#: The checkout (or installed tree) holding flows.yaml and mappings/.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+REGISTRY_PATH = PROJECT_ROOT / "flows.yaml"
+MAPPINGS_DIR = PROJECT_ROOT / "mappings"
+
 
 @dataclass(frozen=True)
 class HubHome:

@@ -19,8 +19,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spie_hub.config import HubHome
-from spie_hub.errors import ConfigurationError
+from spie_hub.core.errors import ConfigurationError
+from spie_hub.core.home import HubHome
 
 ENV_KEY = "SPIE_HUB_PSEUDO_KEY"
 ENV_KEY_FILE = "SPIE_HUB_PSEUDO_KEY_FILE"

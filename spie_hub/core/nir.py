@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from spie_hub.errors import RecordError
+from spie_hub.core.errors import RecordError
 
 _SHAPE = re.compile(r"^[12378]\d{2}\d{2}(2[AB]|\d{2})\d{6}(\d{2})?$")
 
