@@ -42,7 +42,7 @@ def bare_parse(path: Path) -> tuple[int, float]:
 def child_run(flux: Path, home: Path) -> None:
     """Runs the flow alone in a fresh process, so that its peak RSS belongs to this file size only."""
     from spie_hub.core.home import HubHome
-    from spie_hub.run.flow_run import run_flow
+    from spie_hub.run.lifecycle import run_flow
 
     hub = HubHome(home)
     started = time.perf_counter()

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from schemas.categories import CategorieDonnees
-from spie_hub.core.registry import Recipient
+from spie_hub.registry import Recipient
 from spie_hub.store import consents
 
 

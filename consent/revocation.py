@@ -10,6 +10,7 @@ that recipient knows the person by. Notices are audited before the file becomes 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -18,12 +19,12 @@ from typing import Any
 from sqlalchemy import Engine, select, update
 
 from connectors.formats.csv_output import write_report
-from connectors.transports.local import LocalFolder
+from connectors.transports.registry import open_transport
 from consent.decision import ConsentIndex, decide
 from schemas.categories import CategorieDonnees
 from spie_hub.audit.log import AuditEvent, AuditLog, now
 from spie_hub.core.home import HubHome
-from spie_hub.core.registry import Flow, Recipient
+from spie_hub.registry import Flow, Recipient
 from spie_hub.privacy.pseudonym import Pivot, Pseudonymiser
 from spie_hub.store import audit_log, deliveries, revocations
 
@@ -119,11 +120,14 @@ def propagate_withdrawals(engine: Engine, home: HubHome, pseudonymiser: Pseudony
     AuditLog(engine).append(events)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     for rid, rows in sorted(lines.items()):
-        folder = LocalFolder(home.root / known[rid].transport.dossier)
+        folder = open_transport(known[rid].transport, home)
         name = f"avis-suppression_{rid}_{stamp}_{pending[0].id}.csv"
-        with folder.store_file(name, encoding="utf-8-sig", newline="") as handle:
+        with folder.store(name) as raw:
+            handle = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
             write_report(handle, NOTICE_HEADER, rows)
-        report.fichiers.append(str(folder.path(name)))
+            handle.flush()
+            handle.detach()
+        report.fichiers.append(folder.location(name))
     with engine.begin() as connection:
         for rev_id, notices in done:
             connection.execute(update(revocations).where(revocations.c.id == rev_id)

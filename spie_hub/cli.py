@@ -54,7 +54,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for error in errors:
             print(f"  - {error}")
         return 1
-    print(f"VALIDE : {path.name} ({entete.foyers_lus} foyer(s), format {VALIDATORS[args.format]}, "
+    print(f"VALIDE : {path.name} ({entete.unites_lues} foyer(s), format {VALIDATORS[args.format]}, "
           f"date de référence {entete.date_reference})")
     for anomaly in entete.anomalies:
         print(f"  ! {anomaly}")
@@ -82,7 +82,7 @@ def _print_propagation(report: object) -> None:
 def cmd_consent_import(args: argparse.Namespace) -> int:
     from consent.fhir_import import import_consents
     from consent.revocation import propagate_withdrawals
-    from spie_hub.core.registry import load_flows
+    from spie_hub.registry import load_flows
 
     home, engine, pseudonymiser = _store_and_key()
     report = import_consents(Path(args.fichier), engine, pseudonymiser, emetteur=args.emetteur)  # type: ignore[arg-type]
@@ -98,7 +98,7 @@ def cmd_consent_import(args: argparse.Namespace) -> int:
 
 def cmd_consent_propagate(_args: argparse.Namespace) -> int:
     from consent.revocation import propagate_withdrawals
-    from spie_hub.core.registry import load_flows
+    from spie_hub.registry import load_flows
 
     home, engine, pseudonymiser = _store_and_key()
     report = propagate_withdrawals(engine, home, pseudonymiser, load_flows())  # type: ignore[arg-type]
@@ -143,8 +143,8 @@ def cmd_dpo_register(args: argparse.Namespace) -> int:
 
 
 def cmd_dpo_person(args: argparse.Namespace) -> int:
-    from spie_hub.core.registry import load_flows
     from spie_hub.dpo.subject_access import subject_access
+    from spie_hub.registry import load_flows
 
     # "--nir -" reads the NIR from standard input, so it stays out of the shell history and the process list.
     nir = sys.stdin.readline().strip() if args.nir == "-" else args.nir
@@ -196,7 +196,7 @@ def cmd_purge(_args: argparse.Namespace) -> int:
 
 
 def print_summary(summary: object) -> None:
-    from spie_hub.run.flow_run import RunSummary
+    from spie_hub.run.summary import RunSummary
 
     assert isinstance(summary, RunSummary)
     print(f"Flux {summary.flux} — exécution {summary.run_id} : {summary.statut}")
@@ -218,7 +218,7 @@ def print_summary(summary: object) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from spie_hub.run.flow_run import run_flow
+    from spie_hub.run.lifecycle import run_flow
 
     path = Path(args.input)
     if not path.is_file():
@@ -361,7 +361,7 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_flows(_args: argparse.Namespace) -> int:
-    from spie_hub.core.registry import load_flows
+    from spie_hub.registry import load_flows
 
     for flow in load_flows().values():
         print(f"{flow.id} — {flow.titre}")

@@ -53,7 +53,7 @@ def first_delivery(tmp_path: Path, households: int, seed: int, anomaly_rate: flo
     from spie_hub.core.home import HubHome
     from spie_hub.demo.data import generate
     from spie_hub.privacy.pseudonym import load_pseudonymiser
-    from spie_hub.run.flow_run import run_flow
+    from spie_hub.run.lifecycle import run_flow
     from spie_hub.store import open_store
 
     home = HubHome.from_env().ensure()

@@ -348,7 +348,7 @@ def test_a_delivery_receipt_verifies_and_any_change_to_the_file_or_manifest_is_r
     from spie_hub.cli import main
     from spie_hub.core.home import HubHome
     from spie_hub.demo.data import generate
-    from spie_hub.run.flow_run import run_flow
+    from spie_hub.run.lifecycle import run_flow
 
     home = HubHome.from_env().ensure()
     flux = tmp_path / "flux.xml"
@@ -372,7 +372,7 @@ def test_a_delivery_receipt_verifies_and_any_change_to_the_file_or_manifest_is_r
 def test_each_run_ends_with_a_signed_checkpoint_over_the_head(hub_home, tmp_path) -> None:
     from spie_hub.core.home import HubHome
     from spie_hub.demo.data import generate
-    from spie_hub.run.flow_run import run_flow
+    from spie_hub.run.lifecycle import run_flow
 
     home = HubHome.from_env().ensure()
     flux = tmp_path / "flux.xml"

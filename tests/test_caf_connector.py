@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 from conftest import CAF_FIXTURES
 
-from connectors.formats.cnaf_vrsb import EnTeteFlux, read_foyers, validate_file
+from connectors.formats.base import InputFacts
+from connectors.formats.cnaf_vrsb import read_foyers, validate_file
 from spie_hub.core.errors import FatalInputError
 
 
@@ -22,7 +23,7 @@ def test_the_invalid_sample_is_rejected_with_a_message_naming_the_element() -> N
 
 def test_a_trailer_that_miscounts_the_foyers_is_reported_not_fatal() -> None:
     entete, errors = validate_file(CAF_FIXTURES / "RSABEM.xml")
-    assert errors == [] and entete.foyers_lus == 2
+    assert errors == [] and entete.unites_lues == 2
     assert "annonce 1" in entete.anomalies[0]
 
 
@@ -30,7 +31,7 @@ def test_a_doctype_with_entities_is_refused_before_parsing(tmp_path: Path) -> No
     evil = tmp_path / "xxe.xml"
     evil.write_text('<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><Racine>&x;</Racine>')
     with pytest.raises(FatalInputError, match="DOCTYPE"), evil.open("rb") as stream:
-        list(read_foyers(stream, EnTeteFlux()))
+        list(read_foyers(stream, InputFacts()))
 
 
 @pytest.mark.parametrize("content", [b"", b"   \n", b"\x00\xff garbage", b"<Racine><IdentificationFlux>"])
@@ -46,7 +47,7 @@ def test_windows_1252_text_is_decoded(tmp_path: Path) -> None:
     path = tmp_path / "accents.xml"
     path.write_bytes(text)
     with path.open("rb") as stream:
-        foyer = next(read_foyers(stream, EnTeteFlux()))
+        foyer = next(read_foyers(stream, InputFacts()))
         assert foyer.findtext("Personne/Identification/NOM") == "BÉRANGER Œ"
 
 
@@ -57,7 +58,7 @@ def test_a_file_without_xml_declaration_is_read_in_its_own_encoding(tmp_path: Pa
     path = tmp_path / "sans-declaration.xml"
     path.write_bytes(text.replace(b"<NOM>BULLOCK</NOM>", "<NOM>LEFÈVRE</NOM>".encode(encoding)))
     with path.open("rb") as stream:
-        assert next(read_foyers(stream, EnTeteFlux())).findtext("Personne/Identification/NOM") == "LEFÈVRE"
+        assert next(read_foyers(stream, InputFacts())).findtext("Personne/Identification/NOM") == "LEFÈVRE"
 
 
 @pytest.mark.parametrize("padding", [0, 10_000])
@@ -66,7 +67,7 @@ def test_a_doctype_hidden_behind_a_long_comment_is_still_refused(tmp_path: Path,
     evil.write_text(f'<?xml version="1.0"?><!-- {"x" * padding} --><!DOCTYPE Racine [<!ENTITY a "aaaa">]>'
                     "<Racine>&a;</Racine>")
     with pytest.raises(FatalInputError, match="DOCTYPE"), evil.open("rb") as stream:
-        list(read_foyers(stream, EnTeteFlux()))
+        list(read_foyers(stream, InputFacts()))
 
 
 def test_an_undeclared_entity_reference_is_an_error_not_an_expansion(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ def test_the_dag_folder_imports_without_error_and_has_one_dag_per_flow(airflow_d
     from airflow.dag_processing.dagbag import DagBag
 
     from spie_hub.airflow.dags import dag_id
-    from spie_hub.core.registry import load_flows
+    from spie_hub.registry import load_flows
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.import_errors == {}
@@ -82,7 +82,7 @@ def test_the_purge_dag_runs_in_airflow_and_audits_each_flows_purge(airflow_db, h
     from sqlalchemy import select
 
     from spie_hub.core.home import HubHome
-    from spie_hub.core.registry import load_flows
+    from spie_hub.registry import load_flows
     from spie_hub.store import audit_log, open_store
 
     home = HubHome.from_env().ensure()

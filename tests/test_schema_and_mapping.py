@@ -9,26 +9,27 @@ from pathlib import Path
 import pytest
 from conftest import CAF_FIXTURES, REPO
 
-from connectors.formats.cnaf_vrsb import EnTeteFlux, read_foyers
+from connectors.formats.base import InputFacts
+from connectors.formats.cnaf_vrsb import read_foyers
 from schemas.jsonschema import JSON_SCHEMA_PATH, render
 from schemas.spie_v1 import PersonneSPIE
 from spie_hub.core.errors import RecordError
 from spie_hub.mapping.compiler import load_mapping
 from spie_hub.privacy.keys import PseudonymisationKey
 from spie_hub.privacy.pseudonym import Pseudonymiser
-from spie_hub.run.flow_run import to_record
+from spie_hub.run.records import to_record
 
 GOLDEN = REPO / "tests" / "golden"
 TEST_KEY = PseudonymisationKey("golden", b"g" * 32)
 
 
 def map_file(path: Path) -> list[dict]:
-    mapping, pseudonymiser, entete, out = load_mapping("caf_vrsb"), Pseudonymiser(TEST_KEY), EnTeteFlux(), []
+    mapping, pseudonymiser, entete, out = load_mapping("caf_vrsb"), Pseudonymiser(TEST_KEY), InputFacts(), []
     with path.open("rb") as stream:
         for foyer in read_foyers(stream, entete):
             for index, person in enumerate(mapping.records(foyer), start=1):
                 provenance = {"partenaire": "caf-msa", "format": "cnaf-vrsb0801", "date_reference": entete.date_reference,
-                              "position": f"foyer {entete.foyers_lus}, personne {index}"}
+                              "position": f"foyer {entete.unites_lues}, personne {index}"}
                 record, _ = to_record(mapping, pseudonymiser, person, foyer, provenance)
                 out.append(record.model_dump(mode="json", exclude_defaults=True))
     return out
@@ -39,7 +40,7 @@ def map_csv(path: Path) -> list[dict]:
 
     mapping, pseudonymiser, out = load_mapping("ft_flux_mensuel"), Pseudonymiser(TEST_KEY), []
     with path.open("rb") as stream:
-        for row in read_rows(stream, EnTeteFlux(), mapping.columns):
+        for row in read_rows(stream, InputFacts(), mapping.columns):
             provenance = {"partenaire": "france-travail", "format": "ft-flux-mensuel", "position": f"ligne {row.line}"}
             record, _ = to_record(mapping, pseudonymiser, row.values, row.values, provenance)
             out.append(record.model_dump(mode="json", exclude_defaults=True))

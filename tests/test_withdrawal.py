@@ -13,9 +13,10 @@ from sqlalchemy import select
 
 from consent.fhir_import import import_consents
 from consent.revocation import propagate_withdrawals
-from spie_hub.core.registry import load_flows
+from spie_hub.registry import load_flows
 from spie_hub.demo.data import generate
-from spie_hub.run.flow_run import run_flow
+from spie_hub.run.lifecycle import run_flow
+from spie_hub.run.withdrawals import propagate
 from spie_hub.store import audit_log
 
 FLOW = "caf-vers-departement"
@@ -74,7 +75,8 @@ def test_after_a_withdrawal_the_next_run_sends_nothing_more_under_that_consent(d
     next_file = tmp_path / "flux2.xml"
     # Same seed and consent draws, so the same people; only the reference date (and so the file) changes.
     generate(next_file, tmp_path / "same-consents.json", 150, seed=11, anomaly_rate=0, reference=dt.date(2026, 11, 30))
-    summary = run_flow(FLOW, next_file, home)  # propagates pending withdrawals first, then delivers
+    propagate(home)  # the DAG's first task, before any flow run
+    summary = run_flow(FLOW, next_file, home)
     assert summary.statut == "termine"
     assert list((home.root / "outbox" / DEP).glob("avis-suppression_*"))
     rows = {r["Pseudonyme"]: r for r in _rows(summary.destinataires[DEP].fichier)}

@@ -13,13 +13,13 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, ClassVar
 
 from lxml import etree
 
+from connectors.formats.base import BackgroundCheck, BadRecord, InputFacts, PartnerRecord, Reader
 from spie_hub.core.errors import FatalInputError
 
 XSD_PATH = Path(__file__).resolve().parent.parent / "xsd" / "vrsb0801.xsd"
@@ -41,16 +41,6 @@ def release(element: etree._Element) -> None:
     if parent is not None:
         while element.getprevious() is not None:
             del parent[0]
-
-
-@dataclass
-class EnTeteFlux:
-    """What the file says about itself (IdentificationFlux and TransmissionFlux)."""
-
-    date_reference: str | None = None
-    foyers_annonces: int | None = None
-    foyers_lus: int = 0
-    anomalies: list[str] = field(default_factory=list)
 
 
 def _check_prologue(stream: BinaryIO) -> str | None:
@@ -154,7 +144,7 @@ def _first_invalid_foyer(stream: BinaryIO, encoding: str | None) -> tuple[int, i
     return None
 
 
-def read_foyers(stream: BinaryIO, entete: EnTeteFlux, *, validate: bool = True) -> Iterator[etree._Element]:
+def read_foyers(stream: BinaryIO, entete: InputFacts, *, validate: bool = True) -> Iterator[etree._Element]:
     """Yield each ``InfosFoyerRSA`` element; fill ``entete`` as the header and trailer are read.
 
     Raises ``FatalInputError`` (with the element and line) on the first XSD or well-formedness error. With
@@ -183,30 +173,30 @@ def read_foyers(stream: BinaryIO, entete: EnTeteFlux, *, validate: bool = True) 
                 root_closed = True
                 continue
             if element.tag == "InfosFoyerRSA":
-                entete.foyers_lus += 1
+                entete.unites_lues += 1
                 yield element
             elif element.tag == "IdentificationFlux":
                 entete.date_reference = element.findtext("DTREF")
             else:
                 announced = element.findtext("NBTOTDOSRSATRANSM")
-                entete.foyers_annonces = int(announced) if announced and announced.strip().isdigit() else None
+                entete.unites_annoncees = int(announced) if announced and announced.strip().isdigit() else None
             release(element)
     except etree.XMLSyntaxError as error:
         raise _located(error, stream, forced_encoding) from None
     if not root_closed:
         raise FatalInputError("Fichier tronqué : l'élément racine <Racine> n'est jamais fermé", element="Racine")
-    if entete.foyers_annonces is not None and entete.foyers_annonces != entete.foyers_lus:
+    if entete.unites_annoncees is not None and entete.unites_annoncees != entete.unites_lues:
         # Real CNAF files disagree with their own trailer (RSABEM.xml announces 1 foyer and holds 2): every
         # foyer read is processed and accounted for, and the discrepancy is reported, not fatal.
         entete.anomalies.append(
-            f"L'en-queue TransmissionFlux annonce {entete.foyers_annonces} foyer(s), "
-            f"le fichier en contient {entete.foyers_lus}"
+            f"L'en-queue TransmissionFlux annonce {entete.unites_annoncees} foyer(s), "
+            f"le fichier en contient {entete.unites_lues}"
         )
 
 
-def validate_file(path: Path) -> tuple[EnTeteFlux, list[str]]:
+def validate_file(path: Path) -> tuple[InputFacts, list[str]]:
     """Validate a whole file in one streaming pass; return its header and the errors found (empty when valid)."""
-    entete = EnTeteFlux()
+    entete = InputFacts()
     try:
         with path.open("rb") as stream:
             for _foyer in read_foyers(stream, entete):
@@ -218,7 +208,7 @@ def validate_file(path: Path) -> tuple[EnTeteFlux, list[str]]:
     return entete, []
 
 
-class BackgroundValidation:
+class BackgroundValidation(BackgroundCheck):
     """XSD validation of a whole file in a child process, on the other core, while the caller streams it.
 
     The caller reads without the schema (about 40 % cheaper) and commits its output only if ``result()`` reports
@@ -227,7 +217,7 @@ class BackgroundValidation:
 
     def __init__(self, path: Path) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "connectors.formats.cnaf_vrsb", str(path)],
+            [sys.executable, "-m", "connectors.formats.cnaf_vrsb", str(path.resolve())],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             cwd=str(Path(__file__).resolve().parents[2]),
         )
@@ -245,9 +235,24 @@ class BackgroundValidation:
         self.process.communicate()
 
 
+class CnafReader(Reader):
+    """CNAF / MSA "flux bénéficiaires": one record per ``settings.record_tag`` (``Personne``) of each foyer."""
+
+    format: ClassVar[str] = "cnaf-vrsb0801"
+
+    def records(self, stream: BinaryIO, facts: InputFacts, *, validate: bool = True) -> Iterator[PartnerRecord | BadRecord]:
+        tag = self.settings.record_tag or "Personne"
+        for foyer in read_foyers(stream, facts, validate=validate):
+            for index, element in enumerate(foyer.findall(tag), start=1):
+                yield PartnerRecord(element, foyer, f"foyer {facts.unites_lues}, personne {index}", element.sourceline)
+
+    def background_check(self, path: Path) -> BackgroundCheck | None:
+        return BackgroundValidation(path)
+
+
 def _main(argv: list[str]) -> int:
     entete, errors = validate_file(Path(argv[0]))
-    print(json.dumps({"erreurs": errors, "foyers": entete.foyers_lus}, ensure_ascii=False))
+    print(json.dumps({"erreurs": errors, "foyers": entete.unites_lues}, ensure_ascii=False))
     return 1 if errors else 0
 
 

@@ -1,4 +1,4 @@
-"""Outbound formats, declared in ``mappings/sorties/*.yaml``: columns picked from the shared record.
+"""The CSV output format (writer ``csv``), configured in ``mappings/sorties/*.yaml``: columns picked from the shared record.
 
 A column's data category is the category of the schema block it reads; a column whose category is not permitted
 for the person is written empty. Every cell that a spreadsheet would run as a formula is neutralised.
@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO, ClassVar
 
-import yaml
-
+from connectors.formats.base import OutputFormat, RecordWriter
 from schemas.categories import CATEGORIE_DU_BLOC, CategorieDonnees
 from schemas.spie_v1 import PersonneSPIE
 from spie_hub.core.errors import ConfigurationError
-from spie_hub.core.home import MAPPINGS_DIR
 
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
@@ -88,20 +86,12 @@ def _column(spec: dict[str, Any]) -> Column:
     return Column(spec["entete"], CATEGORIE_DU_BLOC.get(path[0]), get)
 
 
-@dataclass(frozen=True)
-class CsvOutput:
-    name: str
-    separator: str
-    columns: tuple[Column, ...]
-
-    def open_writer(self, handle: IO[str]) -> CsvRowWriter:
-        return CsvRowWriter(self, handle)
-
-
-class CsvRowWriter:
-    def __init__(self, output: CsvOutput, handle: IO[str]) -> None:
+class CsvRowWriter(RecordWriter):
+    def __init__(self, output: CsvOutput, stream: BinaryIO) -> None:
         self.output = output
-        self.writer = french_csv_writer(handle, output.separator)
+        # The BOM lets spreadsheets read UTF-8; the handle is detached on close so the caller's stream stays open.
+        self.text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="", write_through=False)
+        self.writer = french_csv_writer(self.text, output.separator)
         self.writer.writerow([c.entete for c in output.columns])
         self.rows = 0
 
@@ -113,11 +103,29 @@ class CsvRowWriter:
         ])
         self.rows += 1
 
+    def close(self) -> None:
+        self.text.flush()
+        self.text.detach()
 
-def load_output(name: str, directory: Path = MAPPINGS_DIR / "sorties") -> CsvOutput:
-    path = directory / f"{name}.yaml"
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError:
-        raise ConfigurationError(f"Format de sortie introuvable : {path}") from None
-    return CsvOutput(spec["sortie"], spec.get("separateur", ";"), tuple(_column(c) for c in spec["colonnes"]))
+
+class CsvOutput(OutputFormat):
+    """A CSV delivery: ``;``, CRLF, UTF-8 with BOM, one row per person, columns picked from the shared record."""
+
+    format: ClassVar[str] = "csv"
+    extension: ClassVar[str] = ".csv"
+
+    def __init__(self, name: str, separator: str, columns: tuple[Column, ...]) -> None:
+        self.name, self.separator, self.columns = name, separator, columns
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> CsvOutput:
+        try:
+            return cls(spec["sortie"], spec.get("separateur", ";"), tuple(_column(c) for c in spec["colonnes"]))
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ConfigurationError(f"Format de sortie {spec.get('sortie')!r} : clé manquante ou mal formée ({error})") from None
+
+    def open(self, stream: BinaryIO) -> CsvRowWriter:
+        return CsvRowWriter(self, stream)
+
+    def media(self) -> dict[str, str]:
+        return {"encodage": "UTF-8 avec BOM", "separateur": self.separator}

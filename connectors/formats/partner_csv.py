@@ -16,9 +16,9 @@ import csv
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, ClassVar
 
-from connectors.formats.cnaf_vrsb import EnTeteFlux
+from connectors.formats.base import BadRecord, InputFacts, PartnerRecord, Reader
 from spie_hub.core.errors import FatalInputError
 
 FIELD_LIMIT = 64 * 1024
@@ -77,7 +77,7 @@ def _check_header(header: list[str], columns: tuple[str, ...]) -> list[str]:
     return names  # same columns in another order: read by name
 
 
-def read_rows(stream: BinaryIO, entete: EnTeteFlux, columns: tuple[str, ...]) -> Iterator[CsvRow]:
+def read_rows(stream: BinaryIO, entete: InputFacts, columns: tuple[str, ...]) -> Iterator[CsvRow]:
     _check_start(stream)
     buffered = io.BufferedReader(stream) if isinstance(stream, io.RawIOBase) else stream
     text = io.TextIOWrapper(buffered, encoding="utf-8-sig", errors="strict", newline="")  # type: ignore[arg-type]
@@ -92,7 +92,7 @@ def read_rows(stream: BinaryIO, entete: EnTeteFlux, columns: tuple[str, ...]) ->
         for row in reader:
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue  # a blank line is not a record
-            entete.foyers_lus += 1
+            entete.unites_lues += 1
             if len(row) != len(header):
                 yield CsvRow(reader.line_num, None, f"{len(row)} colonne(s) au lieu de {len(header)}")
                 continue
@@ -105,3 +105,17 @@ def read_rows(stream: BinaryIO, entete: EnTeteFlux, columns: tuple[str, ...]) ->
         raise FatalInputError(f"CSV illisible ligne {reader.line_num} : {reason}", element="ligne") from None
     if lines.crlf and lines.lf:
         entete.anomalies.append(f"fins de ligne mélangées ({lines.crlf} CRLF, {lines.lf} LF) : fichier assemblé ou altéré ?")
+
+
+class PartnerCsvReader(Reader):
+    """A partner CSV (France Travail's monthly files): one record per row, columns named by the mapping."""
+
+    format: ClassVar[str] = "ft-flux-mensuel"
+
+    def records(self, stream: BinaryIO, facts: InputFacts, *, validate: bool = True) -> Iterator[PartnerRecord | BadRecord]:
+        for row in read_rows(stream, facts, self.settings.columns):
+            position = f"ligne {row.line}"
+            if row.problem is not None or row.values is None:
+                yield BadRecord(position, row.line, row.problem or "ligne illisible")
+            else:
+                yield PartnerRecord(row.values, row.values, position, row.line)

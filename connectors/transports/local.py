@@ -1,75 +1,252 @@
-"""Local-folder transport: the embedded default for inboxes and drop folders.
+"""Local-folder transport: the embedded default for inboxes, drop folders and the hub's own folders.
 
-Thin named verbs, as in Airflow's SFTP hook: ``list_files``, ``retrieve_file``, ``store_file``. A store is
-atomic: the file is written under a hidden temporary name, flushed, then renamed, so a partner polling the folder
-never sees a half-written file.
+Every folder is confined to ``SPIE_HUB_HOME``: the registry refuses absolute and ``..`` paths, and a folder that
+resolves outside the home (a symlinked folder) is refused when used. Links and special files inside a folder are
+listed as not regular and never opened (``O_NOFOLLOW``, ``O_NONBLOCK``, then ``fstat``).
+
+A store is written in the hub's private staging area, flushed, then linked into the folder in one step: a partner
+polling the folder never sees a half-written file or a ``.part``, and a delivery is never replaced under the same
+name (``os.link`` fails if the name exists). Only when the folder sits on another file system is a hidden
+temporary written beside the target, which ``clean_temporaries`` removes after a crash.
 """
 
 from __future__ import annotations
 
+import errno
+import fnmatch
+import hashlib
 import os
-import shutil
+import stat
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import BinaryIO, ClassVar
 
-from spie_hub.core.errors import FatalInputError
+from pydantic import field_validator
+
+from connectors.transports.base import (
+    TEMPORARY_PREFIX,
+    FileExists,
+    FileInfo,
+    Transport,
+    TransportOptions,
+    confined_folder,
+    entry_name,
+    safe_name,
+)
+from spie_hub.core.errors import ConfigurationError, FatalInputError, StorageError
+from spie_hub.core.home import HubHome
 
 
-def safe_name(name: str) -> str:
-    """Refuse names that could escape the folder or confuse a partner's tools."""
-    if not name or name in (".", "..") or "/" in name or "\\" in name or any(ord(ch) < 32 for ch in name):
-        raise FatalInputError("Nom de fichier refusé (chemin, séparateur ou caractère de contrôle)")
-    return name
+class LocalFolderOptions(TransportOptions):
+    dossier: str
+    #: Shell pattern of the files a source reads (inbound only).
+    motif: str = "*"
+    #: A file is taken only when it has not changed for this many seconds (a partner may still be writing it).
+    stabilite_secondes: int = 0
+
+    @field_validator("dossier")
+    @classmethod
+    def _confined(cls, value: str) -> str:
+        return confined_folder(value)
+
+    @field_validator("motif")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        if "/" in value or "\\" in value:
+            raise ValueError("motif : un nom de fichier, sans dossier")
+        return value
 
 
-def printable_name(name: str) -> str:
-    """A received file's name as the hub stores and shows it: control characters (a newline could forge a log
-    line, an escape sequence could drive a terminal) replaced by '?'."""
-    return "".join("?" if ord(ch) < 32 or ord(ch) == 127 else ch for ch in name)[:255]
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
-class LocalFolder:
-    def __init__(self, root: Path) -> None:
-        self.root = root
+class LocalFolder(Transport):
+    type: ClassVar[str] = "dossier-local"
+    Options: ClassVar[type[TransportOptions]] = LocalFolderOptions
 
-    def list_files(self, pattern: str = "*") -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.glob(pattern) if p.is_file() and not p.name.startswith("."))
+    def __init__(self, home_root: Path, folder: str, *, scratch: Path | None = None) -> None:
+        self.home_root = home_root.resolve()
+        self.folder = folder.strip("/")
+        self.root = self.home_root / self.folder if self.folder else self.home_root
+        # Private, same file system as the home: where stores are written before they are linked into place.
+        self.scratch = scratch or self.home_root / "staging" / ".stores"
+
+    @classmethod
+    def from_options(cls, options: TransportOptions, home: HubHome) -> LocalFolder:
+        assert isinstance(options, LocalFolderOptions)
+        return cls(home.root, options.dossier)
+
+    # -- confinement -------------------------------------------------------------------------------------------
+    def _folder(self, create: bool = False) -> Path:
+        if create:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise StorageError.from_os(error, self.root) from None
+        resolved = self.root.resolve()
+        if resolved != self.home_root and self.home_root not in resolved.parents:
+            raise ConfigurationError(f"Dossier {self.folder!r} hors de SPIE_HUB_HOME (lien symbolique ?) : refusé")
+        return resolved
 
     def path(self, name: str) -> Path:
-        return self.root / safe_name(name)
+        """An existing entry (read, stat, delete): any name a listing may return, but never a path."""
+        return self._folder() / entry_name(name)
 
-    def retrieve_file(self, name: str, destination: Path) -> Path:
-        shutil.copyfile(self.path(name), destination)
-        return destination
+    # -- verbs ----------------------------------------------------------------------------------------------------
+    def list(self, pattern: str = "*") -> list[FileInfo]:
+        folder = self._folder()
+        if not folder.is_dir():
+            return []
+        entries = []
+        with os.scandir(folder) as scan:
+            for entry in scan:
+                if entry.name.startswith(".") or not fnmatch.fnmatchcase(entry.name, pattern):
+                    continue
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                entries.append(FileInfo(entry.name, info.st_size, info.st_mtime, stat.S_ISREG(info.st_mode)))
+        return sorted(entries, key=lambda e: e.name)
+
+    def stat(self, name: str) -> FileInfo | None:
+        try:
+            info = os.lstat(self.path(name))
+        except FileNotFoundError:
+            return None
+        return FileInfo(name, info.st_size, info.st_mtime, stat.S_ISREG(info.st_mode))
 
     @contextmanager
-    def store_file(self, name: str, mode: str = "w", **open_kwargs: object) -> Iterator[IO]:
-        """Yield a handle on a temporary file; on success it becomes ``name`` atomically, else it vanishes."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        final = self.path(name)
-        temporary = final.with_name(f".{final.name}.part")
-        handle = open(temporary, mode, **open_kwargs)  # noqa: SIM115 - closed below on every path
+    def open(self, name: str) -> Iterator[BinaryIO]:
+        path = self.path(name)
         try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise FatalInputError("Lien symbolique refusé : seuls les fichiers ordinaires sont lus") from None
+            raise StorageError.from_os(error, path.parent) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise FatalInputError("Fichier spécial refusé (périphérique, tube ou dossier) : seuls les fichiers ordinaires sont lus")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as handle:
             yield handle
+
+    @contextmanager
+    def store(self, name: str, *, replace: bool = False) -> Iterator[BinaryIO]:
+        final = self._folder(create=True) / safe_name(name)
+        try:
+            self.scratch.mkdir(parents=True, exist_ok=True)
+            temporary = self.scratch / f"{os.getpid()}-{uuid.uuid4().hex}.tmp"
+            handle = open(temporary, "xb")  # noqa: SIM115 - closed below on every path
+        except OSError as error:
+            raise StorageError.from_os(error, self.scratch) from None
+        try:
+            yield handle  # type: ignore[misc]
             handle.flush()
             os.fsync(handle.fileno())
             handle.close()
-            os.replace(temporary, final)
-        except BaseException:
+            self._place(temporary, final, replace)
+        except OSError as error:
+            raise StorageError.from_os(error, final.parent) from None
+        finally:
             handle.close()
             temporary.unlink(missing_ok=True)
-            raise
 
-    def publish(self, staged: Path, name: str) -> Path:
-        """Move a fully written file from the staging area into the folder in one rename."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        final = self.path(name)
-        temporary = final.with_name(f".{final.name}.part")
-        shutil.copyfile(staged, temporary)
-        os.replace(temporary, final)
-        staged.unlink(missing_ok=True)
-        return final
+    def _place(self, temporary: Path, final: Path, replace: bool) -> None:
+        try:
+            if replace:
+                os.replace(temporary, final)
+            else:
+                os.link(temporary, final)
+        except FileExistsError:
+            if _digest(final) != _digest(temporary):
+                raise FileExists(f"Un autre fichier porte déjà ce nom dans {self.uri()} : jamais remplacé") from None
+        except OSError as error:
+            if error.errno != errno.EXDEV:
+                raise
+            # Another file system: a hidden temporary beside the target, then one rename.
+            beside = final.with_name(f"{TEMPORARY_PREFIX}{uuid.uuid4().hex}")
+            with open(temporary, "rb") as source, open(beside, "xb") as target:
+                for chunk in iter(lambda: source.read(1 << 20), b""):
+                    target.write(chunk)
+                target.flush()
+                os.fsync(target.fileno())
+            if not replace and final.exists():
+                beside.unlink()
+                if _digest(final) != _digest(temporary):
+                    raise FileExists(f"Un autre fichier porte déjà ce nom dans {self.uri()} : jamais remplacé") from None
+                return
+            os.replace(beside, final)
+        self._sync_folder(final.parent)
+
+    @staticmethod
+    def _sync_folder(folder: Path) -> None:
+        # The rename is durable only once the folder itself is flushed.
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def delete(self, name: str, *, expected: FileInfo | None = None) -> bool:
+        path = self.path(name)
+        try:
+            if expected is not None:
+                now = self.stat(name)
+                if now is None or (now.size, now.mtime, now.regular) != (expected.size, expected.mtime, expected.regular):
+                    return False
+            path.unlink()
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError as error:
+            raise StorageError.from_os(error, self.root) from None
+
+    def exists(self, name: str) -> bool:
+        return os.path.lexists(self.path(name))
+
+    def child(self, folder: str) -> LocalFolder:
+        return LocalFolder(self.home_root, f"{self.folder}/{confined_folder(folder)}".strip("/"), scratch=self.scratch)
+
+    def uri(self, name: str = "") -> str:
+        return (self.root / name).as_uri() if name else self.root.as_uri()
+
+    def location(self, name: str = "") -> str:
+        return str(self.root / name) if name else str(self.root)
+
+    def clean_temporaries(self) -> list[str]:
+        folder = self._folder()
+        removed: list[str] = []
+        for path in folder.glob(f"{TEMPORARY_PREFIX}*") if folder.is_dir() else []:
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+        return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_scratch(scratch: Path) -> list[str]:
+    """Remove the private temporaries of stores whose process died (their name starts with its pid)."""
+    removed = []
+    for path in scratch.glob("*.tmp") if scratch.is_dir() else []:
+        pid = path.name.split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed

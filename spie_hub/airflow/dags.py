@@ -8,14 +8,11 @@ never a partner's file name or a person's data.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import shutil
-from pathlib import Path
 from typing import Any
 
-from connectors.transports.local import printable_name
 from spie_hub.core.home import HubHome
-from spie_hub.core.registry import Flow
+from spie_hub.registry import Flow
+from spie_hub.run.claim import input_ref
 
 DAG_PREFIX = "spie_"
 
@@ -25,34 +22,14 @@ def dag_id(flow: Flow) -> str:
 
 
 def file_ref(name: str) -> str:
-    return hashlib.sha256(name.encode("utf-8")).hexdigest()[:16]
-
-
-def inbox_files(flow: Flow, home: HubHome) -> list[Path]:
-    folder = home.root / flow.transport.dossier
-    return sorted(p for p in folder.glob(flow.transport.motif) if p.is_file() and not p.name.startswith("."))
+    return input_ref(name)
 
 
 def run_inbox_file(flow: Flow, ref: str, home: HubHome | None = None) -> dict[str, Any]:
-    """Run the flow on the inbox file whose reference is ``ref``, then archive (or drop, if quarantined) it."""
-    from spie_hub.run.flow_run import run_flow
+    """Run the flow on the inbox file whose reference is ``ref`` (claim, run, archive or quarantine)."""
+    from spie_hub.run.lifecycle import process_inbox_file
 
-    home = (home or HubHome.from_env()).ensure()
-    path = next((p for p in inbox_files(flow, home) if file_ref(p.name) == ref), None)
-    if path is None:
-        return {"fichier": ref, "statut": "absent"}
-    summary = run_flow(flow.id, path, home)
-    if summary.statut == "quarantaine":
-        path.unlink()  # a copy is kept in the quarantine folder with its report
-    else:
-        archive = home.root / "archive" / flow.id
-        archive.mkdir(parents=True, exist_ok=True)
-        shutil.move(path, archive / f"{summary.run_id}_{printable_name(path.name)}")
-    return {
-        "fichier": ref, "execution": summary.run_id, "statut": summary.statut, "lus": summary.lus,
-        "rejetes": summary.rejetes, "anomalies": summary.anomalies,
-        "destinataires": {rid: {"livres": c.livres, "retenus": c.retenus} for rid, c in summary.destinataires.items()},
-    }
+    return process_inbox_file(flow, ref, home).for_xcom()
 
 
 def build_dag(flow: Flow) -> Any:
@@ -71,7 +48,9 @@ def build_dag(flow: Flow) -> Any:
 
         @task
         def detecter_fichiers() -> list[str]:
-            return [file_ref(p.name) for p in inbox_files(flow, HubHome.from_env().ensure())]
+            from spie_hub.run.lifecycle import pending_inputs
+
+            return pending_inputs(flow, HubHome.from_env().ensure())
 
         @task(max_active_tis_per_dag=1, retries=2, retry_delay=dt.timedelta(minutes=5))
         def executer_flux(ref: str) -> dict[str, Any]:
@@ -99,7 +78,7 @@ PURGE_DAG_ID = DAG_PREFIX + "purge_conservation"
 
 def run_purge(home: HubHome | None = None) -> dict[str, int]:
     from spie_hub.audit.signing import load_hub_signer
-    from spie_hub.core.registry import load_flows, organisation
+    from spie_hub.registry import load_flows, organisation
     from spie_hub.run.retention import AUDIT_RETENTION_DAYS, purge
     from spie_hub.store import open_store
 

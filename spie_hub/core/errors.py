@@ -29,3 +29,26 @@ class RecordError(HubError):
 
 class RetriableError(HubError):
     """A transient failure (network, lock): the orchestrator may retry."""
+
+
+class StorageError(HubError):
+    """The hub could not read or write one of its folders (disk full, read-only, no permission): nothing was
+    published; the message names the folder, never a person's data."""
+
+    @classmethod
+    def from_os(cls, error: OSError, where: object) -> StorageError:
+        import errno
+        from pathlib import Path
+
+        folder = Path(str(where))
+        if folder.suffix or not folder.is_dir():  # a file: name its folder (a partner's file name is not shown)
+            folder = folder.parent
+        reason = {
+            errno.ENOSPC: "disque plein",
+            errno.EDQUOT: "quota disque dépassé",
+            errno.EROFS: "système de fichiers en lecture seule",
+            errno.EACCES: "permission refusée",
+            errno.EPERM: "opération non permise",
+            errno.ENOENT: "dossier ou fichier introuvable",
+        }.get(error.errno or 0, error.strerror or type(error).__name__)
+        return cls(f"Écriture ou lecture impossible dans le dossier {folder} : {reason}")

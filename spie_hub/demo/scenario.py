@@ -37,7 +37,7 @@ def run_in_airflow(home: HubHome) -> None:
     from airflow.dag_processing.dagbag import DagBag
 
     from spie_hub.airflow.dags import dag_id
-    from spie_hub.core.registry import get_flow
+    from spie_hub.registry import get_flow
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     if bag.import_errors:
@@ -52,10 +52,10 @@ def run_demo(households: int = 1000, with_airflow: bool = True) -> int:
     from consent.fhir_import import import_consents
     from spie_hub.audit.chain import verify
     from spie_hub.audit.signing import generate_signing_key_file
-    from spie_hub.core.registry import get_flow
     from spie_hub.demo.data import generate
     from spie_hub.privacy.keys import generate_key_file
     from spie_hub.privacy.pseudonym import load_pseudonymiser
+    from spie_hub.registry import get_flow
     from spie_hub.store import deliveries, open_store, runs
 
     home = HubHome.from_env().ensure()
@@ -128,10 +128,10 @@ def _withdraw_and_report(home: HubHome, engine: object, consents: Path, stamp: s
 
     from consent.fhir_import import import_consents
     from consent.revocation import propagate_withdrawals
-    from spie_hub.core.registry import load_flows
     from spie_hub.demo.data import write_withdrawals
     from spie_hub.dpo.report import write_report
     from spie_hub.privacy.pseudonym import load_pseudonymiser
+    from spie_hub.registry import load_flows
 
     pseudonymiser = load_pseudonymiser(home)
     withdrawals = home.root / "demo" / f"retraits_{stamp}.csv"

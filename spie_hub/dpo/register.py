@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spie_hub.core.registry import Flow, load_flows, organisation
+from spie_hub.registry import Flow, load_flows, organisation
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import Engine
 
-from spie_hub.core.registry import load_flows
 from spie_hub.dpo import charts
 from spie_hub.dpo.register import register
 from spie_hub.dpo.report_data import GROUND_LABELS, ReportData, gather
+from spie_hub.registry import load_flows
 
 _ENV = Environment(loader=FileSystemLoader(Path(__file__).parent), autoescape=select_autoescape(["html", "j2"]))
 _GROUNDS = [(k, v) for k, v in GROUND_LABELS.items()]

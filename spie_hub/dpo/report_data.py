@@ -18,7 +18,7 @@ from sqlalchemy import Engine, func, select
 from consent.decision import ConsentIndex, version_from_row
 from schemas.categories import CategorieDonnees
 from spie_hub.audit.chain import VerifyResult, verify
-from spie_hub.core.registry import Flow
+from spie_hub.registry import Flow
 from spie_hub.store import audit_log, consents, revocations, runs
 
 GROUND_LABELS = {

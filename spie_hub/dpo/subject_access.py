@@ -13,12 +13,12 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from connectors.formats.csv_output import load_output
+from connectors.formats.registry import load_output
 from spie_hub.audit.log import AuditEvent, AuditLog
 from spie_hub.core.errors import HubError
 from spie_hub.core.nir import NirInvalide, normaliser_nir
-from spie_hub.core.registry import Flow
 from spie_hub.privacy.pseudonym import Pseudonymiser
+from spie_hub.registry import Flow
 from spie_hub.store import audit_log, consents, deliveries
 
 

@@ -20,7 +20,7 @@ from spie_hub.audit.chain import seal
 from spie_hub.audit.log import AuditEvent, AuditLog
 from spie_hub.audit.signing import SigningKey
 from spie_hub.core.home import HubHome
-from spie_hub.core.registry import Flow
+from spie_hub.registry import Flow
 from spie_hub.store import audit_log, deliveries, runs
 from spie_hub.store.guards import purge_upto
 

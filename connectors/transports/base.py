@@ -1,0 +1,139 @@
+"""What every transport offers the hub: list, open for reading, store atomically, move, delete, name a URI.
+
+A transport is *where* files are (a local folder, an SFTP account, an HTTPS API landed as files); the format
+(``connectors/formats``) is *how* their bytes read. The run only ever sees this interface, so adding a transport is
+one class and one registry line (``connectors/transports/registry.py``), never an edit of the run.
+
+Streams, not paths: ``open`` yields a binary stream and ``store`` a binary stream that becomes the named file
+atomically when the block ends without error (and leaves nothing behind otherwise), whatever the transport.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import BinaryIO, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from spie_hub.core.errors import FatalInputError
+from spie_hub.core.home import HubHome
+
+#: Files the hub writes while it stores are named with this prefix (only on transports that cannot stage them
+#: elsewhere): a crash may leave one, and ``clean_temporaries`` removes them at the next start.
+TEMPORARY_PREFIX = ".spie-hub-tmp-"
+
+
+def safe_name(name: str) -> str:
+    """Refuse names that could escape the folder or confuse a partner's tools."""
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or any(ord(ch) < 32 or ord(ch) == 127 for ch in name)
+            or name.startswith(TEMPORARY_PREFIX)):
+        raise FatalInputError("Nom de fichier refusé (chemin, séparateur ou caractère de contrôle)")
+    return name
+
+
+def entry_name(name: str) -> str:
+    """A name read from a listing (a partner may use control characters): only what would leave the folder is
+    refused. Names the hub writes go through ``safe_name``."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise FatalInputError("Nom de fichier refusé (chemin ou séparateur)")
+    return name
+
+
+def printable_name(name: str) -> str:
+    """A received file's name as the hub stores and shows it: control characters (a newline could forge a log
+    line, an escape sequence could drive a terminal) replaced by '?'."""
+    return "".join("?" if ord(ch) < 32 or ord(ch) == 127 else ch for ch in name)[:255]
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One entry of a listing. ``regular`` is false for links, devices, pipes and folders: the hub never reads them."""
+
+    name: str
+    size: int
+    mtime: float
+    regular: bool = True
+
+
+class TransportOptions(BaseModel):
+    """The options a transport accepts in ``flows.yaml`` (each transport extends it). Unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+
+
+class FileExists(FatalInputError):
+    """A store that would replace an existing file under the same name (deliveries are never replaced)."""
+
+
+class Transport(ABC):
+    """A place holding files, with named verbs (as Airflow's SFTP hook: list, retrieve, store)."""
+
+    #: The ``type`` that selects this transport in ``flows.yaml``.
+    type: ClassVar[str]
+    #: Its options model, validated when the registry is loaded.
+    Options: ClassVar[type[TransportOptions]] = TransportOptions
+
+    @classmethod
+    @abstractmethod
+    def from_options(cls, options: TransportOptions, home: HubHome) -> Transport:
+        """Build the transport from its validated ``flows.yaml`` block (and, for remote ones, its connection id)."""
+
+    @abstractmethod
+    def list(self, pattern: str = "*") -> list[FileInfo]:
+        """Entries matching ``pattern`` (fnmatch), sorted by name; hidden names (``.…``) are never listed."""
+
+    @abstractmethod
+    def open(self, name: str) -> AbstractContextManager[BinaryIO]:
+        """Read a regular file; a link or a special file is refused (``FatalInputError``), never followed."""
+
+    @abstractmethod
+    def store(self, name: str, *, replace: bool = False) -> AbstractContextManager[BinaryIO]:
+        """Write ``name`` atomically: visible whole when the block ends, absent if it raises. Without ``replace`` an
+        existing different file under that name is an error (``FileExists``); an identical one is left as is."""
+
+    def stat(self, name: str) -> FileInfo | None:
+        """The entry ``name`` (without following a link), or None."""
+        return next((entry for entry in self.list(name) if entry.name == name), None)
+
+    @abstractmethod
+    def delete(self, name: str, *, expected: FileInfo | None = None) -> bool:
+        """Remove ``name``; with ``expected``, only if it is still that file (same size and time), so that a file
+        replaced meanwhile is kept for the next pass. Returns whether something was removed."""
+
+    @abstractmethod
+    def exists(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def child(self, folder: str) -> Transport:
+        """The same transport one folder down (a sender's ``rejets/`` or ``accuses/``)."""
+
+    @abstractmethod
+    def uri(self, name: str = "") -> str:
+        """Where ``name`` lives, for people and lineage (never holding a secret)."""
+
+    def location(self, name: str = "") -> str:
+        """Where ``name`` lives, as shown to people (a path for a local folder); ``uri`` by default."""
+        return self.uri(name)
+
+    def clean_temporaries(self) -> list[str]:
+        """Remove what an interrupted store left behind; return the names removed."""
+        return []
+
+    def iter_names(self, pattern: str = "*") -> Iterator[str]:
+        return (entry.name for entry in self.list(pattern) if entry.regular)
+
+
+_FOLDER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
+
+
+def confined_folder(value: str) -> str:
+    """A folder given in ``flows.yaml``: relative, without ``..``, so that it stays inside ``SPIE_HUB_HOME``."""
+    if not isinstance(value, str) or not _FOLDER.match(value) or any(part == ".." for part in value.split("/")):
+        raise ValueError(f"dossier {value!r} refusé : chemin relatif à SPIE_HUB_HOME attendu, sans « .. » ni chemin absolu")
+    return value

@@ -1,0 +1,103 @@
+"""Stage 2, decide: for each shared record and each recipient, what may go (consent, legal basis, perimeter),
+with the statistics the DPO's report reads. Pure decisions: nothing is written here."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from consent.decision import ConsentIndex, ConsentVersion, RecordDecision, decide
+from schemas.categories import CATEGORIE_DU_BLOC, CategorieDonnees
+from schemas.spie_v1 import PersonneSPIE
+from spie_hub.audit.log import canonical
+from spie_hub.privacy.pseudonym import Pseudonymiser
+from spie_hub.registry import Condition, Flow, Recipient
+from spie_hub.run.records import Mapped
+from spie_hub.run.summary import RecipientCounts
+
+StatKey = tuple[str | None, tuple[tuple[str, str], ...]]
+#: One decision: recipient, the pseudonym it knows the person by, the decision and its canonical audit text.
+Decided = tuple[Recipient, str, RecordDecision, str, Mapped]
+
+
+def _ground(fondement: str) -> str:
+    """The family of a decision's ground, without any consent reference (bounded set, for statistics)."""
+    head = fondement.split(":", 1)[0]
+    return {"refus exprimé": "refus"}.get(head, head if ":" in fondement else
+                                          "hors-politique" if "hors politique" in fondement else "sans-consentement")
+
+
+def _stat_key(decision: RecordDecision) -> StatKey:
+    return (None if decision.livre else decision.motif,
+            tuple((c.value, _ground(d.fondement)) for c, d in decision.categories.items()))
+
+
+def present_categories(record: PersonneSPIE) -> tuple[CategorieDonnees, ...]:
+    seen: list[CategorieDonnees] = []
+    for block, category in CATEGORIE_DU_BLOC.items():
+        if getattr(record, block) and category not in seen:
+            seen.append(category)
+    return tuple(seen)
+
+
+def outside_perimeter(record: PersonneSPIE, perimetre: tuple[Condition, ...]) -> str | None:
+    for condition in perimetre:
+        value: Any = record
+        for part in condition.champ.split("."):
+            value = getattr(value, part, None) if value is not None else None
+        if hasattr(value, "value"):
+            value = value.value
+        if value != condition.egal:
+            return f"hors périmètre du flux : {condition.libelle} (non)"
+    return None
+
+
+class Decider:
+    def __init__(self, flow: Flow, recipients: list[Recipient], consents: ConsentIndex, pseudonymiser: Pseudonymiser,
+                 today: dt.date) -> None:
+        self.flow, self.recipients, self.consents = flow, recipients, consents
+        self.pseudonymiser, self.today = pseudonymiser, today
+        self._cache: dict[tuple[Any, ...], tuple[RecordDecision, str, StatKey]] = {}
+        self.stats: dict[str, Counter[StatKey]] = {r.id: Counter() for r in recipients}
+
+    def _decision(self, recipient: Recipient, outside: str | None, present: tuple[CategorieDonnees, ...],
+                  found: list[ConsentVersion]) -> tuple[RecordDecision, str, StatKey]:
+        # Records without any consent share a handful of situations (same categories, in or out of perimeter):
+        # their decision and its canonical audit text are computed once. Records with consents are decided one by
+        # one, so this cache never grows with the file.
+        key = (recipient.id, outside, present)
+        cached = None if found else self._cache.get(key)
+        if cached is None:
+            decision = RecordDecision(False, {}, outside) if outside else decide(recipient, present, found, self.today)
+            cached = (decision, canonical(decision.as_payload()), _stat_key(decision))
+            if not found:
+                self._cache[key] = cached
+        return cached
+
+    def decide(self, batch: list[Mapped]) -> Iterator[Decided]:
+        """Each record of the batch for each recipient, in input order (consents looked up once per batch)."""
+        found = self.consents.lookup(s for m in batch for s in (m.pivot.pseudonyme, *m.pivot.aliases))
+        for mapped in batch:
+            pivot = mapped.pivot
+            outside = outside_perimeter(mapped.record, self.flow.perimetre)
+            present = present_categories(mapped.record)
+            consents_found = found.get(pivot.pseudonyme, [])
+            if pivot.aliases:  # consents recorded under a previous key of the ring: the latest version wins
+                consents_found = ConsentIndex.latest_versions(
+                    consents_found + [v for alias in pivot.aliases for v in found.get(alias, [])])
+            for recipient in self.recipients:
+                decision, text, stat = self._decision(recipient, outside, present, consents_found)
+                self.stats[recipient.id][stat] += 1
+                yield recipient, self.pseudonymiser.for_recipient(pivot, recipient.id), decision, text, mapped
+
+    def fold_into(self, counts: dict[str, RecipientCounts]) -> None:
+        """Add the decisions' statistics (withheld by reason, grounds by category) to the summary."""
+        for rid, stats in self.stats.items():
+            target = counts[rid]
+            for (motif, grounds), n in stats.items():
+                if motif is not None:
+                    target.motifs[motif] += n
+                for category, ground in grounds:
+                    target.fondements.setdefault(category, Counter()).update({ground: n})

@@ -1,0 +1,241 @@
+"""Stage 3, deliver: every name the hub gives and every file it writes for a partner, through a Transport.
+
+A delivery is staged privately, audited (write-ahead), then published: the signed manifest first, then the file,
+each stored atomically and never over a different file of the same name, then the delivery row. A recipient
+therefore never sees a file without its manifest nor a temporary; a run interrupted during publication is
+completed by the next start from its staging (``spie_hub/run/recovery.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sqlalchemy import Engine, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from connectors.formats.base import OutputFormat, RecordWriter
+from connectors.formats.csv_output import write_report
+from connectors.formats.registry import load_output
+from connectors.transports.base import Transport
+from connectors.transports.local import LocalFolder
+from connectors.transports.registry import open_transport
+from consent.decision import RecordDecision
+from schemas.spie_v1 import SCHEMA_VERSION
+from spie_hub.audit.log import AuditSpool, now
+from spie_hub.core.errors import StorageError
+from spie_hub.core.home import HubHome
+from spie_hub.privacy.disclosure import suppress
+from spie_hub.registry import Flow, Recipient
+from spie_hub.run.records import Mapped
+from spie_hub.run.summary import RunSummary
+from spie_hub.store import deliveries
+
+REJECTION_HEADER = ["Position dans le fichier", "Ligne", "Motif du rejet"]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def recipient_transport(recipient: Recipient, home: HubHome) -> Transport:
+    return open_transport(recipient.transport, home)
+
+
+def sender_returns(flow: Flow, home: HubHome) -> Transport:
+    """Where the sender gets its rejection reports and processing receipts back (``source.retour``)."""
+    retour = getattr(flow, "retour", None)
+    return open_transport(retour, home) if retour is not None else LocalFolder(home.root, f"outbox/{flow.partenaire}")
+
+
+def hub_folder(home: HubHome, folder: str) -> LocalFolder:
+    """One of the hub's own folders (archive, quarantine), never a partner's."""
+    return LocalFolder(home.root, folder)
+
+
+@dataclass(frozen=True)
+class Names:
+    """Every name a run gives: deterministic from the flow, the recipient, the reference date and the input hash,
+    so that a completed or re-run delivery lands under the same name, never under a second one."""
+
+    flow: Flow
+    input_sha: str
+
+    @property
+    def short(self) -> str:
+        return self.input_sha[:12]
+
+    def delivery(self, recipient: Recipient, reference_day: str, extension: str) -> str:
+        return f"{self.flow.id}_{recipient.id}_{reference_day.replace('-', '')}_{self.short}{extension}"
+
+    @staticmethod
+    def manifest(delivery_name: str) -> str:
+        return delivery_name.rsplit(".", 1)[0] + ".manifest.json"
+
+    def rejections(self) -> str:
+        return f"{self.flow.id}_{self.short}_rejets.csv"
+
+    def acknowledgement(self) -> str:
+        return f"{self.flow.id}_{self.short}_accuse.json"
+
+    def refusal_notice(self) -> str:
+        return f"{self.flow.id}_{self.short}_fichier-rejete.txt"
+
+
+@contextmanager
+def text_store(transport: Transport, name: str, *, encoding: str = "utf-8", newline: str | None = None) -> Iterator[io.TextIOWrapper]:
+    """A text handle on an atomic store (reports, notices, receipts)."""
+    with transport.store(name, replace=True) as raw:
+        text = io.TextIOWrapper(raw, encoding=encoding, newline=newline)
+        yield text
+        text.flush()
+        text.detach()
+
+
+def store_json(transport: Transport, name: str, document: dict[str, Any], *, replace: bool = True) -> None:
+    with transport.store(name, replace=replace) as raw:
+        raw.write(json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8"))
+
+
+def copy_into(transport: Transport, name: str, source: Path, *, replace: bool = False) -> None:
+    with transport.store(name, replace=replace) as target, source.open("rb") as handle:
+        shutil.copyfileobj(handle, target, 1 << 20)
+
+
+class StagedDeliveries:
+    """The recipients' files of one run, written in its private staging folder while records stream."""
+
+    def __init__(self, flow: Flow, recipients: list[Recipient], staging: Path, spool: AuditSpool,
+                 summary: RunSummary) -> None:
+        self.flow, self.recipients, self.staging, self.spool, self.summary = flow, recipients, staging, spool, summary
+        self.outputs: dict[str, OutputFormat] = {r.id: load_output(r.sortie) for r in recipients}
+        self._stack = ExitStack()
+        self.writers: dict[str, RecordWriter] = {}
+        self.rejections: list[tuple[str, int | None, str]] = []
+
+    def staged(self, recipient: Recipient) -> Path:
+        return self.staging / f"{recipient.id}.livraison"
+
+    def __enter__(self) -> StagedDeliveries:
+        try:
+            for recipient in self.recipients:
+                handle: BinaryIO = self._stack.enter_context(open(self.staged(recipient), "wb"))
+                self.writers[recipient.id] = self.outputs[recipient.id].open(handle)
+        except OSError as error:
+            self._stack.close()
+            raise StorageError.from_os(error, self.staging) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                for writer in self.writers.values():
+                    writer.close()
+        finally:
+            self._stack.close()
+
+    def reject(self, position: str, line: int | None, reason: str) -> None:
+        self.summary.rejetes += 1
+        self.rejections.append((position, line, reason))
+        self.spool.add("rejet", {"position": position, "ligne": line, "motif": reason})
+
+    def accept(self, recipient: Recipient, pseudonym: str, decision: RecordDecision, text: str, mapped: Mapped) -> None:
+        counts = self.summary.destinataires[recipient.id]
+        if decision.livre:
+            self.writers[recipient.id].write(mapped.record, pseudonym, decision.permises)
+            counts.livres += 1
+            where = f',"ligne":{counts.livres + 1},"position":"{mapped.position}"}}'  # line 1 is the header
+        else:
+            counts.retenus += 1
+            where = f',"position":"{mapped.position}"}}'
+        self.spool.add("decision", text[:-1] + where, recipient.id, pseudonym)
+
+    def manifests(self, names: Names, run_id: str, day: str) -> dict[str, dict[str, Any]]:
+        """The unsigned manifest of each staged file; their "livraison" events go to the spool."""
+        out = {}
+        for recipient in self.recipients:
+            staged = self.staged(recipient)
+            output = self.outputs[recipient.id]
+            name = names.delivery(recipient, day, output.extension)
+            counts = self.summary.destinataires[recipient.id]
+            manifest = {
+                "fichier": name, "sha256": sha256_file(staged), "octets": staged.stat().st_size,
+                "enregistrements": counts.livres, "version_schema": SCHEMA_VERSION, "flux": self.flow.id,
+                "destinataire": recipient.id, "execution": run_id, "genere_le": now(),
+                "format": recipient.sortie, **output.media(),
+            }
+            self.spool.add("livraison", {"fichier": name, "sha256": manifest["sha256"], "enregistrements": counts.livres,
+                                         "retenus": counts.retenus, "version_schema": SCHEMA_VERSION}, recipient.id)
+            out[recipient.id] = manifest
+        return out
+
+
+def staged_manifest(staging: Path, recipient_id: str) -> Path:
+    return staging / f"{recipient_id}.manifest.json"
+
+
+def publish(engine: Engine, home: HubHome, flow: Flow, recipient: Recipient, staging: Path, run_id: str,
+            input_sha: str) -> str:
+    """Publish one recipient's staged delivery (idempotent: a completed step is a no-op); return its URI.
+
+    Order: manifest, then file, each atomic and never over a different file; then the delivery row, unique per
+    (flow, recipient, input) — the last guard against a second publication."""
+    manifest = json.loads(staged_manifest(staging, recipient.id).read_text(encoding="utf-8"))
+    name = manifest["fichier"]
+    transport = recipient_transport(recipient, home)
+    store_json(transport, Names.manifest(name), manifest, replace=False)
+    copy_into(transport, name, staging / f"{recipient.id}.livraison")
+    try:
+        with engine.begin() as connection:
+            connection.execute(insert(deliveries).values(
+                flow=flow.id, recipient=recipient.id, input_sha256=input_sha, run_id=run_id, file_name=name,
+                file_sha256=manifest["sha256"], records=manifest["enregistrements"], delivered_at=now()))
+    except IntegrityError:
+        with engine.connect() as connection:
+            owner = connection.execute(select(deliveries.c.run_id).where(
+                deliveries.c.flow == flow.id, deliveries.c.recipient == recipient.id,
+                deliveries.c.input_sha256 == input_sha)).scalar()
+        if owner != run_id:
+            raise
+    return transport.location(name)
+
+
+def write_rejections(transport: Transport, names: Names, rejections: list[tuple[str, int | None, str]]) -> str | None:
+    if not rejections:
+        return None
+    with text_store(transport.child("rejets"), names.rejections(), encoding="utf-8-sig", newline="") as handle:
+        write_report(handle, REJECTION_HEADER, rejections)
+    return transport.child("rejets").location(names.rejections())
+
+
+def write_acknowledgement(transport: Transport, names: Names, flow: Flow, summary: RunSummary) -> None:
+    """The sender's processing receipt: its own counts exact, the recipients' with small cells suppressed."""
+    seuil = flow.seuil_petits_effectifs
+    recipients = {rid: suppress({"livres": c.livres, "retenus": c.retenus}, seuil)
+                  for rid, c in summary.destinataires.items() if not c.deja_livre}
+    receipt = {"flux": flow.id, "fichier_sha256": names.input_sha, "execution": summary.run_id, "traite_le": now(),
+               "enregistrements_lus": summary.lus, "enregistrements_rejetes": summary.rejetes,
+               "destinataires": recipients, "seuil_petits_effectifs": seuil,
+               "note": f"Effectifs de 1 à {seuil - 1} masqués (et un effectif complémentaire) pour ne révéler "
+                       "aucune personne dont les données ont été retenues."}
+    store_json(transport.child("accuses"), names.acknowledgement(), receipt)
+
+
+def write_refusal_notice(transport: Transport, names: Names, reason: str) -> str:
+    folder = transport.child("rejets")
+    with text_store(folder, names.refusal_notice()) as handle:
+        handle.write("Votre fichier a été rejeté en entier et n'a pas été traité.\n"
+                     f"Empreinte SHA-256 du fichier reçu : {names.input_sha}\nMotif : {reason}\n"
+                     "Merci de corriger le fichier et de le déposer à nouveau.\n")
+    return folder.location(names.refusal_notice())

@@ -1,0 +1,182 @@
+"""One input life cycle for the CLI and the DAG: claim, run, then archive or quarantine — or roll back.
+
+    lock the flow → recover what an interruption left → claim the input (private copy) → run → archive → clean
+
+Everything is resolved before the input is touched (registry, keys, store): a configuration error leaves the inbox
+as it was. An interruption (SIGINT, SIGTERM, an error) before publication rolls the run back — input returned to
+the inbox, staging removed, the audit told; after publication started, the next start completes it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+from sqlalchemy import Engine, select
+
+from connectors.transports.base import FileInfo, Transport
+from connectors.transports.registry import open_transport
+from spie_hub.audit.log import AuditEvent, AuditLog
+from spie_hub.audit.signing import load_hub_signer
+from spie_hub.core.errors import HubError
+from spie_hub.core.home import HubHome
+from spie_hub.privacy.pseudonym import load_pseudonymiser
+from spie_hub.registry import Flow, get_flow
+from spie_hub.run import deliver
+from spie_hub.run.claim import ClaimedInput, NotReady, Refused, claim_from, claim_path, input_ref
+from spie_hub.run.flow_run import FlowRun, ProgressCallback, RunContext, new_run_id
+from spie_hub.run.lock import FlowLock
+from spie_hub.run.recovery import CLAIM_FILE, recover_flow, rollback
+from spie_hub.run.summary import RunSummary
+from spie_hub.store import open_store, runs
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (what Airflow, systemd and Docker send), handled like SIGINT."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into ``Interrupted`` while a run holds its input, so that it rolls back instead of dying."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted("SIGTERM")
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def source_transport(flow: Flow, home: HubHome) -> Transport:
+    return open_transport(flow.transport, home)
+
+
+def pending_inputs(flow: Flow, home: HubHome) -> list[str]:
+    """Opaque references of the inbox entries the flow would take (links and special files included: they are
+    refused and reported, never read)."""
+    transport = source_transport(flow, home)
+    return [input_ref(entry.name) for entry in transport.list(getattr(flow.transport, "motif", "*"))]
+
+
+def _find(transport: Transport, flow: Flow, ref: str) -> FileInfo | None:
+    return next((e for e in transport.list(getattr(flow.transport, "motif", "*")) if input_ref(e.name) == ref), None)
+
+
+def _status_summary(flow: Flow, run_id: str, status: str, ref: str, message: str) -> RunSummary:
+    return RunSummary(run_id, flow.id, status, message=message, reference=ref)
+
+
+def _run(flow: Flow, home: HubHome, engine: Engine, claim: Callable[[Path], ClaimedInput], origin: dict[str, str],
+         ref: str, progress: ProgressCallback | None, *, on_refused: Callable[[], None] | None = None) -> RunSummary:
+    # Keys first: a missing key must fail before the input is touched.
+    pseudonymiser = load_pseudonymiser(home)
+    signer = load_hub_signer(home)
+    with sigterm_as_interrupt(), FlowLock(engine, home, flow.id) as lock:
+        ctx = RunContext(flow, home, engine, pseudonymiser, signer, lock, dt.date.today())
+        recover_flow(ctx)
+        run_id = new_run_id()
+        private = home.staging / run_id
+        private.mkdir(parents=True, mode=0o700)
+        (private / CLAIM_FILE).write_text(json.dumps({"flux": flow.id, **origin}), encoding="utf-8")
+        try:
+            claimed = claim(private)
+        except NotReady as error:
+            shutil.rmtree(private, ignore_errors=True)
+            return _status_summary(flow, run_id, "en-attente", ref, str(error))
+        except Refused as error:
+            shutil.rmtree(private, ignore_errors=True)
+            if on_refused is not None:
+                on_refused()
+            AuditLog(engine).append([AuditEvent("fichier-refuse", {"reference": ref, "motif": str(error)},
+                                                run_id, flow.id)])
+            return _status_summary(flow, run_id, "refuse", ref, str(error))
+        except BaseException:
+            shutil.rmtree(private, ignore_errors=True)
+            raise
+        run = FlowRun(ctx, claimed, run_id)
+        try:
+            summary = run.execute(progress)
+        except BaseException as error:
+            with engine.connect() as connection:
+                status = connection.execute(select(runs.c.status).where(runs.c.run_id == run_id)).scalar()
+            if status in (None, "en-cours"):
+                rollback(ctx, run_id, private, _reason(error))
+            raise
+        if summary.statut != "quarantaine":
+            deliver.copy_into(deliver.hub_folder(home, f"archive/{flow.id}"), f"{run_id}_{claimed.name}".replace("/", "_"),
+                              claimed.path, replace=True)
+        shutil.rmtree(private, ignore_errors=True)
+        return summary
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, Interrupted):
+        return "exécution interrompue (SIGTERM)"
+    if isinstance(error, KeyboardInterrupt):
+        return "exécution interrompue (SIGINT)"
+    if isinstance(error, HubError):
+        return str(error)
+    return f"erreur inattendue ({type(error).__name__})"
+
+
+@contextmanager
+def _store(home: HubHome) -> Iterator[Engine]:
+    engine = open_store(home.database_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def process_inbox_file(flow: Flow | str, ref: str, home: HubHome | None = None, *,
+                       progress: ProgressCallback | None = None) -> RunSummary:
+    """Run the flow on the inbox entry whose opaque reference is ``ref``."""
+    flow = get_flow(flow) if isinstance(flow, str) else flow
+    home = (home or HubHome.from_env()).ensure()
+    transport = source_transport(flow, home)
+    with _store(home) as engine:
+        entry = _find(transport, flow, ref)
+        if entry is None:
+            return _status_summary(flow, "", "absent", ref, "Fichier absent de la boîte de dépôt (déjà traité ?)")
+        stability = float(getattr(flow.transport, "stabilite_secondes", 0))
+        return _run(flow, home, engine, lambda private: claim_from(transport, entry.name, private, stability=stability),
+                    {"origine": "boite", "nom": entry.name}, ref, progress,
+                    on_refused=lambda: transport.delete(entry.name))
+
+
+def process_path(flow: Flow | str, path: Path, home: HubHome | None = None, *,
+                 progress: ProgressCallback | None = None) -> RunSummary:
+    """Run the flow on a file named by the operator (left where it is; the hub archives its own copy)."""
+    flow = get_flow(flow) if isinstance(flow, str) else flow
+    home = (home or HubHome.from_env()).ensure()
+    path = Path(os.path.abspath(path))
+    with _store(home) as engine:
+        return _run(flow, home, engine, lambda private: claim_path(path, private), {"origine": "chemin"},
+                    input_ref(path.name), progress)
+
+
+def process_inbox(flow: Flow | str, home: HubHome | None = None) -> list[RunSummary]:
+    """Every pending inbox file of the flow, one after the other (the CLI's ``run`` without ``--input``)."""
+    flow = get_flow(flow) if isinstance(flow, str) else flow
+    home = (home or HubHome.from_env()).ensure()
+    return [process_inbox_file(flow, ref, home) for ref in pending_inputs(flow, home)]
+
+
+def run_flow(flow_id: str, input_path: Path, home: HubHome | None = None, *,
+             progress: ProgressCallback | None = None) -> RunSummary:
+    """The plain-Python entry point: run ``flow_id`` on a file (the same life cycle as the DAG's)."""
+    return process_path(flow_id, input_path, home, progress=progress)

@@ -1,0 +1,155 @@
+"""What an interruption left, found and settled at the next start (or by ``spie-hub reprise``), and said in the audit.
+
+Called with the flow's lock held, so every unfinished run it finds is dead:
+- a run still ``en-cours`` streamed into private staging only: it is rolled back (input returned to the inbox,
+  staging removed, ``execution-annulee`` in the audit); its decisions, if any reached the audit, are not deliveries
+  (no delivery row, and the closing entry says so);
+- a run in ``publication`` had everything staged, signed and audited: it is completed (idempotent publication);
+- a claim without a run (killed between the copy and the first write) is returned to the inbox;
+- temporaries of interrupted stores are removed from every folder the flow writes to.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from connectors.transports.base import FileExists
+from connectors.transports.local import clean_scratch
+from connectors.transports.registry import open_transport
+from spie_hub.audit.chain import seal
+from spie_hub.audit.log import AuditEvent, AuditLog, AuditSpool
+from spie_hub.run import deliver
+from spie_hub.run.claim import INPUT_NAME
+from spie_hub.run.summary import RecipientCounts, RunSummary
+from spie_hub.store import runs
+
+if TYPE_CHECKING:
+    from spie_hub.run.flow_run import RunContext
+
+CLAIM_FILE = "prise.json"
+
+
+@dataclass
+class RecoveryReport:
+    flux: str
+    completees: list[str] = field(default_factory=list)
+    annulees: list[str] = field(default_factory=list)
+    entrees_restituees: int = 0
+    temporaires: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.completees or self.annulees or self.entrees_restituees or self.temporaires)
+
+    def as_payload(self) -> dict[str, Any]:
+        return {"executions_completees": self.completees, "executions_annulees": self.annulees,
+                "entrees_restituees": self.entrees_restituees, "temporaires_supprimes": self.temporaires}
+
+
+def _claim(private: Path) -> dict[str, str]:
+    try:
+        return dict(json.loads((private / CLAIM_FILE).read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return {}
+
+
+def _restore_input(ctx: RunContext, private: Path, run_id: str) -> bool:
+    """Put a claimed inbox file back where it came from, so that nothing is lost; never over another file."""
+    claim, copy = _claim(private), private / INPUT_NAME
+    if claim.get("origine") != "boite" or not copy.exists():
+        return False
+    inbox = open_transport(ctx.flow.transport, ctx.home)
+    name = claim.get("nom") or f"repris-{run_id}"
+    try:
+        deliver.copy_into(inbox, name, copy)
+    except FileExists:  # the partner dropped another file under that name meanwhile: keep both
+        stem, dot, ext = name.rpartition(".")
+        deliver.copy_into(inbox, f"{stem}.repris-{run_id}.{ext}" if dot else f"{name}.repris-{run_id}", copy)
+    return True
+
+
+def rollback(ctx: RunContext, run_id: str, private: Path, reason: str, report: RecoveryReport | None = None) -> None:
+    """Undo a run that published nothing: input back to the inbox, staging removed, the audit told."""
+    from spie_hub.run.flow_run import set_status
+
+    restored = _restore_input(ctx, private, run_id)
+    AuditLog(ctx.engine).append([AuditEvent("execution-annulee", {
+        "motif": reason, "livraisons": 0, "entree_restituee": restored,
+        "note": "aucun fichier n'a été publié ; les décisions de cette exécution ne sont pas des livraisons"},
+        run_id, ctx.flow.id)])
+    set_status(ctx.engine, run_id, "annule")
+    shutil.rmtree(private, ignore_errors=True)
+    if report is not None:
+        report.annulees.append(run_id)
+        report.entrees_restituees += int(restored)
+
+
+def _summary_from(private: Path, run_id: str, flow_id: str) -> RunSummary:
+    from spie_hub.run.flow_run import PUBLICATION_STATE
+
+    data = json.loads((private / PUBLICATION_STATE).read_text(encoding="utf-8"))
+    counts = {rid: RecipientCounts(livres=c["livres"], retenus=c["retenus"], deja_livre=c["deja_livre"], fichier=c["fichier"],
+                                   motifs=Counter(c["motifs"]), fondements={k: Counter(v) for k, v in c["fondements"].items()})
+              for rid, c in data.pop("destinataires").items()}
+    summary = RunSummary(**{k: v for k, v in data.items() if k in RunSummary.__dataclass_fields__})
+    summary.destinataires = counts
+    summary.run_id, summary.flux = run_id, flow_id
+    return summary
+
+
+def _complete(ctx: RunContext, run_id: str, input_sha: str, private: Path, report: RecoveryReport) -> None:
+    from spie_hub.run.flow_run import PUBLICATION_STATE, finish_run, publish_staged
+
+    if not (private / PUBLICATION_STATE).exists():
+        rollback(ctx, run_id, private, "publication interrompue et données préparées perdues : à renvoyer", report)
+        return
+    summary = _summary_from(private, run_id, ctx.flow.id)
+    names = deliver.Names(ctx.flow, input_sha)
+    publish_staged(ctx, run_id, private, summary, names)
+    summary.statut = "termine"
+    spool = AuditSpool(private / "reprise.spool", run_id, ctx.flow.id)
+    finish_run(ctx, summary, spool, {"reprise": True})
+    if (private / INPUT_NAME).exists():
+        deliver.copy_into(deliver.hub_folder(ctx.home, f"archive/{ctx.flow.id}"), f"{run_id}_reprise", private / INPUT_NAME,
+                          replace=True)
+    shutil.rmtree(private, ignore_errors=True)
+    report.completees.append(run_id)
+
+
+def recover_flow(ctx: RunContext) -> RecoveryReport:
+    """Settle every unfinished run of ``ctx.flow`` (the caller holds its lock); audit what was done."""
+    report = RecoveryReport(ctx.flow.id)
+    with ctx.engine.connect() as connection:
+        unfinished = connection.execute(select(runs.c.run_id, runs.c.status, runs.c.input_sha256).where(
+            runs.c.flow == ctx.flow.id, runs.c.status.in_(("en-cours", "publication"))).order_by(runs.c.started_at)).all()
+        finished = {r.run_id for r in connection.execute(select(runs.c.run_id).where(runs.c.flow == ctx.flow.id))}
+    for row in unfinished:
+        private = ctx.home.staging / row.run_id
+        if row.status == "publication":
+            _complete(ctx, row.run_id, row.input_sha256, private, report)
+        else:
+            rollback(ctx, row.run_id, private, "exécution interrompue (arrêt brutal ou redémarrage)", report)
+    unfinished_ids = {r.run_id for r in unfinished}
+    for private in sorted(ctx.home.staging.iterdir()) if ctx.home.staging.is_dir() else []:
+        if not private.is_dir() or private.name.startswith(".") or private.name in unfinished_ids:
+            continue
+        if _claim(private).get("flux") != ctx.flow.id:
+            continue
+        if private.name not in finished:  # claimed, then killed before the run was recorded
+            report.entrees_restituees += int(_restore_input(ctx, private, private.name))
+        shutil.rmtree(private, ignore_errors=True)
+    transports = [open_transport(r.transport, ctx.home) for r in ctx.flow.destinataires]
+    returns = deliver.sender_returns(ctx.flow, ctx.home)
+    for transport in [*transports, returns, returns.child("rejets"), returns.child("accuses")]:
+        report.temporaires += len(transport.clean_temporaries())
+    report.temporaires += len(clean_scratch(ctx.home.staging / ".stores"))
+    if report:
+        AuditLog(ctx.engine).append([AuditEvent("reprise", report.as_payload(), flow=ctx.flow.id)])
+        seal(ctx.engine, ctx.signer)
+    return report
