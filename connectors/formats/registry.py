@@ -14,7 +14,7 @@ import yaml
 
 from connectors.formats.base import OutputFormat, Reader
 from spie_hub.core.errors import ConfigurationError
-from spie_hub.core.home import MAPPINGS_DIR
+from spie_hub.core import home as _home
 
 _BUILTIN_READERS: dict[str, str] = {
     "cnaf-vrsb0801": "connectors.formats.cnaf_vrsb:CnafReader",
@@ -25,7 +25,6 @@ _BUILTIN_OUTPUTS: dict[str, str] = {
 }
 _READERS: dict[str, type[Reader]] = {}
 _OUTPUTS: dict[str, type[OutputFormat]] = {}
-OUTPUTS_DIR = MAPPINGS_DIR / "sorties"
 
 
 def register_reader(cls: type[Reader]) -> type[Reader]:
@@ -74,7 +73,7 @@ def output_spec(name: str, directory: Path | None = None) -> dict[str, Any]:
     """The YAML spec ``mappings/sorties/<name>.yaml``; ``name`` is an identifier, never a path."""
     from connectors.transports.base import safe_name
 
-    directory = directory or OUTPUTS_DIR
+    directory = directory or _home.MAPPINGS_DIR / "sorties"
     path = directory / f"{safe_name(name)}.yaml"
     try:
         spec = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -36,6 +36,7 @@ from connectors.transports.base import (
     safe_name,
 )
 from spie_hub.core.errors import ConfigurationError, FatalInputError, StorageError
+from spie_hub.core.failpoints import failpoint
 from spie_hub.core.home import HubHome
 
 
@@ -150,6 +151,7 @@ class LocalFolder(Transport):
             raise StorageError.from_os(error, self.scratch) from None
         try:
             yield handle  # type: ignore[misc]
+            failpoint("ecriture-depot")
             handle.flush()
             os.fsync(handle.fileno())
             handle.close()

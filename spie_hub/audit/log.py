@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from sqlalchemy import Engine, select, update
 
+from spie_hub.core.failpoints import failpoint
 from spie_hub.store import audit_head
 
 
@@ -114,6 +115,7 @@ class AuditSpool:
             chunk.append((self.run_id, event, self.flow, recipient or None, subject or None, payload))
             if len(chunk) >= batch:
                 log.append_rows(chunk)
+                failpoint("journal-lot")
                 chunk = []
         log.append_rows(chunk)
         self.reset()

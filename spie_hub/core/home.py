@@ -9,7 +9,9 @@ from pathlib import Path
 #: The checkout (or installed tree) holding flows.yaml and mappings/.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REGISTRY_PATH = PROJECT_ROOT / "flows.yaml"
-MAPPINGS_DIR = PROJECT_ROOT / "mappings"
+#: Mapping and output specs (``SPIE_HUB_MAPPINGS`` points elsewhere, e.g. a partner's own folder). Read at call
+#: time by its users, so that a test can point it at a folder of its own.
+MAPPINGS_DIR = Path(os.environ.get("SPIE_HUB_MAPPINGS") or PROJECT_ROOT / "mappings")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from lxml import etree
 
 from schemas.codes import cnaf_labels
 from spie_hub.core.errors import ConfigurationError, RecordError
-from spie_hub.core.home import MAPPINGS_DIR
+from spie_hub.core import home as _home
 from spie_hub.core.nir import normaliser_nir
 
 PARENT_PREFIX = "foyer:"
@@ -290,7 +290,8 @@ class CompiledMapping:
         return parent.findall(self.record_tag) if self.record_tag else [parent]
 
 
-def load_mapping(name: str, directory: Path = MAPPINGS_DIR) -> CompiledMapping:
+def load_mapping(name: str, directory: Path | None = None) -> CompiledMapping:
+    directory = directory or _home.MAPPINGS_DIR
     path = directory / f"{name}.yaml"
     try:
         spec = yaml.safe_load(path.read_text(encoding="utf-8"))

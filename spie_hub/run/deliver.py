@@ -31,6 +31,7 @@ from consent.decision import RecordDecision
 from schemas.spie_v1 import SCHEMA_VERSION
 from spie_hub.audit.log import AuditSpool, now
 from spie_hub.core.errors import StorageError
+from spie_hub.core.failpoints import failpoint
 from spie_hub.core.home import HubHome
 from spie_hub.privacy.disclosure import suppress
 from spie_hub.registry import Flow, Recipient
@@ -195,7 +196,9 @@ def publish(engine: Engine, home: HubHome, flow: Flow, recipient: Recipient, sta
     name = manifest["fichier"]
     transport = recipient_transport(recipient, home)
     store_json(transport, Names.manifest(name), manifest, replace=False)
+    failpoint("entre-manifeste-et-fichier")
     copy_into(transport, name, staging / f"{recipient.id}.livraison")
+    failpoint("avant-ligne-livraison")
     try:
         with engine.begin() as connection:
             connection.execute(insert(deliveries).values(

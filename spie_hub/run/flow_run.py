@@ -35,6 +35,7 @@ from spie_hub.audit.log import AuditEvent, AuditLog, AuditSpool, now
 from spie_hub.audit.receipts import sign_manifest
 from spie_hub.audit.signing import SigningKey
 from spie_hub.core.errors import FatalInputError
+from spie_hub.core.failpoints import failpoint
 from spie_hub.core.home import HubHome
 from spie_hub.mapping.compiler import CompiledMapping, load_mapping
 from spie_hub.privacy.pseudonym import Pseudonymiser
@@ -162,6 +163,7 @@ class FlowRun:
                         staged.reject(item.position, item.line, item.reason)
                         continue
                     batch.append(item)
+                    failpoint("lecture")
                     if len(batch) >= BATCH:
                         self._decide(batch, staged, decider)
                         batch = []
@@ -205,7 +207,9 @@ class FlowRun:
         self._stage_returns(staged.rejections)
         # Write-ahead: the decisions and deliveries enter the audit before any file becomes visible, so nothing
         # can leave without its trail. Until the status says "publication", a crash rolls the run back.
+        failpoint("avant-journal")
         self.spool.commit(self.audit)
+        failpoint("apres-journal")
         with self.ctx.engine.connect() as connection:
             seq, digest = connection.execute(select(audit_head.c.seq, audit_head.c.hash)).one()
         for rid, manifest in manifests.items():
@@ -216,8 +220,10 @@ class FlowRun:
         (self.staging / PUBLICATION_STATE).write_text(json.dumps(self.summary.to_dict()), encoding="utf-8")
         self.ctx.lock.ensure_held()
         set_status(self.ctx.engine, self.run_id, "publication")
+        failpoint("publication")
         publish_staged(self.ctx, self.run_id, self.staging, self.summary, self.names)
         self.summary.statut = "termine"
+        failpoint("avant-fin")
         return self._finish()
 
     def _stage_returns(self, rejections: list[tuple[str, int | None, str]]) -> None:
@@ -265,6 +271,7 @@ def publish_staged(ctx: RunContext, run_id: str, staging: Path, summary: RunSumm
             ctx.lock.ensure_held()
             summary.destinataires[rid].fichier = deliver.publish(ctx.engine, ctx.home, ctx.flow, recipients[rid], staging,
                                                                  run_id, names.input_sha)
+            failpoint("entre-destinataires")
     returns = deliver.sender_returns(ctx.flow, ctx.home)
     rejections_file = staging / REJECTIONS_STAGED
     if rejections_file.exists():
