@@ -24,18 +24,19 @@ from helpers import people_of, write_bundle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.formats.csv_output import load_output
+from connectors.formats.registry import load_output
+from connectors.transports.local import LocalFolderOptions
 from consent.decision import ConsentVersion, Rule, decide
 from consent.fhir_build import consent
 from consent.fhir_import import import_consents
 from schemas.categories import CategorieDonnees as C
 from spie_hub.core.errors import ConfigurationError
-from spie_hub.core.home import HubHome
-from spie_hub.core.registry import REGISTRY_PATH, Base, Recipient, Transport, _recipient
+from spie_hub.core.home import REGISTRY_PATH, HubHome
 from spie_hub.demo.data import generate
 from spie_hub.privacy.keys import load_key
 from spie_hub.privacy.pseudonym import Pseudonymiser
-from spie_hub.run.flow_run import run_flow
+from spie_hub.registry import Base, Recipient, load_flows
+from spie_hub.run.lifecycle import run_flow
 from spie_hub.store import open_store
 
 RECIPIENTS = ("departement-052", "plateforme-insertion")
@@ -66,7 +67,7 @@ def test_a_category_is_permitted_only_by_a_legal_basis_or_an_active_permit_and_n
         if base is None or (base.startswith("legale") and category.categorie_particuliere):
             continue
         politique[category] = Base("consentement") if base == "consentement" else Base("legale", "art. X", base.endswith("opposable"))
-    recipient = Recipient("r", "r", "csv_departement", Transport("dossier-local", "x"), politique, ())
+    recipient = Recipient("r", "r", "csv_departement", LocalFolderOptions(type="dossier-local", dossier="x"), politique, ())
     decision = decide(recipient, present, found, TODAY)
     for category in present:
         base = politique.get(category)
@@ -84,10 +85,14 @@ def test_a_category_is_permitted_only_by_a_legal_basis_or_an_active_permit_and_n
 
 @given(st.sampled_from([c for c in C if c.categorie_particuliere]), st.booleans())
 def test_a_legal_basis_never_covers_a_special_category(category, opposable) -> None:
-    spec = {"sortie": "csv_departement", "transport": {"type": "dossier-local", "dossier": "x"},
-            "politique": {category.value: {"base": "legale", "article": "art. X", "opposable": opposable}}}
-    with pytest.raises(ConfigurationError, match="catégorie particulière"):
-        _recipient("f", "r", spec)
+    data = yaml.safe_load(REGISTRY_PATH.read_text(encoding="utf-8"))
+    recipient = data["flux"]["caf-vers-departement"]["destinataires"]["departement-052"]
+    recipient["politique"][category.value] = {"base": "legale", "article": "art. X", "opposable": opposable}
+    with tempfile.TemporaryDirectory(prefix="spie-prop-") as tmp:
+        path = Path(tmp) / "flows.yaml"
+        path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+        with pytest.raises(ConfigurationError, match="catégorie particulière"):
+            load_flows(path)
 
 
 # -- the real pipeline: random population, consents, policy, then revocations --------------------------------

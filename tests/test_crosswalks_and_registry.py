@@ -5,7 +5,8 @@ import pytest
 from schemas.codes import Frein, TypeOrientation
 from schemas.crosswalks import FREIN_DEPUIS_CNAF_DSP, FREIN_DEPUIS_FT_CONTRAINTE, ORIENTATION
 from spie_hub.core.errors import ConfigurationError
-from spie_hub.core.registry import REGISTRY_PATH, load_flows
+from spie_hub.core.home import REGISTRY_PATH
+from spie_hub.registry import load_flows
 
 
 def test_every_national_frein_but_numerique_has_a_cnaf_and_a_france_travail_code() -> None:

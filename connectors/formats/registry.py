@@ -13,8 +13,8 @@ from typing import Any
 import yaml
 
 from connectors.formats.base import OutputFormat, Reader
-from spie_hub.core.errors import ConfigurationError
 from spie_hub.core import home as _home
+from spie_hub.core.errors import ConfigurationError
 
 _BUILTIN_READERS: dict[str, str] = {
     "cnaf-vrsb0801": "connectors.formats.cnaf_vrsb:CnafReader",

@@ -23,8 +23,8 @@ import yaml
 from lxml import etree
 
 from schemas.codes import cnaf_labels
-from spie_hub.core.errors import ConfigurationError, RecordError
 from spie_hub.core import home as _home
+from spie_hub.core.errors import ConfigurationError, RecordError
 from spie_hub.core.nir import normaliser_nir
 
 PARENT_PREFIX = "foyer:"

@@ -1,22 +1,39 @@
 """The declarative flow registry (``flows.yaml``): one entry per flow, one DAG per entry.
 
-Loading it reads one small YAML file and touches no database or network, so it is safe at DAG parse time.
+The registry is validated as data when it is loaded: every block (flow, source, recipient, policy rule, perimeter
+condition, the ``organisation`` section) is a pydantic model that refuses unknown keys, every ``transport:`` block
+is validated by its transport (``connectors.transports.registry.parse_transport``), the source format must be a
+known reader, its mapping must exist and fit the format and the schema's major version, and each recipient's
+output spec must exist and name a known output format. Every refusal is a ``ConfigurationError`` in French naming
+the file, the flow (and recipient) and the key — never a value that could be a secret.
+
+Loading reads small YAML files and touches no database or network, so it is safe at DAG parse time.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import types
+import typing
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from connectors.formats import registry as formats
+from connectors.transports import registry as transports
+from connectors.transports.base import TransportOptions
 from schemas.categories import CategorieDonnees
+from schemas.spie_v1 import SCHEMA_VERSION, PersonneSPIE
+from spie_hub.core import home as _home
 from spie_hub.core.errors import ConfigurationError
-from spie_hub.core.home import REGISTRY_PATH
+
+# -- what the rest of the hub reads -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -31,18 +48,12 @@ class Base:
 
 
 @dataclass(frozen=True)
-class Transport:
-    type: str
-    dossier: str
-    motif: str = "*"
-
-
-@dataclass(frozen=True)
 class Recipient:
     id: str
     libelle: str
     sortie: str
-    transport: Transport
+    #: Where deliveries go (validated options of the transport named by ``type``).
+    transport: TransportOptions
     politique: dict[CategorieDonnees, Base]
     categories_requises: tuple[CategorieDonnees, ...]
 
@@ -64,7 +75,8 @@ class Flow:
     partenaire: str
     format: str
     mapping: str
-    transport: Transport
+    #: Where the partner's files are read (``source.transport``).
+    transport: TransportOptions
     perimetre: tuple[Condition, ...]
     destinataires: tuple[Recipient, ...] = field(default_factory=tuple)
     responsable: str = "non renseigné"
@@ -72,6 +84,171 @@ class Flow:
     transferts_hors_ue: str = "aucun"
     #: Counts sent to partners below this value are replaced by "< seuil" (see docs/consentement.md).
     seuil_petits_effectifs: int = 11
+    #: Where rejection reports and acknowledgements go back to the sender (``source.retour``; by default the
+    #: local folder ``outbox/<partenaire>``). ``None`` only for a Flow built by hand.
+    retour: TransportOptions | None = None
+
+
+# -- the blocks of flows.yaml, as data ----------------------------------------------------------------------------
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class _Block(BaseModel):
+    # Strict: YAML already gives native types; "730" for a number of days or "yes" for a boolean is a mistake.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class RuleSpec(_Block):
+    """One entry of a recipient's ``politique``: ``{base: legale, article: "…", opposable: true}``."""
+
+    base: str
+    article: str | None = None
+    opposable: bool = False
+
+
+class ConditionSpec(_Block):
+    """One perimeter condition: records whose ``champ`` is not ``egal`` are outside the flow."""
+
+    champ: str
+    egal: Any
+    libelle: str
+
+
+class SourceSpec(_Block):
+    partenaire: str
+    format: str
+    mapping: str
+    transport: dict[str, Any]
+    #: Where rejection reports and acknowledgements go back to the sender (default: outbox/<partenaire>).
+    retour: dict[str, Any] | None = None
+
+
+class RecipientSpec(_Block):
+    libelle: str | None = None
+    sortie: str
+    transport: dict[str, Any]
+    politique: dict[str, RuleSpec] = Field(default_factory=dict)
+    categories_requises: list[str] = Field(default_factory=list)
+
+
+class FlowSpec(_Block):
+    titre: str
+    finalite: str
+    responsable: str = "non renseigné"
+    personnes_concernees: str = "non renseigné"
+    transferts_hors_ue: str = "aucun"
+    planification: str | None = None
+    conservation_jours: PositiveInt = 730
+    seuil_petits_effectifs: Annotated[int, Field(ge=0)] = 11
+    source: SourceSpec
+    perimetre: list[ConditionSpec] = Field(default_factory=list)
+    destinataires: dict[str, RecipientSpec]
+
+
+class OrganisationSpec(_Block):
+    """The controller's facts for the art. 30 register."""
+
+    nom: str | None = None
+    contact: str | None = None
+    dpo: str | None = None
+    conservation_journal_jours: PositiveInt | None = None
+    mesures_securite: str | None = None
+
+
+class RegistrySpec(_Block):
+    organisation: OrganisationSpec | None = None
+    #: Flows are validated one by one (so that a refusal names its flow).
+    flux: dict[str, Any] | None = None
+
+
+# -- French messages ----------------------------------------------------------------------------------------------
+
+_TYPES = {
+    "string_type": "texte attendu",
+    "int_type": "nombre entier attendu",
+    "int_parsing": "nombre entier attendu",
+    "int_from_float": "nombre entier attendu",
+    "bool_type": "booléen attendu (true ou false)",
+    "bool_parsing": "booléen attendu (true ou false)",
+    "dict_type": "dictionnaire (clé: valeur) attendu",
+    "model_type": "dictionnaire (clé: valeur) attendu",
+    "model_attributes_type": "dictionnaire (clé: valeur) attendu",
+    "list_type": "liste attendue",
+}
+
+
+def _problem(item: Mapping[str, Any], key: str) -> str:
+    """One pydantic error in French, naming the key; the input value is never shown (it could be a secret)."""
+    kind = item["type"]
+    ctx = item.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return f"clé inconnue « {key} »"
+    if kind == "missing":
+        return f"clé « {key} » manquante"
+    if kind in _TYPES:
+        text = _TYPES[kind]
+    elif kind in ("greater_than", "greater_than_equal"):
+        text = f"nombre {'supérieur' if kind == 'greater_than' else 'supérieur ou égal'} à {ctx.get('gt', ctx.get('ge'))} attendu"
+    elif kind == "value_error":
+        text = str(item.get("msg", "")).removeprefix("Value error, ")
+    else:
+        text = f"valeur invalide ({kind})"
+    return f"clé « {key} » : {text}" if key else text
+
+
+def _shown(name: Any) -> str:
+    """A YAML key as a message shows it: as is when it is a clean identifier, quoted (escaped) otherwise."""
+    return name if isinstance(name, str) and _ID.match(name) else repr(name)
+
+
+def _errors(error: ValidationError, where: str, *, flow: bool) -> ConfigurationError:
+    """Validation errors, each under the place it concerns (in a flow: source, recipient, perimeter condition)."""
+    lines: dict[str, list[str]] = {}
+    for item in error.errors(include_input=False, include_url=False):
+        loc = list(item["loc"])
+        place = where
+        if not flow:
+            pass
+        elif loc[:1] == ["source"] and len(loc) > 1:
+            place, loc = f"{where}, source", loc[1:]
+        elif loc[:1] == ["destinataires"] and len(loc) > 1:
+            place, loc = f"{where}, destinataire {_shown(loc[1])}", loc[2:]
+        elif loc[:1] == ["perimetre"] and len(loc) > 1 and isinstance(loc[1], int):
+            place, loc = f"{where}, périmètre (condition n° {loc[1] + 1})", loc[2:]
+        key = ".".join(str(p) for p in loc if p != "[key]")
+        lines.setdefault(place, []).append(_problem(item, key))
+    return ConfigurationError("\n".join(f"{place} : {' ; '.join(problems)}" for place, problems in lines.items()))
+
+
+def _validate(model: type[_Block], data: Any, where: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise _errors(error, where, flow=model is FlowSpec) from None
+
+
+# -- checks beyond the shape --------------------------------------------------------------------------------------
+
+#: Flow, partner and recipient ids become folder and file names: a short list of characters only.
+_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,79}$")
+#: Mapping and output spec names are file names of mappings/ (without ``.yaml``): never a path.
+_FILE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,79}$")
+_MAJOR = re.compile(r"^(\d+)\.")
+
+
+def _identifier(value: Any, where: str, key: str | None = None) -> str:
+    if not isinstance(value, str) or not _ID.match(value):
+        at = f"clé « {key} » : " if key else ""
+        raise ConfigurationError(f"{where} : {at}identifiant {value!r} invalide (a-z, 0-9 et '-', 80 caractères au plus)")
+    return value
+
+
+def _file_name(value: str, where: str, key: str, kind: str) -> str:
+    if not _FILE_ID.match(value):
+        raise ConfigurationError(f"{where} : clé « {key} » : nom de {kind} {value!r} invalide (un nom de fichier sans "
+                                 "extension : a-z, 0-9, '_' et '-', jamais un chemin)")
+    return value
 
 
 def _category(name: str, where: str) -> CategorieDonnees:
@@ -82,85 +259,233 @@ def _category(name: str, where: str) -> CategorieDonnees:
         raise ConfigurationError(f"{where} : catégorie inconnue {name!r} (connues : {known})") from None
 
 
-_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,79}$")
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models a field holds directly (``Identite | None`` → [Identite]; a list holds none)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+    return []
 
 
-def _identifier(value: Any, where: str) -> str:
-    """Flow, partner and recipient ids become folder and file names: a short list of characters only."""
-    if not isinstance(value, str) or not _ID.match(value):
-        raise ConfigurationError(f"{where} : identifiant {value!r} invalide (a-z, 0-9 et '-', 80 caractères au plus)")
-    return value
+def _schema_field(path: str) -> bool:
+    """Whether ``path`` (``droit_rsa.departement``) names a field of PersonneSPIE reachable block by block."""
+    models: list[type[BaseModel]] = [PersonneSPIE]
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        found = [m.model_fields[part] for m in models if part in m.model_fields]
+        if not found:
+            return False
+        if i < len(parts) - 1:
+            models = _models_in(found[0].annotation)
+    return True
 
 
-def _recipient(flow_id: str, rid: str, spec: dict[str, Any]) -> Recipient:
-    where = f"flows.yaml, flux {flow_id}, destinataire {rid}"
-    _identifier(rid, where)
+def _transport(spec: dict[str, Any], where: str) -> TransportOptions:
+    return transports.parse_transport(spec, where)
+
+
+def _mapping(name: str, fmt: str, where: str, directory: Path) -> None:
+    """The mapping ``mappings/<name>.yaml`` exists, reads the flow's format and targets the schema's major version."""
+    _file_name(name, where, "mapping", "mapping")
+    path = directory / f"{name}.yaml"
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError:
+        raise ConfigurationError(f"{where} : clé « mapping » : mapping « {name} » introuvable ({path})") from None
+    except yaml.YAMLError:
+        raise ConfigurationError(f"{where} : clé « mapping » : mapping « {name} » illisible (YAML invalide : {path})") from None
+    if not isinstance(spec, dict):
+        raise ConfigurationError(f"{where} : clé « mapping » : mapping « {name} » illisible (dictionnaire attendu : {path})")
+    declared = spec.get("format")
+    if declared != fmt:
+        raise ConfigurationError(f"{where} : clé « mapping » : le mapping « {name} » lit le format « {declared} », "
+                                 f"la source déclare le format « {fmt} »")
+    version = spec.get("version_schema")
+    major = _MAJOR.match(str(version)) if isinstance(version, str) else None
+    expected = SCHEMA_VERSION.split(".")[0]
+    if major is None:
+        raise ConfigurationError(f"{where} : clé « mapping » : le mapping « {name} » ne déclare pas « version_schema » "
+                                 f"(version du schéma SPIE visée, {expected}.x attendue)")
+    if major.group(1) != expected:
+        raise ConfigurationError(f"{where} : clé « mapping » : le mapping « {name} » vise le schéma SPIE {version}, "
+                                 f"le hub publie la version {SCHEMA_VERSION} (version majeure {expected} attendue)")
+
+
+def _output(name: str, where: str, directory: Path | None) -> None:
+    """The output spec ``mappings/sorties/<name>.yaml`` exists and names a known output format."""
+    _file_name(name, where, "sortie", "sortie")
+    try:
+        spec = formats.output_spec(name, directory)
+    except ConfigurationError:
+        path = (directory or formats.OUTPUTS_DIR) / f"{name}.yaml"
+        raise ConfigurationError(f"{where} : clé « sortie » : sortie « {name} » introuvable ou illisible ({path})") from None
+    fmt = spec.get("format", "csv")
+    known = formats.known_outputs()
+    if not isinstance(fmt, str) or fmt not in known:
+        raise ConfigurationError(f"{where} : clé « sortie » : la sortie « {name} » déclare un format inconnu "
+                                 f"« {fmt} » (connus : {', '.join(known)})")
+
+
+# -- from blocks to the hub's objects -----------------------------------------------------------------------------
+
+
+def _recipient(where: str, rid: str, spec: RecipientSpec, outputs_dir: Path | None) -> Recipient:
+    where = f"{where}, destinataire {rid}"
+    _output(spec.sortie, where, outputs_dir)
+    transport = _transport(spec.transport, where)
     politique: dict[CategorieDonnees, Base] = {}
-    for name, rule in spec.get("politique", {}).items():
+    for name, rule in spec.politique.items():
         cat = _category(name, where)
-        base = Base(rule["base"], rule.get("article"), bool(rule.get("opposable", False)))
-        if base.kind not in ("legale", "consentement"):
-            raise ConfigurationError(f"{where} : base {base.kind!r} inconnue (legale ou consentement)")
-        if base.kind == "legale" and not base.article:
-            raise ConfigurationError(f"{where} : une base légale doit citer son article ({name})")
-        if base.kind == "legale" and cat.categorie_particuliere:
-            raise ConfigurationError(f"{where} : {name} est une catégorie particulière (art. 9 RGPD), consentement exprès requis")
-        politique[cat] = base
-    requises = tuple(_category(c, where) for c in spec.get("categories_requises", []))
-    return Recipient(rid, spec.get("libelle", rid), spec["sortie"], Transport(**spec["transport"]), politique, requises)
+        if rule.base not in ("legale", "consentement"):
+            raise ConfigurationError(f"{where} : politique {name} : base {rule.base!r} inconnue (legale ou consentement)")
+        if rule.base == "legale" and not (rule.article or "").strip():
+            raise ConfigurationError(f"{where} : politique {name} : une base légale doit citer son article (clé « article »)")
+        if rule.base == "legale" and cat.categorie_particuliere:
+            raise ConfigurationError(f"{where} : politique {name} : {name} est une catégorie particulière (art. 9 RGPD), "
+                                     "consentement exprès requis")
+        politique[cat] = Base(rule.base, rule.article, rule.opposable)
+    requises = tuple(_category(c, f"{where}, categories_requises") for c in spec.categories_requises)
+    return Recipient(rid, spec.libelle or rid, spec.sortie, transport, politique, requises)
 
 
-def _flow(flow_id: str, spec: dict[str, Any]) -> Flow:
-    source = spec["source"]
-    _identifier(flow_id, "flows.yaml, flux")
-    _identifier(source["partenaire"], f"flows.yaml, flux {flow_id}, partenaire source")
+def _flow(label: str, flow_id: Any, data: Any, mappings_dir: Path, outputs_dir: Path | None) -> Flow:
+    _identifier(flow_id, f"{label}, flux")
+    where = f"{label}, flux {flow_id}"
+    if isinstance(data, Mapping) and isinstance(data.get("destinataires"), Mapping):
+        for rid in data["destinataires"]:
+            _identifier(rid, f"{where}, destinataire")
+    spec: FlowSpec = _validate(FlowSpec, data, where)
+    source, at_source = spec.source, f"{where}, source"
+    _identifier(source.partenaire, at_source, "partenaire")
+    transport = _transport(source.transport, at_source)
+    retour = _transport(source.retour if source.retour is not None
+                        else {"type": "dossier-local", "dossier": f"outbox/{source.partenaire}"}, f"{at_source}, retour")
+    readers = formats.known_readers()
+    if source.format not in readers:
+        raise ConfigurationError(f"{at_source} : clé « format » : format d'entrée inconnu « {source.format} » "
+                                 f"(connus : {', '.join(readers)})")
+    _mapping(source.mapping, source.format, at_source, mappings_dir)
+    perimetre = []
+    for n, condition in enumerate(spec.perimetre, 1):
+        if not _schema_field(condition.champ):
+            raise ConfigurationError(f"{where}, périmètre (condition n° {n}) : clé « champ » : « {condition.champ} » "
+                                     "n'est pas un champ du schéma SPIE (chemin bloc.champ, ex. droit_rsa.departement)")
+        perimetre.append(Condition(condition.champ, condition.egal, condition.libelle))
     return Flow(
         id=flow_id,
-        titre=spec["titre"],
-        finalite=spec["finalite"],
-        planification=spec.get("planification"),
-        conservation_jours=int(spec.get("conservation_jours", 730)),
-        partenaire=source["partenaire"],
-        format=source["format"],
-        mapping=source["mapping"],
-        transport=Transport(**source["transport"]),
-        perimetre=tuple(Condition(**c) for c in spec.get("perimetre", [])),
-        destinataires=tuple(_recipient(flow_id, rid, r) for rid, r in spec["destinataires"].items()),
-        responsable=spec.get("responsable", "non renseigné"),
-        personnes_concernees=spec.get("personnes_concernees", "non renseigné"),
-        transferts_hors_ue=spec.get("transferts_hors_ue", "aucun"),
-        seuil_petits_effectifs=int(spec.get("seuil_petits_effectifs", 11)),
+        titre=spec.titre,
+        finalite=spec.finalite,
+        planification=spec.planification,
+        conservation_jours=spec.conservation_jours,
+        partenaire=source.partenaire,
+        format=source.format,
+        mapping=source.mapping,
+        transport=transport,
+        perimetre=tuple(perimetre),
+        destinataires=tuple(_recipient(where, rid, r, outputs_dir) for rid, r in spec.destinataires.items()),
+        responsable=spec.responsable,
+        personnes_concernees=spec.personnes_concernees,
+        transferts_hors_ue=spec.transferts_hors_ue,
+        seuil_petits_effectifs=spec.seuil_petits_effectifs,
+        retour=retour,
     )
 
 
-@lru_cache(maxsize=4)
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError:
-        raise ConfigurationError(f"Registre des flux introuvable : {path} (variable SPIE_HUB_FLOWS)") from None
+# -- reading and caching ------------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (the second would silently win)."""
+
+
+def _unique_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, Hashable):
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"clé « {key} » en double", key_node.start_mark)
+            seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def _path(path: Path | None) -> Path:
-    return path or Path(os.environ.get("SPIE_HUB_FLOWS", REGISTRY_PATH))
+    return Path(path or os.environ.get("SPIE_HUB_FLOWS") or _home.REGISTRY_PATH)
 
 
-@lru_cache(maxsize=4)
-def _load(path: Path) -> dict[str, Flow]:
-    return {flow_id: _flow(flow_id, spec) for flow_id, spec in (_read(path).get("flux") or {}).items()}
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        info = path.stat()
+    except OSError:
+        raise ConfigurationError(f"Registre des flux introuvable : {path} (variable SPIE_HUB_FLOWS)") from None
+    return info.st_mtime_ns, info.st_size
 
 
-def load_flows(path: Path | None = None) -> dict[str, Flow]:
-    return _load(_path(path))
+@lru_cache(maxsize=8)
+def _document(path: Path, stamp: tuple[int, int]) -> RegistrySpec:
+    """The registry file read and its top level (``organisation``, ``flux``) validated."""
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except OSError:
+        raise ConfigurationError(f"Registre des flux introuvable : {path} (variable SPIE_HUB_FLOWS)") from None
+    except yaml.YAMLError as error:
+        # Only the problem and its line: the YAML error's own text quotes the file, which could hold a secret.
+        mark = getattr(error, "problem_mark", None)
+        line = f" (ligne {mark.line + 1})" if mark is not None else ""
+        problem = getattr(error, "problem", None) or "YAML invalide"
+        raise ConfigurationError(f"{path.name} illisible : {problem}{line}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"{path.name} : dictionnaire attendu (sections « organisation » et « flux »)")
+    spec: RegistrySpec = _validate(RegistrySpec, data, path.name)
+    return spec
+
+
+def _registries() -> tuple[tuple[str, ...], ...]:
+    """What the registry is validated against: part of the cache key, so registering a toy format reloads."""
+    return tuple(formats.known_readers()), tuple(formats.known_outputs()), tuple(transports.known_transports())
+
+
+@lru_cache(maxsize=8)
+def _load(path: Path, stamp: tuple[int, int], mappings_dir: Path | None, registries: tuple[tuple[str, ...], ...]) -> dict[str, Flow]:
+    document = _document(path, stamp)
+    mappings = mappings_dir or _home.MAPPINGS_DIR
+    outputs = mappings_dir / "sorties" if mappings_dir else None
+    return {flow_id: _flow(path.name, flow_id, spec, mappings, outputs) for flow_id, spec in (document.flux or {}).items()}
+
+
+def load_flows(path: Path | None = None, *, mappings_dir: Path | None = None) -> dict[str, Flow]:
+    """Every flow of the registry (``path``, else ``SPIE_HUB_FLOWS``, else the checkout's ``flows.yaml``), validated.
+
+    ``mappings_dir`` is where mappings (and, under ``sorties/``, output specs) are looked up; by default the
+    checkout's ``mappings/``. Results are cached per file version, folder and set of known formats and transports.
+    """
+    path = _path(path)
+    return _load(path, _stamp(path), mappings_dir, _registries())
 
 
 def organisation(path: Path | None = None) -> dict[str, str]:
     """The registry's ``organisation`` section (controller, DPO, security measures) for the art. 30 register."""
-    return {k: str(v) for k, v in (_read(_path(path)).get("organisation") or {}).items()}
+    path = _path(path)
+    section = _document(path, _stamp(path)).organisation
+    if section is None:
+        return {}
+    return {k: str(v) for k, v in section.model_dump(exclude_none=True).items()}
 
 
-def get_flow(flow_id: str) -> Flow:
-    flows = load_flows()
+def get_flow(flow_id: str, path: Path | None = None) -> Flow:
+    flows = load_flows(path)
     if flow_id not in flows:
         raise ConfigurationError(f"Flux inconnu : {flow_id} (flux déclarés : {', '.join(sorted(flows))})")
     return flows[flow_id]
+
+
+def clear_cache() -> None:
+    """Forget every registry read (tests that rewrite a file or swap a registered format in place)."""
+    _load.cache_clear()
+    _document.cache_clear()
