@@ -12,6 +12,7 @@ temporary written beside the target, which ``clean_temporaries`` removes after a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import hashlib
@@ -220,6 +221,11 @@ class LocalFolder(Transport):
 
     def uri(self, name: str = "") -> str:
         return (self.root / name).as_uri() if name else self.root.as_uri()
+
+    def remove_if_empty(self) -> None:
+        """Remove the folder itself once emptied (a purged quarantine entry)."""
+        with contextlib.suppress(OSError):
+            self._folder().rmdir()
 
     def location(self, name: str = "") -> str:
         return str(self.root / name) if name else str(self.root)

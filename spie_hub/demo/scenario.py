@@ -84,10 +84,11 @@ def run_demo(households: int = 1000, with_airflow: bool = True) -> int:
         print("4. Exécution du flux dans Airflow (SQLite embarqué, dag.test()) …")
         run_in_airflow(home)
     else:
-        from spie_hub.airflow.dags import file_ref, run_inbox_file
+        from spie_hub.run.claim import input_ref
+        from spie_hub.run.lifecycle import process_inbox_file
 
         print("4. Exécution du flux (sans Airflow) …")
-        run_inbox_file(flow, file_ref(flux.name), home)
+        process_inbox_file(flow, input_ref(flux.name), home)
     elapsed = time.time() - started
 
     from sqlalchemy import select

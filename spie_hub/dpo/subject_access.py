@@ -89,7 +89,11 @@ def subject_access(engine: Engine, pseudonymiser: Pseudonymiser, nir: str, flows
             exchange.decision = payload.get("decision")
             exchange.motif = payload.get("motif")
             exchange.categories = {c: d["fondement"] for c, d in payload.get("categories", {}).items()}
-            if exchange.decision == "livre":
+            if exchange.decision == "livre" and (row.run_id, row.recipient) not in files:
+                # Decided, but the run was interrupted and rolled back before publishing: nothing left the hub.
+                exchange.decision = "non-livre"
+                exchange.motif = "exécution interrompue puis annulée : rien n'a été livré"
+            elif exchange.decision == "livre":
                 exchange.fichier = files.get((row.run_id, row.recipient))
                 allowed = [c for c, d in payload.get("categories", {}).items() if d.get("permis")]
                 by_category = columns.get(row.recipient or "", {})

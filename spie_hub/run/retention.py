@@ -10,17 +10,19 @@ personal data and keep a re-sent old file from being delivered twice.
 from __future__ import annotations
 
 import datetime as dt
-import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from sqlalchemy import Engine, func, select
 
+from connectors.transports.base import FileInfo, Transport
+from connectors.transports.registry import open_transport
 from spie_hub.audit.chain import seal
 from spie_hub.audit.log import AuditEvent, AuditLog
 from spie_hub.audit.signing import SigningKey
 from spie_hub.core.home import HubHome
 from spie_hub.registry import Flow
+from spie_hub.run.deliver import Names, hub_folder, sender_returns
 from spie_hub.store import audit_log, deliveries, runs
 from spie_hub.store.guards import purge_upto
 
@@ -36,18 +38,19 @@ class PurgeReport:
     fichiers: list[str] = field(default_factory=list)
 
 
-def _older(path: Path, cutoff: dt.datetime) -> bool:
-    return dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc) < cutoff
+def _label(transport: Transport, name: str) -> str:
+    """How a purged file is named in the purge report and the audit: relative to the home for the hub's folders."""
+    folder = getattr(transport, "folder", None)
+    return f"{folder}/{name}" if folder is not None else transport.uri(name)
 
 
-def _remove(path: Path, report: PurgeReport, root: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-    else:
-        return
-    report.fichiers.append(str(path.relative_to(root)))
+def _remove(transport: Transport, name: str, report: PurgeReport) -> None:
+    if transport.delete(name):
+        report.fichiers.append(_label(transport, name))
+
+
+def _older(entry: FileInfo, cutoff: dt.datetime) -> bool:
+    return dt.datetime.fromtimestamp(entry.mtime, dt.timezone.utc) < cutoff
 
 
 def purge_flow(engine: Engine, home: HubHome, flow: Flow, now: dt.datetime) -> PurgeReport:
@@ -59,26 +62,34 @@ def purge_flow(engine: Engine, home: HubHome, flow: Flow, now: dt.datetime) -> P
             deliveries.c.flow == flow.id, deliveries.c.delivered_at < iso)).all()
         quarantined = connection.execute(select(runs.c.run_id).where(
             runs.c.flow == flow.id, runs.c.status == "quarantaine", runs.c.started_at < iso)).all()
-    drops = {r.id: home.root / r.transport.dossier for r in flow.destinataires}
+    drops = {r.id: open_transport(r.transport, home) for r in flow.destinataires}
     for row in old_deliveries:
-        folder = drops.get(row.recipient)
-        if folder is not None:
-            _remove(folder / row.file_name, report, home.root)
-            _remove(folder / (row.file_name.removesuffix(".csv") + ".manifest.json"), report, home.root)
+        drop = drops.get(row.recipient)
+        if drop is not None:
+            _remove(drop, row.file_name, report)
+            _remove(drop, Names.manifest(row.file_name), report)
     for row in quarantined:
-        _remove(home.quarantine / row.run_id, report, home.root)
-    archive = home.root / "archive" / flow.id
+        folder = hub_folder(home, f"quarantine/{row.run_id}")
+        for entry in folder.list():
+            _remove(folder, entry.name, report)
+        folder.remove_if_empty()
+    archive = hub_folder(home, f"archive/{flow.id}")
+    returns = sender_returns(flow, home)
     # Drops and the sender's folders are shared between flows: only this flow's files (by name) are its to purge.
-    folders = [archive, *drops.values(), home.outbox / flow.partenaire / "rejets", home.outbox / flow.partenaire / "accuses"]
-    for folder in folders:
-        for path in sorted(folder.glob("*")) if folder.is_dir() else []:
-            mine = folder == archive or path.name.startswith((flow.id + "_", "avis-suppression_"))
-            if path.is_file() and mine and _older(path, cutoff):
-                _remove(path, report, home.root)
+    for transport, mine in [(archive, lambda _name: True),
+                            *[(drop, _flow_file(flow)) for drop in drops.values()],
+                            (returns.child("rejets"), _flow_file(flow)), (returns.child("accuses"), _flow_file(flow))]:
+        for entry in transport.list():
+            if entry.regular and mine(entry.name) and _older(entry, cutoff):
+                _remove(transport, entry.name, report)
     AuditLog(engine).append([AuditEvent("purge", {"limite": report.limite, "conservation_jours": flow.conservation_jours,
                                                   "nombre": len(report.fichiers), "fichiers": report.fichiers},
                                         flow=flow.id)])
     return report
+
+
+def _flow_file(flow: Flow) -> Callable[[str], bool]:
+    return lambda name: name.startswith((flow.id + "_", "avis-suppression_"))
 
 
 def purge_audit(engine: Engine, signer: SigningKey, before: dt.datetime) -> int:
