@@ -318,7 +318,7 @@ def _output(name: str, where: str, directory: Path | None) -> None:
     try:
         spec = formats.output_spec(name, directory)
     except ConfigurationError:
-        path = (directory or formats.OUTPUTS_DIR) / f"{name}.yaml"
+        path = (directory or _home.MAPPINGS_DIR / "sorties") / f"{name}.yaml"
         raise ConfigurationError(f"{where} : clé « sortie » : sortie « {name} » introuvable ou illisible ({path})") from None
     fmt = spec.get("format", "csv")
     known = formats.known_outputs()
