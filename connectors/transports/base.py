@@ -117,6 +117,9 @@ class Transport(ABC):
     def uri(self, name: str = "") -> str:
         """Where ``name`` lives, for people and lineage (never holding a secret)."""
 
+    def check_writable(self) -> None:  # noqa: B027 - optional: a transport that cannot probe says nothing
+        """Raise ``StorageError`` if nothing can be stored here now (checked before the audit says "delivered")."""
+
     def location(self, name: str = "") -> str:
         """Where ``name`` lives, as shown to people (a path for a local folder); ``uri`` by default."""
         return self.uri(name)

@@ -115,6 +115,8 @@ class LocalFolder(Transport):
                     info = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
+                if stat.S_ISDIR(info.st_mode):
+                    continue  # a folder is not a file of the flow (and is never removed by the hub)
                 entries.append(FileInfo(entry.name, info.st_size, info.st_mtime, stat.S_ISREG(info.st_mode)))
         return sorted(entries, key=lambda e: e.name)
 
@@ -221,6 +223,16 @@ class LocalFolder(Transport):
 
     def uri(self, name: str = "") -> str:
         return (self.root / name).as_uri() if name else self.root.as_uri()
+
+    def check_writable(self) -> None:
+        folder = self._folder(create=True)
+        probe = folder / f"{TEMPORARY_PREFIX}sonde-{os.getpid()}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as error:
+            raise StorageError.from_os(error, folder) from None
 
     def remove_if_empty(self) -> None:
         """Remove the folder itself once emptied (a purged quarantine entry)."""

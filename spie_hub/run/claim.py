@@ -32,6 +32,10 @@ class NotReady(HubError):
     """The file is still being written (too recent, or changed while it was read): left for the next pass."""
 
 
+class Gone(HubError):
+    """The file left the inbox before it could be taken (another run took it)."""
+
+
 class Refused(FatalInputError):
     """Not a regular file (link, device, pipe, folder): refused without being read."""
 
@@ -68,7 +72,7 @@ def claim_from(transport: Transport, name: str, private_dir: Path, *, stability:
     """Take ``name`` from ``transport`` into ``private_dir``; ``Refused``, ``NotReady`` or the claimed input."""
     before = transport.stat(name)
     if before is None:
-        raise NotReady("Fichier disparu avant d'être pris")
+        raise Gone("Fichier absent de la boîte de dépôt (pris par une autre exécution ?)")
     if not before.regular:
         raise Refused("Lien symbolique ou fichier spécial refusé : seuls les fichiers ordinaires sont traités")
     if (now or time.time()) - before.mtime < stability:

@@ -34,7 +34,7 @@ from spie_hub.audit.chain import seal
 from spie_hub.audit.log import AuditEvent, AuditLog, AuditSpool, now
 from spie_hub.audit.receipts import sign_manifest
 from spie_hub.audit.signing import SigningKey
-from spie_hub.core.errors import FatalInputError
+from spie_hub.core.errors import FatalInputError, StorageError
 from spie_hub.core.failpoints import failpoint
 from spie_hub.core.home import HubHome
 from spie_hub.mapping.compiler import CompiledMapping, load_mapping
@@ -113,12 +113,26 @@ def set_status(engine: Engine, run_id: str, status: str, summary: dict[str, Any]
         connection.execute(update(runs).where(runs.c.run_id == run_id).values(**values))
 
 
+def preflight(flow: Flow, home: HubHome) -> CompiledMapping:
+    """Everything a run reads from its configuration, loaded before the input is touched: a wrong mapping, format,
+    output spec or an unwritable drop fails here, with the inbox as it was and nothing in the audit."""
+    from connectors.formats.registry import load_output
+
+    mapping = load_mapping(flow.mapping)
+    reader_for(flow.format, mapping)
+    for recipient in flow.destinataires:
+        load_output(recipient.sortie)
+        deliver.recipient_transport(recipient, home).check_writable()
+    deliver.sender_returns(flow, home).check_writable()
+    return mapping
+
+
 class FlowRun:
-    def __init__(self, ctx: RunContext, claimed: ClaimedInput, run_id: str) -> None:
+    def __init__(self, ctx: RunContext, claimed: ClaimedInput, run_id: str, mapping: CompiledMapping | None = None) -> None:
         self.ctx, self.flow, self.claimed, self.run_id = ctx, ctx.flow, claimed, run_id
         self.staging = claimed.path.parent
         self.audit = AuditLog(ctx.engine)
-        self.mapping: CompiledMapping = load_mapping(self.flow.mapping)
+        self.mapping: CompiledMapping = mapping or load_mapping(self.flow.mapping)
         self.spool = AuditSpool(self.staging / "audit.spool", run_id, self.flow.id)
         self.summary = RunSummary(run_id, self.flow.id, "en-cours", reference=claimed.ref)
         self.names = Names(self.flow, claimed.sha256)
@@ -200,6 +214,8 @@ class FlowRun:
                 facts = self._stream(staged, decider, progress)
         except FatalInputError as error:
             return self._quarantine(error)
+        except OSError as error:  # the private staging folder: disk full, most likely
+            raise StorageError.from_os(error, self.staging) from None
         self.summary.anomalies = facts.anomalies
         decider.fold_into(self.summary.destinataires)
         day = facts.date_reference or self.ctx.today.isoformat()
@@ -207,6 +223,8 @@ class FlowRun:
         self._stage_returns(staged.rejections)
         # Write-ahead: the decisions and deliveries enter the audit before any file becomes visible, so nothing
         # can leave without its trail. Until the status says "publication", a crash rolls the run back.
+        for recipient in active:  # an outbox turned read-only meanwhile must fail before the audit says "delivered"
+            deliver.recipient_transport(recipient, self.ctx.home).check_writable()
         failpoint("avant-journal")
         self.spool.commit(self.audit)
         failpoint("apres-journal")

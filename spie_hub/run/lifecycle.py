@@ -21,18 +21,19 @@ from pathlib import Path
 from types import FrameType
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import OperationalError
 
 from connectors.transports.base import FileInfo, Transport
 from connectors.transports.registry import open_transport
 from spie_hub.audit.log import AuditEvent, AuditLog
 from spie_hub.audit.signing import load_hub_signer
-from spie_hub.core.errors import HubError
+from spie_hub.core.errors import HubError, StorageError
 from spie_hub.core.home import HubHome
 from spie_hub.privacy.pseudonym import load_pseudonymiser
 from spie_hub.registry import Flow, get_flow
 from spie_hub.run import deliver
-from spie_hub.run.claim import ClaimedInput, NotReady, Refused, claim_from, claim_path, input_ref
-from spie_hub.run.flow_run import FlowRun, ProgressCallback, RunContext, new_run_id
+from spie_hub.run.claim import ClaimedInput, Gone, NotReady, Refused, claim_from, claim_path, input_ref
+from spie_hub.run.flow_run import FlowRun, ProgressCallback, RunContext, new_run_id, preflight
 from spie_hub.run.lock import FlowLock
 from spie_hub.run.recovery import CLAIM_FILE, recover_flow, rollback
 from spie_hub.run.summary import RunSummary
@@ -85,6 +86,7 @@ def _run(flow: Flow, home: HubHome, engine: Engine, claim: Callable[[Path], Clai
     # Keys first: a missing key must fail before the input is touched.
     pseudonymiser = load_pseudonymiser(home)
     signer = load_hub_signer(home)
+    mapping = preflight(flow, home)
     with sigterm_as_interrupt(), FlowLock(engine, home, flow.id) as lock:
         ctx = RunContext(flow, home, engine, pseudonymiser, signer, lock, dt.date.today())
         recover_flow(ctx)
@@ -94,6 +96,9 @@ def _run(flow: Flow, home: HubHome, engine: Engine, claim: Callable[[Path], Clai
         (private / CLAIM_FILE).write_text(json.dumps({"flux": flow.id, **origin}), encoding="utf-8")
         try:
             claimed = claim(private)
+        except Gone as error:
+            shutil.rmtree(private, ignore_errors=True)
+            return _status_summary(flow, run_id, "absent", ref, str(error))
         except NotReady as error:
             shutil.rmtree(private, ignore_errors=True)
             return _status_summary(flow, run_id, "en-attente", ref, str(error))
@@ -107,20 +112,31 @@ def _run(flow: Flow, home: HubHome, engine: Engine, claim: Callable[[Path], Clai
         except BaseException:
             shutil.rmtree(private, ignore_errors=True)
             raise
-        run = FlowRun(ctx, claimed, run_id)
         try:
+            run = FlowRun(ctx, claimed, run_id, mapping)
             summary = run.execute(progress)
         except BaseException as error:
             with engine.connect() as connection:
                 status = connection.execute(select(runs.c.status).where(runs.c.run_id == run_id)).scalar()
             if status in (None, "en-cours"):
                 rollback(ctx, run_id, private, _reason(error))
-            raise
+            raise _storage(error, home) from None if isinstance(error, OSError | OperationalError) else error
         if summary.statut != "quarantaine":
-            deliver.copy_into(deliver.hub_folder(home, f"archive/{flow.id}"), f"{run_id}_{claimed.name}".replace("/", "_"),
+            deliver.copy_into(deliver.hub_folder(home, f"archive/{flow.id}"), f"{run_id}_{claimed.name[:200]}",
                               claimed.path, replace=True)
         shutil.rmtree(private, ignore_errors=True)
         return summary
+
+
+def _storage(error: BaseException, home: HubHome) -> BaseException:
+    """An OS error, or SQLite's "disk is full", as the French ``StorageError`` naming the folder."""
+    if isinstance(error, OSError):
+        return StorageError.from_os(error, Path(error.filename).parent if error.filename else home.staging)
+    text = str(getattr(error, "orig", error)).lower()
+    if "disk is full" in text or "disk i/o" in text or "readonly database" in text:
+        reason = "disque plein" if "full" in text else "base en lecture seule ou erreur disque"
+        return StorageError(f"Écriture impossible dans la base du hub ({home.root}) : {reason}")
+    return error
 
 
 def _reason(error: BaseException) -> str:

@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from connectors.transports.base import FileExists
+from connectors.transports.base import FileExists, printable_name, safe_name
 from connectors.transports.local import clean_scratch
 from connectors.transports.registry import open_transport
 from spie_hub.audit.chain import seal
 from spie_hub.audit.log import AuditEvent, AuditLog, AuditSpool
+from spie_hub.core.errors import FatalInputError
 from spie_hub.run import deliver
 from spie_hub.run.claim import INPUT_NAME
 from spie_hub.run.summary import RecipientCounts, RunSummary
@@ -64,8 +65,16 @@ def _restore_input(ctx: RunContext, private: Path, run_id: str) -> bool:
     claim, copy = _claim(private), private / INPUT_NAME
     if claim.get("origine") != "boite" or not copy.exists():
         return False
+    # Free what the run wrote first: on a full disk, that is the room the input needs to go back.
+    for path in private.iterdir():
+        if path.name not in (INPUT_NAME, CLAIM_FILE):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     inbox = open_transport(ctx.flow.transport, ctx.home)
     name = claim.get("nom") or f"repris-{run_id}"
+    try:
+        safe_name(name)
+    except FatalInputError:  # a partner's name with control characters: restored under its printable form
+        name = printable_name(name).replace("?", "_")
     try:
         deliver.copy_into(inbox, name, copy)
     except FileExists:  # the partner dropped another file under that name meanwhile: keep both

@@ -161,7 +161,8 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
 
 def open_store(url: str) -> Engine:
     """Create the engine and the tables if needed (idempotent)."""
-    engine = create_engine(url, future=True)
+    # pre_ping: after a database restart, pooled connections are replaced instead of failing the next statement.
+    engine = create_engine(url, future=True, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
         if engine.url.database and engine.url.database != ":memory:":
             Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
