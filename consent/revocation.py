@@ -18,14 +18,14 @@ from typing import Any
 
 from sqlalchemy import Engine, select, update
 
-from connectors.formats.csv_output import write_report
+from connectors.formats.reports import write_report
 from connectors.transports.registry import open_transport
 from consent.decision import ConsentIndex, decide
 from schemas.categories import CategorieDonnees
 from spie_hub.audit.log import AuditEvent, AuditLog, now
 from spie_hub.core.home import HubHome
-from spie_hub.registry import Flow, Recipient
 from spie_hub.privacy.pseudonym import Pivot, Pseudonymiser
+from spie_hub.registry import Flow, Recipient
 from spie_hub.store import audit_log, deliveries, revocations
 
 NOTICE_HEADER = ["Pseudonyme", "Catégories à supprimer", "Fichiers concernés", "Motif", "Référence du retrait",

@@ -3,8 +3,8 @@ import io
 
 import pytest
 
-from connectors.formats.csv_output import neutralise, write_report
 from connectors.formats.registry import load_output
+from connectors.formats.reports import neutralise, write_report
 
 
 @pytest.mark.parametrize("cell", ["=1+1", "+33 6 12", "-2", "@SUM(A1)", "\t=x", "\r=x"])

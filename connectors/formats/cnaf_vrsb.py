@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -208,6 +209,17 @@ def validate_file(path: Path) -> tuple[InputFacts, list[str]]:
     return entete, []
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to kill it when the run that started it dies (even by SIGKILL), so that
+    no validator outlives its run. Elsewhere, a no-op."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class BackgroundValidation(BackgroundCheck):
     """XSD validation of a whole file in a child process, on the other core, while the caller streams it.
 
@@ -219,7 +231,7 @@ class BackgroundValidation(BackgroundCheck):
         self.process = subprocess.Popen(
             [sys.executable, "-m", "connectors.formats.cnaf_vrsb", str(path.resolve())],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            cwd=str(Path(__file__).resolve().parents[2]),
+            cwd=str(Path(__file__).resolve().parents[2]), preexec_fn=_die_with_parent,
         )
 
     def result(self) -> list[str]:

@@ -6,38 +6,18 @@ for the person is written empty. Every cell that a spreadsheet would run as a fo
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import IO, Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 from connectors.formats.base import OutputFormat, RecordWriter
+from connectors.formats.reports import french_csv_writer, neutralise
 from schemas.categories import CATEGORIE_DU_BLOC, CategorieDonnees
 from schemas.spie_v1 import PersonneSPIE
 from spie_hub.core.errors import ConfigurationError
-
-_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-
-
-def neutralise(cell: str) -> str:
-    """Prefix with a quote any cell a spreadsheet would evaluate (CSV formula injection)."""
-    return "'" + cell if cell.startswith(_FORMULA_PREFIXES) else cell
-
-
-def french_csv_writer(handle: IO[str], separator: str = ";") -> Any:
-    """The CSV dialect of every file the hub writes for people: ``;``, CRLF (the handle adds the UTF-8 BOM)."""
-    return csv.writer(handle, delimiter=separator, lineterminator="\r\n")
-
-
-def write_report(handle: IO[str], header: list[str], rows: list[tuple[Any, ...]]) -> None:
-    """A small report (e.g. rejections sent back to a partner), every cell neutralised: reasons can quote codes
-    taken from the partner's own file."""
-    writer = french_csv_writer(handle)
-    writer.writerow(header)
-    writer.writerows([neutralise("" if cell is None else str(cell)) for cell in row] for row in rows)
 
 
 def _render(value: Any, as_label: bool) -> str:

@@ -22,8 +22,8 @@ from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from connectors.formats.base import OutputFormat, RecordWriter
-from connectors.formats.csv_output import write_report
 from connectors.formats.registry import load_output
+from connectors.formats.reports import write_report
 from connectors.transports.base import Transport
 from connectors.transports.local import LocalFolder
 from connectors.transports.registry import open_transport
