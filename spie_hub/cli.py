@@ -1,6 +1,14 @@
 """``spie-hub``: the command line of the hub (messages in French).
 
-Exit codes: 0 success, 1 invalid input or failed check, 2 usage or configuration error.
+Exit codes (``sysexits.h`` where one fits):
+  0    success
+  1    invalid input or failed check (an input quarantined or refused, an altered audit log)
+  2    usage or configuration error (missing key, unknown flow, unreachable database)
+  74   EX_IOERR: the hub could not read or write one of its folders (disk full, read-only, permission)
+  75   EX_TEMPFAIL: try again later (a file still being written, the flow busy with another run)
+  130  interrupted by SIGINT (Ctrl-C); 143 interrupted by SIGTERM. An interrupted run is rolled back, or completed
+       at the next start if it was publishing.
+No traceback is shown for an error of the hub or of the operating system.
 """
 
 from __future__ import annotations
@@ -9,7 +17,10 @@ import argparse
 import datetime as dt
 import getpass
 import json
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,10 +28,14 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from spie_hub.core.errors import ConfigurationError, HubError
+from spie_hub.core.errors import ConfigurationError, HubError, RetriableError, StorageError
 from spie_hub.core.home import HubHome
 
 VALIDATORS = {"caf-vrsb": "cnaf-vrsb0801"}
+EX_IOERR = 74
+EX_TEMPFAIL = 75
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
 
 
 def _err(message: str) -> None:
@@ -81,8 +96,7 @@ def _print_propagation(report: object) -> None:
 
 def cmd_consent_import(args: argparse.Namespace) -> int:
     from consent.fhir_import import import_consents
-    from consent.revocation import propagate_withdrawals
-    from spie_hub.registry import load_flows
+    from spie_hub.run.withdrawals import propagate
 
     home, engine, pseudonymiser = _store_and_key()
     report = import_consents(Path(args.fichier), engine, pseudonymiser, emetteur=args.emetteur)  # type: ignore[arg-type]
@@ -92,16 +106,15 @@ def cmd_consent_import(args: argparse.Namespace) -> int:
         print(f"  - {error}")
     if len(report.erreurs) > 50:
         print(f"  … et {len(report.erreurs) - 50} autre(s)")
-    _print_propagation(propagate_withdrawals(engine, home, pseudonymiser, load_flows()))  # type: ignore[arg-type]
+    engine.dispose()  # type: ignore[attr-defined]
+    _print_propagation(propagate(home))
     return 1 if report.erreurs else 0
 
 
 def cmd_consent_propagate(_args: argparse.Namespace) -> int:
-    from consent.revocation import propagate_withdrawals
-    from spie_hub.registry import load_flows
+    from spie_hub.run.withdrawals import propagate
 
-    home, engine, pseudonymiser = _store_and_key()
-    report = propagate_withdrawals(engine, home, pseudonymiser, load_flows())  # type: ignore[arg-type]
+    report = propagate(HubHome.from_env())
     if not report.retraits:
         print("Aucun retrait en attente de propagation.")
     _print_propagation(report)
@@ -217,20 +230,130 @@ def print_summary(summary: object) -> None:
         print(f"  Quarantaine : {summary.quarantaine}")
 
 
+#: Statuses of an input that need someone (exit 1) and statuses worth trying again later (exit 75).
+NEEDS_ACTION = ("quarantaine", "refuse")
+TRY_LATER = ("en-attente",)
+
+
+def run_exit_code(statuses: list[str]) -> int:
+    """1 if any input was quarantined or refused (someone must act), else 75 if one must be retried, else 0."""
+    if any(s in NEEDS_ACTION for s in statuses):
+        return 1
+    if any(s in TRY_LATER for s in statuses):
+        return EX_TEMPFAIL
+    return 0
+
+
+def _print_run(summary: object, as_json: bool) -> None:
+    from spie_hub.run.summary import RunSummary
+
+    assert isinstance(summary, RunSummary)
+    if as_json:
+        print(json.dumps(summary.to_dict(), ensure_ascii=False, indent=2))
+    elif summary.statut in ("en-attente", "refuse", "absent"):  # nothing was run: say why
+        print(f"Flux {summary.flux} — fichier {summary.reference} : {summary.statut}")
+        if summary.message:
+            print(f"  ! {summary.message}")
+    else:
+        print_summary(summary)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    flow_id = args.flux_option or args.flux
+    if not flow_id or (args.flux and args.flux_option and args.flux != args.flux_option):
+        _err("Indiquer un flux : spie-hub run --flux FLUX [--input FICHIER] (liste : spie-hub flux).")
+        return 2
+    if args.input is None:
+        return _run_inbox(flow_id, args.json)
     from spie_hub.run.lifecycle import run_flow
 
-    path = Path(args.input)
+    path = Path(os.path.abspath(args.input))
     if not path.is_file():
         _err(f"Fichier d'entrée introuvable : {path}")
         return 2
-    with progress_bar(f"Flux {args.flux}", path.stat().st_size) as advance:
-        summary = run_flow(args.flux, path, progress=advance)
-    if args.json:
-        print(json.dumps(summary.to_dict(), ensure_ascii=False, indent=2))
+    with progress_bar(f"Flux {flow_id}", path.stat().st_size) as advance:
+        summary = run_flow(flow_id, path, progress=advance)
+    _print_run(summary, args.json)
+    if not args.json:
+        if summary.statut in ("termine", "deja-livre"):
+            archive = HubHome.from_env().root / "archive" / flow_id
+            print(f"Fichier d'entrée laissé en place : {path} (le hub a archivé sa propre copie dans {archive})")
+        else:
+            print(f"Fichier d'entrée laissé en place : {path}")
+    return run_exit_code([summary.statut])
+
+
+def _run_inbox(flow_id: str, as_json: bool) -> int:
+    """Every pending file of the flow's inbox, one after the other (``process_inbox``, printed as it goes)."""
+    from spie_hub.registry import get_flow
+    from spie_hub.run.lifecycle import pending_inputs, process_inbox_file
+
+    flow = get_flow(flow_id)
+    home = HubHome.from_env().ensure()
+    refs = pending_inputs(flow, home)
+    if not refs:
+        if as_json:
+            print("[]")
+        else:
+            where = getattr(flow.transport, "dossier", None)
+            print(f"Flux {flow.id} : aucun fichier en attente dans la boîte de dépôt" + (f" ({where})." if where else "."))
+        return 0
+    summaries = []
+    for ref in refs:
+        summary = process_inbox_file(flow, ref, home)
+        summaries.append(summary)
+        if not as_json:
+            _print_run(summary, False)
+    if as_json:
+        print(json.dumps([s.to_dict() for s in summaries], ensure_ascii=False, indent=2))
     else:
-        print_summary(summary)
-    return 1 if summary.statut == "quarantaine" else 0
+        archived = sum(s.statut in ("termine", "deja-livre") for s in summaries)
+        print(f"{len(summaries)} fichier(s) de la boîte de dépôt traité(s) ; {archived} archivé(s) dans "
+              f"{home.root / 'archive' / flow.id}")
+    return run_exit_code([s.statut for s in summaries])
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    """Settle what interruptions left, flow by flow, each under its lock (a flow running now is left to its run)."""
+    import datetime as dt
+
+    from spie_hub.audit.signing import load_hub_signer
+    from spie_hub.privacy.pseudonym import load_pseudonymiser
+    from spie_hub.registry import get_flow, load_flows
+    from spie_hub.run.flow_run import RunContext
+    from spie_hub.run.lock import FlowBusy, FlowLock
+    from spie_hub.run.recovery import recover_flow
+    from spie_hub.store import open_store
+
+    flows = [get_flow(args.flux)] if args.flux else list(load_flows().values())
+    home = HubHome.from_env().ensure()
+    pseudonymiser, signer = load_pseudonymiser(home), load_hub_signer(home)
+    engine = open_store(home.database_url)
+    settled = busy = 0
+    try:
+        for flow in flows:
+            try:
+                with FlowLock(engine, home, flow.id, wait=0) as lock:
+                    report = recover_flow(RunContext(flow, home, engine, pseudonymiser, signer, lock, dt.date.today()))
+            except FlowBusy:
+                busy += 1
+                print(f"Flux {flow.id} : exécution en cours ; elle reprendra elle-même ce qui reste.")
+                continue
+            if not report:
+                continue
+            settled += 1
+            print(f"Flux {flow.id} :")
+            print(f"  exécutions complétées : {len(report.completees)}"
+                  + (f" ({', '.join(report.completees)})" if report.completees else ""))
+            print(f"  exécutions annulées : {len(report.annulees)}"
+                  + (f" ({', '.join(report.annulees)})" if report.annulees else ""))
+            print(f"  entrées restituées à la boîte de dépôt : {report.entrees_restituees}")
+            print(f"  fichiers temporaires supprimés : {report.temporaires}")
+    finally:
+        engine.dispose()
+    if not settled:
+        print("Rien à reprendre." if not busy else "Rien à reprendre pour les autres flux.")
+    return 0
 
 
 def cmd_audit_verify(_args: argparse.Namespace) -> int:
@@ -440,11 +563,15 @@ def build_parser() -> argparse.ArgumentParser:
     harden.add_argument("--role", required=True, help="rôle PostgreSQL utilisé par le hub")
     harden.set_defaults(func=cmd_db_harden)
 
-    run = sub.add_parser("run", help="exécuter un flux sur un fichier")
-    run.add_argument("flux")
-    run.add_argument("--input", required=True, help="fichier d'entrée")
+    run = sub.add_parser("run", help="exécuter un flux : les fichiers de sa boîte de dépôt, ou un fichier (--input)")
+    run.add_argument("flux", nargs="?", help=argparse.SUPPRESS)  # "spie-hub run FLUX", as before --flux
+    run.add_argument("--flux", dest="flux_option", metavar="FLUX", help="flux déclaré (spie-hub flux)")
+    run.add_argument("--input", help="fichier d'entrée, laissé en place (sinon : toute la boîte de dépôt du flux)")
     run.add_argument("--json", action="store_true", help="résumé en JSON")
     run.set_defaults(func=cmd_run)
+    recover = sub.add_parser("reprise", help="régler ce qu'une interruption a laissé (fait aussi à chaque exécution)")
+    recover.add_argument("--flux", help="un seul flux (sinon : tous)")
+    recover.set_defaults(func=cmd_recover)
 
     audit = sub.add_parser("audit", help="journal d'audit")
     audit_sub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -494,23 +621,73 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd, Docker, Airflow), handled like Ctrl-C: an interrupted run rolls back."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated("SIGTERM")
+
+
+def _by_sigterm(error: KeyboardInterrupt) -> bool:
+    # During a run the life cycle's own handler raises its ``Interrupted`` (it is imported by then, or not at all).
+    lifecycle = sys.modules.get("spie_hub.run.lifecycle")
+    return isinstance(error, Terminated) or (lifecycle is not None and isinstance(error, lifecycle.Interrupted))
+
+
+def _io_error(error: OSError) -> str:
+    """The folder an OS error happened in and why, in French (a file's own name is not shown)."""
+    if error.filename:
+        return f"Erreur d'entrée-sortie : {StorageError.from_os(error, error.filename)}"
+    return (f"Erreur d'entrée-sortie ({error.strerror or type(error).__name__}) dans le dossier du hub "
+            f"{HubHome.from_env().root} ou un dossier de flux")
+
+
+def _database_error(error: OperationalError) -> tuple[str, int]:
+    home = HubHome.from_env()
+    url = make_url(home.database_url)
+    text = str(error.orig).lower()
+    if url.get_backend_name() == "sqlite" and ("disk" in text or "readonly" in text or "unable to open" in text):
+        folder = Path(url.database or "").parent
+        return f"Erreur d'entrée-sortie : base SQLite du hub dans le dossier {folder} : {error.orig}", EX_IOERR
+    return (f"Base de données injoignable ({url.render_as_string(hide_password=True)}, variable "
+            f"SPIE_HUB_DATABASE_URL) : {type(error.orig).__name__}", 2)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         return int(args.func(args))
     except ConfigurationError as error:
         _err(f"Erreur de configuration : {error}")
         return 2
+    except StorageError as error:
+        _err(str(error))
+        return EX_IOERR
+    except RetriableError as error:
+        _err(str(error))
+        return EX_TEMPFAIL
     except HubError as error:
         _err(f"Erreur : {error}")
         return 1
     except OperationalError as error:
-        url = make_url(HubHome.from_env().database_url).render_as_string(hide_password=True)
-        _err(f"Base de données injoignable ({url}, variable SPIE_HUB_DATABASE_URL) : {type(error.orig).__name__}")
-        return 2
-    except KeyboardInterrupt:
+        message, code = _database_error(error)
+        _err(message)
+        return code
+    except BrokenPipeError:  # output piped into a command that stopped reading (head, less)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as error:
+        _err(_io_error(error))
+        return EX_IOERR
+    except KeyboardInterrupt as error:
         _err("Interrompu.")
-        return 130
+        return EXIT_SIGTERM if _by_sigterm(error) else EXIT_SIGINT
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
