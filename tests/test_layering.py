@@ -199,9 +199,12 @@ def test_no_module_imports_an_upper_layer_or_a_sibling_unit() -> None:
 
 
 def test_the_checker_sees_lazy_and_type_checking_imports() -> None:
-    # Guards the guard: recovery imports flow_run only inside functions and under TYPE_CHECKING.
-    seen = {(i.target, i.module_level) for i in IMPORTS if i.importer == "spie_hub.run.recovery"}
-    assert ("spie_hub.run.flow_run", False) in seen and ("spie_hub.run.flow_run", True) not in seen
+    # Guards the guard: imports in functions and under TYPE_CHECKING are seen, and not as module-level ones.
+    source = ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from spie_hub.run.flow_run import RunContext\n"
+              "def f():\n    from spie_hub import cli\nfrom ..core import errors\n")
+    seen = {(i.target, i.module_level) for i in _walk(ast.parse(source), "spie_hub.store.guards", True)}
+    assert seen == {("typing", True), ("spie_hub.run.flow_run", False), ("spie_hub.cli", False),
+                    ("spie_hub.core.errors", True)}
     # ... and the CLI's imports, all inside functions, reach every layer below it.
     assert {unit_of(i.target) for i in IMPORTS if i.importer == "spie_hub.cli" and _first_party(i.target)} >= {
         "spie_hub.run", "consent", "spie_hub.registry", "spie_hub.audit", "spie_hub.core"}
