@@ -50,5 +50,9 @@ class StorageError(HubError):
             errno.EACCES: "permission refusée",
             errno.EPERM: "opération non permise",
             errno.ENOENT: "dossier ou fichier introuvable",
+            errno.ENOTDIR: "un élément du chemin n'est pas un dossier",
+            errno.EISDIR: "un dossier se trouve à la place d'un fichier",
+            errno.ENAMETOOLONG: "nom de fichier trop long",
+            errno.EIO: "erreur d'entrée-sortie du disque",
         }.get(error.errno or 0, error.strerror or type(error).__name__)
         return cls(f"Écriture ou lecture impossible dans le dossier {folder} : {reason}")

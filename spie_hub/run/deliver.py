@@ -30,7 +30,7 @@ from connectors.transports.registry import open_transport
 from consent.decision import RecordDecision
 from schemas.spie_v1 import SCHEMA_VERSION
 from spie_hub.audit.log import AuditSpool, now
-from spie_hub.core.errors import StorageError
+from spie_hub.core.errors import ConfigurationError, StorageError
 from spie_hub.core.failpoints import failpoint
 from spie_hub.core.home import HubHome
 from spie_hub.privacy.disclosure import suppress
@@ -56,8 +56,9 @@ def recipient_transport(recipient: Recipient, home: HubHome) -> Transport:
 
 def sender_returns(flow: Flow, home: HubHome) -> Transport:
     """Where the sender gets its rejection reports and processing receipts back (``source.retour``)."""
-    retour = getattr(flow, "retour", None)
-    return open_transport(retour, home) if retour is not None else LocalFolder(home.root, f"outbox/{flow.partenaire}")
+    if flow.retour is None:  # only a Flow built by hand lacks it: the registry always sets one
+        raise ConfigurationError(f"Flux {flow.id} : transport de retour vers l'émetteur (source.retour) absent")
+    return open_transport(flow.retour, home)
 
 
 def hub_folder(home: HubHome, folder: str) -> LocalFolder:
