@@ -13,12 +13,12 @@ from hostile.corpus import CAF_FLOW, CASES, FT_FLOW, Case, caf_base, ft_base
 from sqlalchemy import select
 
 from connectors.transports.local import LocalFolder
-from spie_hub.airflow.dags import file_ref, run_inbox_file
 from spie_hub.audit.chain import verify
 from spie_hub.core.errors import FatalInputError
 from spie_hub.core.home import HubHome
 from spie_hub.registry import get_flow
-from spie_hub.run.lifecycle import run_flow
+from spie_hub.run.claim import input_ref
+from spie_hub.run.lifecycle import process_inbox_file, run_flow
 from spie_hub.store import deliveries, open_store, runs
 
 FORMULA = re.compile(r"^[=+\-@\t\r]")
@@ -52,7 +52,7 @@ def test_a_hostile_input_is_refused_or_sorted_with_exact_accounting(case: Case, 
     home = HubHome.from_env().ensure()
     flow = get_flow(case.flow)
     path = _drop(home, case)
-    outcome = run_inbox_file(flow, file_ref(path.name), home)  # the DAG's task body
+    outcome = process_inbox_file(flow, input_ref(path.name), home).for_xcom()  # the DAG task's call, its XCom
     engine = open_store(home.database_url)
     with engine.connect() as c:
         run = c.execute(select(runs).where(runs.c.run_id == outcome["execution"])).one()

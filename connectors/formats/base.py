@@ -102,6 +102,11 @@ class OutputFormat(ABC):
     extension: ClassVar[str]
     name: str
 
+    @classmethod
+    @abstractmethod
+    def from_spec(cls, spec: dict[str, Any]) -> OutputFormat:
+        """Build the format from its output spec (``mappings/sorties/<name>.yaml``); ``ConfigurationError`` if wrong."""
+
     @abstractmethod
     def open(self, stream: BinaryIO) -> RecordWriter: ...
 

@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from spie_hub.core.errors import FatalInputError
 from spie_hub.core.home import HubHome
@@ -65,6 +65,17 @@ class TransportOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: str
+    #: Inbound only: the shell pattern of the files a source takes.
+    motif: str = "*"
+    #: Inbound only: a file is taken once unchanged for this many seconds (a partner may still be writing it).
+    stabilite_secondes: int = Field(default=0, ge=0)
+
+    @field_validator("motif")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        if "/" in value or "\\" in value or not value:
+            raise ValueError("motif : un nom de fichier, sans dossier")
+        return value
 
 
 class FileExists(FatalInputError):

@@ -43,22 +43,11 @@ from spie_hub.core.home import HubHome
 
 class LocalFolderOptions(TransportOptions):
     dossier: str
-    #: Shell pattern of the files a source reads (inbound only).
-    motif: str = "*"
-    #: A file is taken only when it has not changed for this many seconds (a partner may still be writing it).
-    stabilite_secondes: int = 0
 
     @field_validator("dossier")
     @classmethod
     def _confined(cls, value: str) -> str:
         return confined_folder(value)
-
-    @field_validator("motif")
-    @classmethod
-    def _pattern(cls, value: str) -> str:
-        if "/" in value or "\\" in value:
-            raise ValueError("motif : un nom de fichier, sans dossier")
-        return value
 
 
 def _digest(path: Path) -> str:

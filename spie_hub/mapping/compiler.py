@@ -70,7 +70,9 @@ class _ColumnScope(_Scope):
         pass
 
     def texts(self, element: Any) -> list[str | None]:
-        return [((element.get(c) or "").strip() or None) for c in self.paths]
+        # A reader may hand numbers or booleans (JSON): read as their text, like a CSV cell.
+        return [(None if (v := element.get(c)) is None else (v if isinstance(v, str) else str(v)).strip()) or None
+                for c in self.paths]
 
 
 @dataclass

@@ -172,10 +172,11 @@ class StagedDeliveries:
             name = names.delivery(recipient, day, output.extension)
             counts = self.summary.destinataires[recipient.id]
             manifest = {
+                **output.media(),  # first: a format's facts never override the manifest's own keys
                 "fichier": name, "sha256": sha256_file(staged), "octets": staged.stat().st_size,
                 "enregistrements": counts.livres, "version_schema": SCHEMA_VERSION, "flux": self.flow.id,
                 "destinataire": recipient.id, "execution": run_id, "genere_le": now(),
-                "format": recipient.sortie, **output.media(),
+                "format": recipient.sortie,
             }
             self.spool.add("livraison", {"fichier": name, "sha256": manifest["sha256"], "enregistrements": counts.livres,
                                          "retenus": counts.retenus, "version_schema": SCHEMA_VERSION}, recipient.id)

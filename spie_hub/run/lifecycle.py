@@ -70,11 +70,11 @@ def pending_inputs(flow: Flow, home: HubHome) -> list[str]:
     """Opaque references of the inbox entries the flow would take (links and special files included: they are
     refused and reported, never read)."""
     transport = source_transport(flow, home)
-    return [input_ref(entry.name) for entry in transport.list(getattr(flow.transport, "motif", "*"))]
+    return [input_ref(entry.name) for entry in transport.list(flow.transport.motif)]
 
 
 def _find(transport: Transport, flow: Flow, ref: str) -> FileInfo | None:
-    return next((e for e in transport.list(getattr(flow.transport, "motif", "*")) if input_ref(e.name) == ref), None)
+    return next((e for e in transport.list(flow.transport.motif) if input_ref(e.name) == ref), None)
 
 
 def _status_summary(flow: Flow, run_id: str, status: str, ref: str, message: str) -> RunSummary:
@@ -168,7 +168,7 @@ def process_inbox_file(flow: Flow | str, ref: str, home: HubHome | None = None, 
         entry = _find(transport, flow, ref)
         if entry is None:
             return _status_summary(flow, "", "absent", ref, "Fichier absent de la boîte de dépôt (déjà traité ?)")
-        stability = float(getattr(flow.transport, "stabilite_secondes", 0))
+        stability = float(flow.transport.stabilite_secondes)
         return _run(flow, home, engine, lambda private: claim_from(transport, entry.name, private, stability=stability),
                     {"origine": "boite", "nom": entry.name}, ref, progress,
                     on_refused=lambda: transport.delete(entry.name))
