@@ -86,11 +86,15 @@ def airflow_error(error: Exception, where: str) -> BaseException:
     path or a value): its class names it, the traceback stays in the task's log.
     """
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
+    from sqlalchemy.exc import DBAPIError, OperationalError
 
     from spie_hub.core.errors import ConfigurationError, HubError, RetriableError, StorageError
 
     if isinstance(error, (RetriableError, StorageError, AirflowException)):
         return error
+    if isinstance(error, OperationalError) or (isinstance(error, DBAPIError) and error.connection_invalidated):
+        # The hub's database unreachable or restarting: worth another try; the driver's text stays in the log.
+        return RetriableError(f"{where} : base de données du hub injoignable ({type(error.orig).__name__}), nouvel essai")
     if isinstance(error, ConfigurationError):
         return AirflowFailException(f"{where} : configuration à corriger, pas de nouvel essai — {error}")
     if isinstance(error, HubError):
