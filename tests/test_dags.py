@@ -218,7 +218,7 @@ def test_a_quarantined_input_fails_its_mapped_task_and_the_dag_run_and_alerts_ex
     assert "RSABEM" not in mail and "CASSE" not in mail
 
 
-def test_a_missing_pseudonymisation_key_fails_the_mapped_task_at_once_without_retry(
+def test_a_missing_pseudonymisation_key_fails_the_dag_run_at_once_without_retry(
         airflow_db, hub_home, monkeypatch) -> None:
     from test_notify import WebhookSink, use_alert_connection
 
@@ -229,21 +229,24 @@ def test_a_missing_pseudonymisation_key_fails_the_mapped_task_at_once_without_re
     generate(inbox / "flux.xml", None, 5, seed=8)
     assert not (hub_home / "keys" / "pseudonymisation.json").exists()
     dag = _caf_dag()
-    flow_task = dag.get_task("executer_flux")
-    flow_task.retries, flow_task.retry_delay = 3, dt.timedelta(0)  # retried at once if it ever were
+    for task_id in ("propager_retraits", "detecter_fichiers", "executer_flux"):
+        task = dag.get_task(task_id)
+        task.retries, task.retry_delay = 3, dt.timedelta(0)  # retried at once if it ever were
     with WebhookSink() as sink:
         use_alert_connection(monkeypatch, sink.connection())
         run = dag.test()
 
     assert str(run.state) == "failed"
     tis = _task_instances(airflow_db, run.run_id)
-    assert (tis[("executer_flux", 0)]["state"], tis[("executer_flux", 0)]["try_number"]) == ("failed", 1)
-    assert (tis[("propager_retraits", -1)]["state"], tis[("propager_retraits", -1)]["try_number"]) == ("failed", 1)
+    # Detection settles interrupted runs first, which needs the keys: it fails there, before any input is touched.
+    for task_id in ("propager_retraits", "detecter_fichiers"):
+        assert (tis[(task_id, -1)]["state"], tis[(task_id, -1)]["try_number"]) == ("failed", 1)
+    assert all(key[0] != "executer_flux" or ti["state"] == "upstream_failed" for key, ti in tis.items())
     assert (inbox / "flux.xml").exists()  # a configuration error leaves the inbox as it was
     alerted = {post["json"]["tache"]: post["json"] for post in sink.posts}
-    assert set(alerted) == {"propager_retraits", "executer_flux"} and len(sink.posts) == 2
-    assert alerted["executer_flux"]["erreur"] == "ConfigurationError (AirflowFailException)"
-    assert "SPIE_HUB_PSEUDO_KEY" in alerted["executer_flux"]["message"]  # names the variable to set
+    assert set(alerted) == {"propager_retraits", "detecter_fichiers"} and len(sink.posts) == 2
+    assert alerted["detecter_fichiers"]["erreur"] == "ConfigurationError (AirflowFailException)"
+    assert "SPIE_HUB_PSEUDO_KEY" in alerted["detecter_fichiers"]["message"]  # names the variable to set
 
 
 def test_a_busy_flow_is_a_transient_error_that_airflow_retries(airflow_db, hub_home, monkeypatch) -> None:

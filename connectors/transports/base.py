@@ -57,6 +57,15 @@ class FileInfo:
     size: int
     mtime: float
     regular: bool = True
+    #: What a partner cannot put back when it replaces or rewrites a file (device, inode, change time for a local
+    #: folder); empty when the transport has nothing better than size and time.
+    identity: str = ""
+    #: Hard links to the same content (a second name for a key file is refused, like a symbolic link).
+    links: int = 1
+
+    def same_file(self, other: FileInfo | None) -> bool:
+        return other is not None and (self.size, self.mtime, self.regular, self.identity) == (
+            other.size, other.mtime, other.regular, other.identity)
 
 
 class TransportOptions(BaseModel):
@@ -103,6 +112,10 @@ class Transport(ABC):
     def open(self, name: str) -> AbstractContextManager[BinaryIO]:
         """Read a regular file; a link or a special file is refused (``FatalInputError``), never followed."""
 
+    def opened(self, name: str, stream: BinaryIO) -> FileInfo | None:
+        """The entry a stream from ``open`` actually reads, when the transport can tell (else None)."""
+        return None
+
     @abstractmethod
     def store(self, name: str, *, replace: bool = False) -> AbstractContextManager[BinaryIO]:
         """Write ``name`` atomically: visible whole when the block ends, absent if it raises. Without ``replace`` an
@@ -128,8 +141,9 @@ class Transport(ABC):
     def uri(self, name: str = "") -> str:
         """Where ``name`` lives, for people and lineage (never holding a secret)."""
 
-    def check_writable(self) -> None:  # noqa: B027 - optional: a transport that cannot probe says nothing
-        """Raise ``StorageError`` if nothing can be stored here now (checked before the audit says "delivered")."""
+    def check_writable(self, needed: int = 0) -> None:  # noqa: B027 - optional: a transport that cannot probe says nothing
+        """Raise ``StorageError`` if ``needed`` bytes cannot be stored here now (checked before the audit says
+        "delivered", so that a full or read-only drop stops the run before anything is published)."""
 
     def location(self, name: str = "") -> str:
         """Where ``name`` lives, as shown to people (a path for a local folder); ``uri`` by default."""

@@ -50,6 +50,11 @@ class LocalFolderOptions(TransportOptions):
         return confined_folder(value)
 
 
+def _info(name: str, info: os.stat_result) -> FileInfo:
+    return FileInfo(name, info.st_size, info.st_mtime, stat.S_ISREG(info.st_mode),
+                    f"{info.st_dev}:{info.st_ino}:{info.st_ctime_ns}", info.st_nlink)
+
+
 def _digest(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -106,7 +111,7 @@ class LocalFolder(Transport):
                     continue
                 if stat.S_ISDIR(info.st_mode):
                     continue  # a folder is not a file of the flow (and is never removed by the hub)
-                entries.append(FileInfo(entry.name, info.st_size, info.st_mtime, stat.S_ISREG(info.st_mode)))
+                entries.append(_info(entry.name, info))
         return sorted(entries, key=lambda e: e.name)
 
     def stat(self, name: str) -> FileInfo | None:
@@ -114,7 +119,11 @@ class LocalFolder(Transport):
             info = os.lstat(self.path(name))
         except FileNotFoundError:
             return None
-        return FileInfo(name, info.st_size, info.st_mtime, stat.S_ISREG(info.st_mode))
+        return _info(name, info)
+
+    def opened(self, name: str, stream: BinaryIO) -> FileInfo:
+        """The file a stream from ``open`` actually reads (to compare with a listing taken before)."""
+        return _info(name, os.fstat(stream.fileno()))
 
     @contextmanager
     def open(self, name: str) -> Iterator[BinaryIO]:
@@ -193,10 +202,8 @@ class LocalFolder(Transport):
     def delete(self, name: str, *, expected: FileInfo | None = None) -> bool:
         path = self.path(name)
         try:
-            if expected is not None:
-                now = self.stat(name)
-                if now is None or (now.size, now.mtime, now.regular) != (expected.size, expected.mtime, expected.regular):
-                    return False
+            if expected is not None and not expected.same_file(self.stat(name)):
+                return False
             path.unlink()
             return True
         except FileNotFoundError:
@@ -213,8 +220,13 @@ class LocalFolder(Transport):
     def uri(self, name: str = "") -> str:
         return (self.root / name).as_uri() if name else self.root.as_uri()
 
-    def check_writable(self) -> None:
+    def check_writable(self, needed: int = 0) -> None:
         folder = self._folder(create=True)
+        for where in {folder, self.scratch.parent}:
+            space = os.statvfs(where)
+            if needed and space.f_bavail * space.f_frsize < needed:
+                raise StorageError(f"Écriture impossible dans le dossier {where} : disque plein "
+                                   f"({needed // 1024 + 1} Kio à déposer)")
         probe = folder / f"{TEMPORARY_PREFIX}sonde-{os.getpid()}"
         try:
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

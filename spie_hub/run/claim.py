@@ -75,13 +75,19 @@ def claim_from(transport: Transport, name: str, private_dir: Path, *, stability:
         raise Gone("Fichier absent de la boîte de dépôt (pris par une autre exécution ?)")
     if not before.regular:
         raise Refused("Lien symbolique ou fichier spécial refusé : seuls les fichiers ordinaires sont traités")
+    if before.links > 1:  # a second name for a file elsewhere (a key, say): refused like a symbolic link
+        raise Refused("Fichier à plusieurs liens physiques refusé : seuls les fichiers déposés une fois sont traités")
     if (now or time.time()) - before.mtime < stability:
         raise NotReady(f"Fichier trop récent (modifié il y a moins de {stability:g} s) : repris au prochain passage")
     destination = private_dir / INPUT_NAME
     with transport.open(name) as stream:
+        opened = transport.opened(name, stream) or before
         sha, size = _copy(stream, destination)
+        read = transport.opened(name, stream) or before
     after = transport.stat(name)
-    if after is None or (after.size, after.mtime) != (before.size, before.mtime) or size != before.size:
+    # Same entry listed, opened, read and still there (inode and change time included: a file renamed over or
+    # rewritten in place with its size and time put back is not the file that was listed), and read whole.
+    if not (before.same_file(opened) and before.same_file(read) and before.same_file(after)) or size != before.size:
         destination.unlink(missing_ok=True)
         raise NotReady("Fichier modifié pendant sa lecture (encore en cours d'écriture ?) : repris au prochain passage")
     transport.delete(name, expected=before)
@@ -106,7 +112,8 @@ def claim_path(path: Path, private_dir: Path) -> ClaimedInput:
     with os.fdopen(fd, "rb") as stream:
         sha, size = _copy(stream, private_dir / INPUT_NAME)
         again = os.fstat(stream.fileno())
-    if (again.st_size, again.st_mtime) != (info.st_size, info.st_mtime) or size != info.st_size:
+    if (again.st_size, again.st_mtime_ns, again.st_ctime_ns) != (info.st_size, info.st_mtime_ns, info.st_ctime_ns) \
+            or size != info.st_size:
         (private_dir / INPUT_NAME).unlink(missing_ok=True)
         raise NotReady("Fichier modifié pendant sa lecture (encore en cours d'écriture ?) : relancer une fois complet")
     return ClaimedInput(private_dir / INPUT_NAME, sha, size, printable_name(path.name), input_ref(path.name))

@@ -206,6 +206,7 @@ class FlowRun:
         if not active:
             self.summary.statut = "deja-livre"
             self.summary.message = "Ce fichier a déjà été livré à tous les destinataires : aucune nouvelle livraison."
+            archive_input(self.ctx, self.run_id, self.claimed.path)
             return self._finish()
         decider = Decider(self.flow, active, ConsentIndex(self.ctx.engine), self.ctx.pseudonymiser, self.ctx.today)
         staged = StagedDeliveries(self.flow, active, self.staging, self.spool, self.summary)
@@ -224,7 +225,8 @@ class FlowRun:
         # Write-ahead: the decisions and deliveries enter the audit before any file becomes visible, so nothing
         # can leave without its trail. Until the status says "publication", a crash rolls the run back.
         for recipient in active:  # an outbox turned read-only meanwhile must fail before the audit says "delivered"
-            deliver.recipient_transport(recipient, self.ctx.home).check_writable()
+            needed = staged.staged(recipient).stat().st_size + 8 * 1024  # the file and its manifest
+            deliver.recipient_transport(recipient, self.ctx.home).check_writable(needed)
         failpoint("avant-journal")
         self.spool.commit(self.audit)
         failpoint("apres-journal")
@@ -240,6 +242,7 @@ class FlowRun:
         set_status(self.ctx.engine, self.run_id, "publication")
         failpoint("publication")
         publish_staged(self.ctx, self.run_id, self.staging, self.summary, self.names)
+        archive_input(self.ctx, self.run_id, self.claimed.path)
         self.summary.statut = "termine"
         failpoint("avant-fin")
         return self._finish()
@@ -270,6 +273,15 @@ class FlowRun:
 
     def _finish(self) -> RunSummary:
         return finish_run(self.ctx, self.summary, self.spool)
+
+
+def archive_input(ctx: RunContext, run_id: str, copy: Path) -> None:
+    """Keep the received bytes (archive, purged with the flow's retention) before the run says it is over, so that a
+    crash after this point leaves nothing to archive. Idempotent: recovery may call it again."""
+    from spie_hub.run.recovery import archive_name
+
+    deliver.copy_into(deliver.hub_folder(ctx.home, f"archive/{ctx.flow.id}"), archive_name(copy.parent, run_id), copy,
+                      replace=True)
 
 
 def quarantine_input(ctx: RunContext, run_id: str, claimed: ClaimedInput, names: Names, reason: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import shutil
 import signal
@@ -31,13 +32,14 @@ from spie_hub.core.errors import HubError, StorageError
 from spie_hub.core.home import HubHome
 from spie_hub.privacy.pseudonym import load_pseudonymiser
 from spie_hub.registry import Flow, get_flow
-from spie_hub.run import deliver
 from spie_hub.run.claim import ClaimedInput, Gone, NotReady, Refused, claim_from, claim_path, input_ref
 from spie_hub.run.flow_run import FlowRun, ProgressCallback, RunContext, new_run_id, preflight
-from spie_hub.run.lock import FlowLock
-from spie_hub.run.recovery import CLAIM_FILE, recover_flow, rollback
+from spie_hub.run.lock import FlowBusy, FlowLock
+from spie_hub.run.recovery import CLAIM_FILE, RecoveryReport, recover_flow, rollback
 from spie_hub.run.summary import RunSummary
 from spie_hub.store import open_store, runs
+
+log = logging.getLogger("spie_hub.run")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -66,9 +68,12 @@ def source_transport(flow: Flow, home: HubHome) -> Transport:
     return open_transport(flow.transport, home)
 
 
-def pending_inputs(flow: Flow, home: HubHome) -> list[str]:
+def pending_inputs(flow: Flow, home: HubHome, *, settle_first: bool = True) -> list[str]:
     """Opaque references of the inbox entries the flow would take (links and special files included: they are
-    refused and reported, never read)."""
+    refused and reported, never read). First settles what an interruption left (``settle``): the DAG's detection
+    and the CLI's inbox pass are what runs next after a crash, even when no new file arrives."""
+    if settle_first:
+        settle(flow, home)
     transport = source_transport(flow, home)
     return [input_ref(entry.name) for entry in transport.list(flow.transport.motif)]
 
@@ -119,11 +124,11 @@ def _run(flow: Flow, home: HubHome, engine: Engine, claim: Callable[[Path], Clai
             with engine.connect() as connection:
                 status = connection.execute(select(runs.c.status).where(runs.c.run_id == run_id)).scalar()
             if status in (None, "en-cours"):
-                rollback(ctx, run_id, private, _reason(error))
+                try:
+                    rollback(ctx, run_id, private, _reason(error))
+                except Exception:  # noqa: BLE001 - the first error is the one to report; the next start finishes this
+                    log.warning("Annulation de l'exécution %s inachevée : elle sera reprise au prochain démarrage", run_id)
             raise _storage(error, home) from None if isinstance(error, OSError | OperationalError) else error
-        if summary.statut != "quarantaine":
-            deliver.copy_into(deliver.hub_folder(home, f"archive/{flow.id}"), f"{run_id}_{claimed.name[:200]}",
-                              claimed.path, replace=True)
         shutil.rmtree(private, ignore_errors=True)
         return summary
 
@@ -183,6 +188,20 @@ def process_path(flow: Flow | str, path: Path, home: HubHome | None = None, *,
     with _store(home) as engine:
         return _run(flow, home, engine, lambda private: claim_path(path, private), {"origine": "chemin"},
                     input_ref(path.name), progress)
+
+
+def settle(flow: Flow | str, home: HubHome | None = None) -> RecoveryReport | None:
+    """Settle what an interruption left for the flow, if no run of it is under way (None when one is). Called
+    before every listing of the inbox: a claimed input is no longer there to trigger a run that would recover it."""
+    flow = get_flow(flow) if isinstance(flow, str) else flow
+    home = (home or HubHome.from_env()).ensure()
+    pseudonymiser, signer = load_pseudonymiser(home), load_hub_signer(home)
+    with _store(home) as engine:
+        try:
+            with FlowLock(engine, home, flow.id, wait=0) as lock:
+                return recover_flow(RunContext(flow, home, engine, pseudonymiser, signer, lock, dt.date.today()))
+        except FlowBusy:
+            return None
 
 
 def process_inbox(flow: Flow | str, home: HubHome | None = None) -> list[RunSummary]:

@@ -60,15 +60,26 @@ def _claim(private: Path) -> dict[str, str]:
         return {}
 
 
+def archive_name(private: Path, run_id: str) -> str:
+    """The archived copy's name: the run, then the received file's printable name (opaque when it came by path)."""
+    name = _claim(private).get("nom")
+    return f"{run_id}_{printable_name(name)[:200]}" if name else f"{run_id}_entree"
+
+
+def _free_outputs(private: Path) -> None:
+    """Remove what a run staged (files with people's data in clear), keeping only the input and its claim: on a
+    full disk, that is also the room the input needs to go back to the inbox."""
+    for path in private.iterdir() if private.is_dir() else []:
+        if path.name not in (INPUT_NAME, CLAIM_FILE):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
 def _restore_input(ctx: RunContext, private: Path, run_id: str) -> bool:
     """Put a claimed inbox file back where it came from, so that nothing is lost; never over another file."""
     claim, copy = _claim(private), private / INPUT_NAME
     if claim.get("origine") != "boite" or not copy.exists():
         return False
-    # Free what the run wrote first: on a full disk, that is the room the input needs to go back.
-    for path in private.iterdir():
-        if path.name not in (INPUT_NAME, CLAIM_FILE):
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    _free_outputs(private)
     inbox = open_transport(ctx.flow.transport, ctx.home)
     name = claim.get("nom") or f"repris-{run_id}"
     try:
@@ -87,7 +98,11 @@ def rollback(ctx: RunContext, run_id: str, private: Path, reason: str, report: R
     """Undo a run that published nothing: input back to the inbox, staging removed, the audit told."""
     from spie_hub.run.flow_run import set_status
 
+    _free_outputs(private)
     restored = _restore_input(ctx, private, run_id)
+    if restored or _claim(private).get("origine") == "chemin":
+        # Back in the inbox, or still where the operator named it: the private copy goes now, whatever happens next.
+        (private / INPUT_NAME).unlink(missing_ok=True)
     AuditLog(ctx.engine).append([AuditEvent("execution-annulee", {
         "motif": reason, "livraisons": 0, "entree_restituee": restored,
         "note": "aucun fichier n'a été publié ; les décisions de cette exécution ne sont pas des livraisons"},
@@ -113,7 +128,7 @@ def _summary_from(private: Path, run_id: str, flow_id: str) -> RunSummary:
 
 
 def _complete(ctx: RunContext, run_id: str, input_sha: str, private: Path, report: RecoveryReport) -> None:
-    from spie_hub.run.flow_run import PUBLICATION_STATE, finish_run, publish_staged
+    from spie_hub.run.flow_run import PUBLICATION_STATE, archive_input, finish_run, publish_staged
 
     if not (private / PUBLICATION_STATE).exists():
         rollback(ctx, run_id, private, "publication interrompue et données préparées perdues : à renvoyer", report)
@@ -121,12 +136,11 @@ def _complete(ctx: RunContext, run_id: str, input_sha: str, private: Path, repor
     summary = _summary_from(private, run_id, ctx.flow.id)
     names = deliver.Names(ctx.flow, input_sha)
     publish_staged(ctx, run_id, private, summary, names)
+    if (private / INPUT_NAME).exists():
+        archive_input(ctx, run_id, private / INPUT_NAME)
     summary.statut = "termine"
     spool = AuditSpool(private / "reprise.spool", run_id, ctx.flow.id)
     finish_run(ctx, summary, spool, {"reprise": True})
-    if (private / INPUT_NAME).exists():
-        deliver.copy_into(deliver.hub_folder(ctx.home, f"archive/{ctx.flow.id}"), f"{run_id}_reprise", private / INPUT_NAME,
-                          replace=True)
     shutil.rmtree(private, ignore_errors=True)
     report.completees.append(run_id)
 

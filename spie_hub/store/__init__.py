@@ -5,6 +5,10 @@ It holds runs, deliveries, consents (by pivot pseudonym, never a NIR) and the ha
 
 from __future__ import annotations
 
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import (
@@ -21,6 +25,7 @@ from sqlalchemy import (
     event,
     insert,
     select,
+    text,
 )
 
 metadata = MetaData()
@@ -153,9 +158,10 @@ GENESIS_HASH = "0" * 64
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    # busy_timeout first: switching to WAL needs a lock, and a second process must wait for it, not fail.
+    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 
 
@@ -167,13 +173,43 @@ def open_store(url: str) -> Engine:
         if engine.url.database and engine.url.database != ":memory:":
             Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
         event.listen(engine, "connect", _sqlite_pragmas)
-    metadata.create_all(engine)
-    with engine.begin() as connection:
-        if connection.execute(select(audit_head.c.id)).first() is None:
-            connection.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS_HASH))
-        if connection.execute(select(audit_anchor.c.id)).first() is None:
-            connection.execute(insert(audit_anchor).values(id=1, seq=0))
-    from spie_hub.store.guards import install_guards
+    with _schema_lock(engine):
+        metadata.create_all(engine)
+        with engine.begin() as connection:
+            if connection.execute(select(audit_head.c.id)).first() is None:
+                connection.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS_HASH))
+            if connection.execute(select(audit_anchor.c.id)).first() is None:
+                connection.execute(insert(audit_anchor).values(id=1, seq=0))
+        from spie_hub.store.guards import install_guards
 
-    install_guards(engine)
+        install_guards(engine)
     return engine
+
+
+@contextmanager
+def _schema_lock(engine: Engine) -> Iterator[None]:
+    """Two processes opening a new store at once must not both create it (a raw IntegrityError on PostgreSQL's
+    catalog, "table already exists" on SQLite): the creation is serialised, by an advisory lock or a file lock."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as holder:
+            holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _SCHEMA_LOCK_KEY})
+            holder.commit()
+            try:
+                yield
+            finally:
+                holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _SCHEMA_LOCK_KEY})
+                holder.commit()
+        return
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    fd = os.open(f"{database}.verrou-schema", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+_SCHEMA_LOCK_KEY = 0x5350_4945_4855_4201  # "SPIEHUB" + 1: the store's creation
