@@ -11,9 +11,9 @@ from sqlalchemy import select
 from consent.decision import ConsentIndex, decide
 from consent.fhir_import import import_consents
 from schemas.categories import CategorieDonnees as C
-from spie_hub.registry import get_flow
 from spie_hub.privacy.keys import PseudonymisationKey
 from spie_hub.privacy.pseudonym import Pseudonymiser
+from spie_hub.registry import get_flow
 from spie_hub.store import audit_log, consents, open_store
 
 NIR = "2820251108030"

@@ -16,9 +16,9 @@ from consent.decision import ConsentIndex, decide
 from consent.fhir_build import CATEGORY_SYSTEM, PARTICIPATION, PARTNER_SYSTEM, consent
 from consent.fhir_import import _parse, import_consents, import_resources
 from schemas.categories import CategorieDonnees as C
-from spie_hub.registry import get_flow
 from spie_hub.privacy.keys import PseudonymisationKey
 from spie_hub.privacy.pseudonym import Pseudonymiser
+from spie_hub.registry import get_flow
 from spie_hub.store import consents, open_store, revocations
 
 NIR = "2820251108030"

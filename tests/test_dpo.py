@@ -18,12 +18,12 @@ from sqlalchemy import select, update
 from consent.fhir_import import import_consents
 from consent.revocation import propagate_withdrawals
 from spie_hub.core.home import HubHome
-from spie_hub.registry import load_flows
 from spie_hub.demo.data import generate, write_withdrawals
 from spie_hub.dpo.register import as_markdown
 from spie_hub.dpo.report import write_report
 from spie_hub.dpo.subject_access import subject_access
 from spie_hub.privacy.disclosure import suppress
+from spie_hub.registry import load_flows
 from spie_hub.run.lifecycle import run_flow
 from spie_hub.run.retention import purge
 from spie_hub.store import audit_log, deliveries

@@ -18,11 +18,11 @@ from spie_hub.audit.signing import SigningKey, load_signing_key
 from spie_hub.cli import main
 from spie_hub.core.errors import ConfigurationError
 from spie_hub.core.home import HubHome
-from spie_hub.registry import load_flows
 from spie_hub.demo.data import generate
 from spie_hub.dpo.subject_access import subject_access
 from spie_hub.privacy.keys import KeyRing, PseudonymisationKey, generate_key_file, load_keyring
 from spie_hub.privacy.pseudonym import Pseudonymiser, load_pseudonymiser
+from spie_hub.registry import load_flows
 from spie_hub.run.lifecycle import run_flow
 from spie_hub.store import audit_log, open_store
 

@@ -13,8 +13,8 @@ from sqlalchemy import select
 
 from consent.fhir_import import import_consents
 from consent.revocation import propagate_withdrawals
-from spie_hub.registry import load_flows
 from spie_hub.demo.data import generate
+from spie_hub.registry import load_flows
 from spie_hub.run.lifecycle import run_flow
 from spie_hub.run.withdrawals import propagate
 from spie_hub.store import audit_log
