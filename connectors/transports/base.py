@@ -130,6 +130,15 @@ class Transport(ABC):
         """Remove ``name``; with ``expected``, only if it is still that file (same size and time), so that a file
         replaced meanwhile is kept for the next pass. Returns whether something was removed."""
 
+    def move(self, name: str, target: Transport, new_name: str | None = None) -> None:
+        """Move ``name`` to ``target`` (another folder, another transport): stored there atomically first, then
+        removed here, so that an interruption leaves a copy, never nothing. Transports may do better (a rename)."""
+        import shutil
+
+        with self.open(name) as source, target.store(new_name or name) as destination:
+            shutil.copyfileobj(source, destination, 1 << 20)
+        self.delete(name)
+
     @abstractmethod
     def exists(self, name: str) -> bool: ...
 
