@@ -65,9 +65,9 @@ def test_the_flow_runs_end_to_end_in_airflow_with_no_identity_in_xcoms(airflow_d
     run = dag.test()
     assert str(run.state) == "success"
     assert list((home.outbox / "departement-052").glob("*.csv"))
-    assert not list(inbox.glob("*.xml")) and list((home.root / "archive" / "caf-vers-departement").glob("*.xml"))
+    assert not list(inbox.glob("*.xml")) and list((home.root / "archive" / "caf-vers-departement").glob("*_entree"))
 
-    people = people_of(next((home.root / "archive" / "caf-vers-departement").glob("*.xml")))
+    people = people_of(next((home.root / "archive" / "caf-vers-departement").glob("*_entree")))
     with sqlite3.connect(airflow_db / "airflow.db") as connection:
         xcoms = " ".join(str(row) for row in connection.execute("SELECT * FROM xcom"))
     output = capfd.readouterr()

@@ -25,7 +25,7 @@ def _other_dates(home: Path) -> set[str]:
 
     texts = [p.read_text(encoding="utf-8", errors="replace") for p in (home / "demo").glob("*")]
     texts += [re.sub(r"<DTNAI>[^<]*</DTNAI>", "", p.read_text(encoding="cp1252"))
-              for p in (home / "archive" / "caf-vers-departement").glob("*.xml")]
+              for p in (home / "archive" / "caf-vers-departement").glob("*_entree")]
     return {d for text in texts for d in re.findall(r"\d{4}-\d{2}-\d{2}", text)}
 
 
@@ -53,7 +53,7 @@ def test_the_demo_leaves_no_identity_in_logs_xcoms_or_the_audit(tmp_path: Path) 
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Rapport DPO" in result.stdout
 
-    flux = next((home / "archive" / "caf-vers-departement").glob("*.xml"))
+    flux = next((home / "archive" / "caf-vers-departement").glob("*_entree"))
     people = people_of(flux)
     assert len(people) > 200
 

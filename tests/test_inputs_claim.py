@@ -219,7 +219,7 @@ def test_a_symlinked_inbox_folder_pointing_outside_the_home_is_refused(home: Pat
     inbox.rmdir()
     inbox.symlink_to(elsewhere, target_is_directory=True)
     outcome = scheduler_pass(timeout=60)
-    assert outcome.returncode == 2 and not outcome.traceback and "hors de SPIE_HUB_HOME" in outcome.stderr, outcome.describe()
+    assert outcome.returncode == 2 and not outcome.traceback and "lien symbolique" in outcome.stderr, outcome.describe()
     assert listing(elsewhere) == ["NRSACGIM_x.xml"] and sha256(elsewhere / "NRSACGIM_x.xml") == corpus["small"].sha
     assert not _nir_holders(home, corpus["small"].nirs)
 

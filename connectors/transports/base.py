@@ -11,6 +11,7 @@ atomically when the block ends without error (and leaves nothing behind otherwis
 from __future__ import annotations
 
 import re
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -46,7 +47,11 @@ def entry_name(name: str) -> str:
 def printable_name(name: str) -> str:
     """A received file's name as the hub stores and shows it: control characters (a newline could forge a log
     line, an escape sequence could drive a terminal) replaced by '?'."""
-    return "".join("?" if ord(ch) < 32 or ord(ch) == 127 else ch for ch in name)[:255]
+    # Control and format characters (a newline, an escape, a right-to-left override that reverses what is shown)
+    return "".join("?" if unicodedata.category(ch) in _HIDDEN else ch for ch in name)[:255]
+
+
+_HIDDEN = {"Cc", "Cf", "Zl", "Zp", "Cs"}
 
 
 @dataclass(frozen=True)

@@ -55,12 +55,19 @@ def _info(name: str, info: os.stat_result) -> FileInfo:
                     f"{info.st_dev}:{info.st_ino}:{info.st_ctime_ns}", info.st_nlink)
 
 
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+def _digest(path: Path) -> str | None:
+    """SHA-256 of a regular file, never following a link nor opening a pipe or a device (None for those)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        digest = hashlib.sha256()
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    return digest.hexdigest()
+        return digest.hexdigest()
 
 
 class LocalFolder(Transport):
@@ -81,15 +88,31 @@ class LocalFolder(Transport):
 
     # -- confinement -------------------------------------------------------------------------------------------
     def _folder(self, create: bool = False) -> Path:
-        if create:
+        """The folder, walked down from the home one component at a time: a symbolic link anywhere below the home
+        is refused (even one pointing inside it: another recipient's drop, ``keys/``), a file where a folder is
+        expected too. Missing folders are created when ``create``."""
+        current = self.home_root
+        for part in (p for p in self.folder.split("/") if p):
+            current = current / part
             try:
-                self.root.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise StorageError.from_os(error, self.root) from None
-        resolved = self.root.resolve()
-        if resolved != self.home_root and self.home_root not in resolved.parents:
-            raise ConfigurationError(f"Dossier {self.folder!r} hors de SPIE_HUB_HOME (lien symbolique ?) : refusé")
-        return resolved
+                mode = os.lstat(current).st_mode
+            except FileNotFoundError:
+                if not create:
+                    return self.root  # absent: nothing to list or read; created on the first store
+                try:
+                    os.mkdir(current, 0o755)
+                except FileExistsError:
+                    mode = os.lstat(current).st_mode
+                except OSError as error:
+                    raise StorageError.from_os(error, current.parent) from None
+                else:
+                    continue
+            if stat.S_ISLNK(mode):
+                raise ConfigurationError(f"Dossier {self.folder!r} : « {part} » est un lien symbolique, refusé "
+                                         "(les dossiers du hub sont de vrais dossiers sous SPIE_HUB_HOME)")
+            if not stat.S_ISDIR(mode):
+                raise StorageError(f"Dossier {self.folder!r} : « {part} » n'est pas un dossier ; rien n'y est écrit")
+        return self.root
 
     def path(self, name: str) -> Path:
         """An existing entry (read, stat, delete): any name a listing may return, but never a path."""
@@ -170,8 +193,8 @@ class LocalFolder(Transport):
             else:
                 os.link(temporary, final)
         except FileExistsError:
-            if _digest(final) != _digest(temporary):
-                raise FileExists(f"Un autre fichier porte déjà ce nom dans {self.uri()} : jamais remplacé") from None
+            if (existing := _digest(final)) is None or existing != _digest(temporary):
+                raise FileExists(f"Un autre fichier porte déjà ce nom dans {self.location()} : jamais remplacé") from None
         except OSError as error:
             if error.errno != errno.EXDEV:
                 raise
@@ -182,9 +205,9 @@ class LocalFolder(Transport):
                     target.write(chunk)
                 target.flush()
                 os.fsync(target.fileno())
-            if not replace and final.exists():
+            if not replace and os.path.lexists(final):
                 beside.unlink()
-                if _digest(final) != _digest(temporary):
+                if (existing := _digest(final)) is None or existing != _digest(temporary):
                     raise FileExists(f"Un autre fichier porte déjà ce nom dans {self.uri()} : jamais remplacé") from None
                 return
             os.replace(beside, final)
@@ -227,7 +250,7 @@ class LocalFolder(Transport):
             if needed and space.f_bavail * space.f_frsize < needed:
                 raise StorageError(f"Écriture impossible dans le dossier {where} : disque plein "
                                    f"({needed // 1024 + 1} Kio à déposer)")
-        probe = folder / f"{TEMPORARY_PREFIX}sonde-{os.getpid()}"
+        probe = folder / f"{TEMPORARY_PREFIX}sonde-{os.getpid()}-{uuid.uuid4().hex}"
         try:
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             os.close(fd)
@@ -247,6 +270,8 @@ class LocalFolder(Transport):
         folder = self._folder()
         removed: list[str] = []
         for path in folder.glob(f"{TEMPORARY_PREFIX}*") if folder.is_dir() else []:
+            if path.is_dir() and not path.is_symlink():
+                continue  # not one of ours (the hub's temporaries are files): left alone
             path.unlink(missing_ok=True)
             removed.append(path.name)
         return removed

@@ -143,18 +143,28 @@ def _upstream_failures(context: Any, task_ids: list[str]) -> int:
                            states=["failed", "upstream_failed"])
 
 
-def verify_audit() -> dict[str, Any]:
+def verify_audit(flow_id: str | None = None) -> dict[str, Any]:
+    """The chain verifies, and (for a flow) no delivery is left half-published by an earlier interruption that the
+    start of this DAG run could not complete (a drop still broken): someone must look."""
+    from sqlalchemy import select
+
     from spie_hub.audit.chain import verify
     from spie_hub.core.errors import HubError
-    from spie_hub.store import open_store
+    from spie_hub.store import open_store, runs
 
     engine = open_store(HubHome.from_env().database_url)
     try:
         result = verify(engine)
+        with engine.connect() as connection:
+            stuck = connection.execute(select(runs.c.run_id).where(
+                runs.c.flow == flow_id, runs.c.status == "publication")).scalars().all() if flow_id else []
     finally:
         engine.dispose()
     if not result.ok:
         raise HubError(f"Journal d'audit altéré à l'entrée n° {result.first_bad_seq} : {result.reason}")
+    if stuck:
+        raise HubError(f"Livraison inachevée (exécution(s) {', '.join(stuck)}) : un dépôt de destinataire refuse "
+                       "l'écriture ; réparer le dépôt, puis `spie-hub reprise` (détail dans le journal d'audit, « reprise »)")
     return {"entrees": result.entries}
 
 
@@ -196,7 +206,7 @@ def build_dag(flow: Flow) -> Any:
 
         @task(trigger_rule="all_done", execution_timeout=AUDIT_CHECK_TIMEOUT)
         def verifier_audit(resultats: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-            checked = guarded(f"{_place(flow)}, vérification du journal d'audit", verify_audit)
+            checked = guarded(f"{_place(flow)}, vérification du journal d'audit", lambda: verify_audit(flow.id))
             # The only leaf: unless it fails too, a failed file would leave the DAG run green.
             failed = _upstream_failures(get_current_context(), ["propager_retraits", "detecter_fichiers", "executer_flux"])
             if failed:

@@ -54,5 +54,10 @@ class StorageError(HubError):
             errno.EISDIR: "un dossier se trouve à la place d'un fichier",
             errno.ENAMETOOLONG: "nom de fichier trop long",
             errno.EIO: "erreur d'entrée-sortie du disque",
-        }.get(error.errno or 0, error.strerror or type(error).__name__)
+            errno.EEXIST: "un fichier ou un dossier porte déjà ce nom",
+            errno.ELOOP: "lien symbolique refusé",
+            errno.ENXIO: "fichier spécial sans lecteur (tube)",
+            errno.ENOTEMPTY: "dossier non vide",
+            errno.EXDEV: "déplacement impossible entre deux systèmes de fichiers",
+        }.get(error.errno or 0, f"erreur système n° {error.errno}" if error.errno else "erreur système")
         return cls(f"Écriture ou lecture impossible dans le dossier {folder} : {reason}")

@@ -34,7 +34,7 @@ from spie_hub.audit.chain import seal
 from spie_hub.audit.log import AuditEvent, AuditLog, AuditSpool, now
 from spie_hub.audit.receipts import sign_manifest
 from spie_hub.audit.signing import SigningKey
-from spie_hub.core.errors import FatalInputError, StorageError
+from spie_hub.core.errors import FatalInputError, HubError, StorageError
 from spie_hub.core.failpoints import failpoint
 from spie_hub.core.home import HubHome
 from spie_hub.mapping.compiler import CompiledMapping, load_mapping
@@ -254,7 +254,8 @@ class FlowRun:
         self.spool.reset()
         quarantine_input(self.ctx, self.run_id, self.claimed, self.names, str(error))
         returns = deliver.sender_returns(self.flow, self.ctx.home)
-        self.summary.rapport_rejets = deliver.write_refusal_notice(returns, self.names, str(error))
+        _best_effort(self.summary, "avis de rejet du fichier", lambda: setattr(
+            self.summary, "rapport_rejets", deliver.write_refusal_notice(returns, self.names, str(error))))
         # Records parsed before the error are rejected with the file: none was delivered.
         self.summary.rejetes = self.summary.lus
         self.summary.statut = "quarantaine"
@@ -295,19 +296,39 @@ def quarantine_input(ctx: RunContext, run_id: str, claimed: ClaimedInput, names:
 def publish_staged(ctx: RunContext, run_id: str, staging: Path, summary: RunSummary, names: Names) -> None:
     """Publish everything a run staged (idempotent, so that recovery can call it again after a crash)."""
     recipients = {r.id: r for r in ctx.flow.destinataires}
+    failures: list[str] = []
     for manifest in sorted(staging.glob("*.manifest.json")):
         rid = manifest.name.removesuffix(".manifest.json")
         if rid in recipients:
             ctx.lock.ensure_held()
-            summary.destinataires[rid].fichier = deliver.publish(ctx.engine, ctx.home, ctx.flow, recipients[rid], staging,
-                                                                 run_id, names.input_sha)
+            # Each recipient on its own: one unusable drop (full, read-only, a name taken) never holds back another.
+            try:
+                summary.destinataires[rid].fichier = deliver.publish(ctx.engine, ctx.home, ctx.flow, recipients[rid],
+                                                                     staging, run_id, names.input_sha)
+            except (HubError, OSError) as error:
+                failures.append(f"{rid} : {error if isinstance(error, HubError) else StorageError.from_os(error, staging)}")
             failpoint("entre-destinataires")
+    if failures:
+        raise StorageError("Livraison inachevée (" + " ; ".join(failures) + ") ; les autres destinataires ont reçu la "
+                           "leur ; elle sera terminée au prochain démarrage, une fois le dépôt réparé")
+    # The sender's returns come after the deliveries, on a best-effort basis: a return folder the sender broke
+    # (a folder or a link under the report's name) is noted in the run's anomalies, never undoes a delivery.
     returns = deliver.sender_returns(ctx.flow, ctx.home)
     rejections_file = staging / REJECTIONS_STAGED
     if rejections_file.exists():
         rejections = [tuple(r) for r in json.loads(rejections_file.read_text(encoding="utf-8"))]
-        summary.rapport_rejets = deliver.write_rejections(returns, names, rejections)  # type: ignore[arg-type]
-    deliver.write_acknowledgement(returns, names, ctx.flow, summary)
+        _best_effort(summary, "rapport de rejets", lambda: setattr(
+            summary, "rapport_rejets", deliver.write_rejections(returns, names, rejections)))  # type: ignore[arg-type]
+    _best_effort(summary, "accusé de traitement", lambda: deliver.write_acknowledgement(returns, names, ctx.flow, summary))
+
+
+def _best_effort(summary: RunSummary, what: str, write: Callable[[], object]) -> None:
+    try:
+        write()
+    except (HubError, OSError) as error:
+        reason = error if isinstance(error, HubError) else StorageError.from_os(error, Path("."))
+        summary.anomalies.append(f"{what} non déposé chez l'émetteur : {reason}")
+        log.warning("Flux %s, exécution %s : %s non déposé chez l'émetteur", summary.flux, summary.run_id, what)
 
 
 def finish_run(ctx: RunContext, summary: RunSummary, spool: AuditSpool, extra: dict[str, Any] | None = None) -> RunSummary:

@@ -12,6 +12,7 @@ Called with the flow's lock held, so every unfinished run it finds is dead:
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from connectors.transports.base import FileExists, printable_name, safe_name
+from connectors.transports.base import FileExists, safe_name
 from connectors.transports.local import clean_scratch
 from connectors.transports.registry import open_transport
 from spie_hub.audit.chain import seal
 from spie_hub.audit.log import AuditEvent, AuditLog, AuditSpool
-from spie_hub.core.errors import FatalInputError
+from spie_hub.core.errors import FatalInputError, HubError, StorageError
 from spie_hub.run import deliver
 from spie_hub.run.claim import INPUT_NAME
 from spie_hub.run.summary import RecipientCounts, RunSummary
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from spie_hub.run.flow_run import RunContext
 
 CLAIM_FILE = "prise.json"
+log = logging.getLogger("spie_hub.run")
 
 
 @dataclass
@@ -44,13 +46,16 @@ class RecoveryReport:
     annulees: list[str] = field(default_factory=list)
     entrees_restituees: int = 0
     temporaires: int = 0
+    #: What could not be settled now (a drop still broken): left as it is for the next start, and said.
+    erreurs: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.completees or self.annulees or self.entrees_restituees or self.temporaires)
+        return bool(self.completees or self.annulees or self.entrees_restituees or self.temporaires or self.erreurs)
 
     def as_payload(self) -> dict[str, Any]:
         return {"executions_completees": self.completees, "executions_annulees": self.annulees,
-                "entrees_restituees": self.entrees_restituees, "temporaires_supprimes": self.temporaires}
+                "entrees_restituees": self.entrees_restituees, "temporaires_supprimes": self.temporaires,
+                "erreurs": self.erreurs}
 
 
 def _claim(private: Path) -> dict[str, str]:
@@ -62,8 +67,9 @@ def _claim(private: Path) -> dict[str, str]:
 
 def archive_name(private: Path, run_id: str) -> str:
     """The archived copy's name: the run, then the received file's printable name (opaque when it came by path)."""
-    name = _claim(private).get("nom")
-    return f"{run_id}_{printable_name(name)[:200]}" if name else f"{run_id}_entree"
+    # Opaque: a partner's file name can hold anything (a NIR, a right-to-left override, 255 bytes); the run row and
+    # the audit tie the copy to its run, the hash to its content.
+    return f"{run_id}_entree"
 
 
 def _free_outputs(private: Path) -> None:
@@ -81,11 +87,7 @@ def _restore_input(ctx: RunContext, private: Path, run_id: str) -> bool:
         return False
     _free_outputs(private)
     inbox = open_transport(ctx.flow.transport, ctx.home)
-    name = claim.get("nom") or f"repris-{run_id}"
-    try:
-        safe_name(name)
-    except FatalInputError:  # a partner's name with control characters: restored under its printable form
-        name = printable_name(name).replace("?", "_")
+    name = _restorable(claim.get("nom") or "", ctx.flow.transport.motif, run_id)
     try:
         deliver.copy_into(inbox, name, copy)
     except FileExists:  # the partner dropped another file under that name meanwhile: keep both
@@ -94,11 +96,26 @@ def _restore_input(ctx: RunContext, private: Path, run_id: str) -> bool:
     return True
 
 
+def _restorable(name: str, pattern: str, run_id: str) -> str:
+    """The name an input goes back under: its own when the hub can write it, else one built from the flow's pattern
+    (so that the next listing takes it again)."""
+    try:
+        if len(name.encode("utf-8")) <= 200:
+            return safe_name(name)
+    except FatalInputError:
+        pass
+    return pattern.replace("*", f"repris-{run_id}").replace("?", "x").replace("[", "").replace("]", "")
+
+
 def rollback(ctx: RunContext, run_id: str, private: Path, reason: str, report: RecoveryReport | None = None) -> None:
     """Undo a run that published nothing: input back to the inbox, staging removed, the audit told."""
     from spie_hub.run.flow_run import set_status
 
     _free_outputs(private)
+    quarantine = deliver.hub_folder(ctx.home, f"quarantine/{run_id}")  # a quarantine copy made before the failure
+    for entry in quarantine.list():
+        quarantine.delete(entry.name)
+    quarantine.remove_if_empty()
     restored = _restore_input(ctx, private, run_id)
     if restored or _claim(private).get("origine") == "chemin":
         # Back in the inbox, or still where the operator named it: the private copy goes now, whatever happens next.
@@ -154,10 +171,16 @@ def recover_flow(ctx: RunContext) -> RecoveryReport:
         finished = {r.run_id for r in connection.execute(select(runs.c.run_id).where(runs.c.flow == ctx.flow.id))}
     for row in unfinished:
         private = ctx.home.staging / row.run_id
-        if row.status == "publication":
-            _complete(ctx, row.run_id, row.input_sha256, private, report)
-        else:
-            rollback(ctx, row.run_id, private, "exécution interrompue (arrêt brutal ou redémarrage)", report)
+        # One run that cannot be settled now (its drop still broken) never holds back the others nor new inputs.
+        try:
+            if row.status == "publication":
+                _complete(ctx, row.run_id, row.input_sha256, private, report)
+            else:
+                rollback(ctx, row.run_id, private, "exécution interrompue (arrêt brutal ou redémarrage)", report)
+        except (HubError, OSError) as error:
+            reason = error if isinstance(error, HubError) else StorageError.from_os(error, private)
+            report.erreurs.append(f"exécution {row.run_id} : {reason}")
+            log.warning("Flux %s : exécution %s non reprise pour l'instant : %s", ctx.flow.id, row.run_id, reason)
     unfinished_ids = {r.run_id for r in unfinished}
     for private in sorted(ctx.home.staging.iterdir()) if ctx.home.staging.is_dir() else []:
         if not private.is_dir() or private.name.startswith(".") or private.name in unfinished_ids:
@@ -170,7 +193,10 @@ def recover_flow(ctx: RunContext) -> RecoveryReport:
     transports = [open_transport(r.transport, ctx.home) for r in ctx.flow.destinataires]
     returns = deliver.sender_returns(ctx.flow, ctx.home)
     for transport in [*transports, returns, returns.child("rejets"), returns.child("accuses")]:
-        report.temporaires += len(transport.clean_temporaries())
+        try:
+            report.temporaires += len(transport.clean_temporaries())
+        except (HubError, OSError) as error:  # a drop replaced by a link or a file: refused, said, not fatal
+            report.erreurs.append(f"{transport.location()} : {error}")
     report.temporaires += len(clean_scratch(ctx.home.staging / ".stores"))
     if report:
         AuditLog(ctx.engine).append([AuditEvent("reprise", report.as_payload(), flow=ctx.flow.id)])

@@ -20,6 +20,7 @@ from connectors.transports.registry import open_transport
 from spie_hub.audit.chain import seal
 from spie_hub.audit.log import AuditEvent, AuditLog
 from spie_hub.audit.signing import SigningKey
+from spie_hub.core.errors import HubError
 from spie_hub.core.home import HubHome
 from spie_hub.registry import Flow
 from spie_hub.run.deliver import Names, hub_folder, sender_returns
@@ -36,6 +37,7 @@ class PurgeReport:
     flux: str
     limite: str
     fichiers: list[str] = field(default_factory=list)
+    refus: list[str] = field(default_factory=list)
 
 
 def _label(transport: Transport, name: str) -> str:
@@ -63,28 +65,33 @@ def purge_flow(engine: Engine, home: HubHome, flow: Flow, now: dt.datetime) -> P
         quarantined = connection.execute(select(runs.c.run_id).where(
             runs.c.flow == flow.id, runs.c.status == "quarantaine", runs.c.started_at < iso)).all()
     drops = {r.id: open_transport(r.transport, home) for r in flow.destinataires}
+
+    # Folder by folder: one that is refused (a drop replaced by a link, a file) is said in the report and the audit,
+    # and the purge goes on everywhere else — data past its retention must not outlive a partner's mistake.
+    def each(transport: Transport, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except (HubError, OSError) as error:
+            report.refus.append(f"{_label(transport, '')} : {error if isinstance(error, HubError) else type(error).__name__}")
+
     for row in old_deliveries:
         drop = drops.get(row.recipient)
         if drop is not None:
-            _remove(drop, row.file_name, report)
-            _remove(drop, Names.manifest(row.file_name), report)
+            each(drop, lambda d=drop, r=row: (_remove(d, r.file_name, report), _remove(d, Names.manifest(r.file_name), report)))
     for row in quarantined:
         folder = hub_folder(home, f"quarantine/{row.run_id}")
-        for entry in folder.list():
-            _remove(folder, entry.name, report)
-        folder.remove_if_empty()
+        each(folder, lambda f=folder: ([_remove(f, e.name, report) for e in f.list()], f.remove_if_empty()))
     archive = hub_folder(home, f"archive/{flow.id}")
     returns = sender_returns(flow, home)
     # Drops and the sender's folders are shared between flows: only this flow's files (by name) are its to purge.
     for transport, mine in [(archive, lambda _name: True),
                             *[(drop, _flow_file(flow)) for drop in drops.values()],
                             (returns.child("rejets"), _flow_file(flow)), (returns.child("accuses"), _flow_file(flow))]:
-        for entry in transport.list():
-            if entry.regular and mine(entry.name) and _older(entry, cutoff):
-                _remove(transport, entry.name, report)
+        each(transport, lambda t=transport, m=mine: [_remove(t, e.name, report) for e in t.list()
+                                                     if e.regular and m(e.name) and _older(e, cutoff)])
     AuditLog(engine).append([AuditEvent("purge", {"limite": report.limite, "conservation_jours": flow.conservation_jours,
-                                                  "nombre": len(report.fichiers), "fichiers": report.fichiers},
-                                        flow=flow.id)])
+                                                  "nombre": len(report.fichiers), "fichiers": report.fichiers,
+                                                  "dossiers_refuses": report.refus}, flow=flow.id)])
     return report
 
 
