@@ -12,8 +12,11 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select, update
@@ -68,8 +71,12 @@ def _recipients(flows: dict[str, Flow]) -> dict[str, Recipient]:
 def propagate_withdrawals(engine: Engine, home: HubHome, pseudonymiser: Pseudonymiser, flows: dict[str, Flow],
                           today: dt.date | None = None) -> PropagationReport:
     today = today or dt.date.today()
-    report = PropagationReport()
     known = _recipients(flows)
+    plan_path = home.staging / PLAN_FILE
+    plan = _read_plan(plan_path)
+    if plan is not None and (plan["journalise"] or _audited(engine, plan)):
+        return _carry_out(engine, home, known, plan, plan_path)  # an interrupted propagation, finished as planned
+    report = PropagationReport()
     with engine.connect() as connection:
         pending = connection.execute(select(revocations).where(revocations.c.propagated_at.is_(None))
                                      .order_by(revocations.c.id)).all()
@@ -77,6 +84,7 @@ def propagate_withdrawals(engine: Engine, home: HubHome, pseudonymiser: Pseudony
         return report
     lines: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
     events: list[AuditEvent] = []
+    token = uuid.uuid4().hex
     done: list[tuple[int, int]] = []
     index = ConsentIndex(engine)
     for revocation in pending:
@@ -111,25 +119,66 @@ def propagate_withdrawals(engine: Engine, home: HubHome, pseudonymiser: Pseudony
                                          recipient=rid, subject=pseudonym))
                 notices += 1
         events.append(AuditEvent("retrait-propage", {"retrait": revocation.id, "consentement": revocation.consent_ref,
-                                                      "avis": notices, "enregistre_le": revocation.recorded_at},
+                                                      "avis": notices, "enregistre_le": revocation.recorded_at,
+                                                      "propagation": token},
                                  subject=revocation.subject))
         done.append((revocation.id, notices))
         report.retraits += 1
         report.avis += notices
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    plan = {"jeton": token, "journalise": False, "sujet": pending[0].subject, "faits": done,
+            "retraits": report.retraits, "avis": report.avis,
+            "fichiers": {rid: {"nom": f"avis-suppression_{rid}_{stamp}_{pending[0].id}.csv", "lignes": rows}
+                         for rid, rows in sorted(lines.items())}}
+    # A plan first (private), so that an interruption anywhere below is finished as planned, never done twice.
+    _write_plan(plan_path, plan)
     # Write-ahead, as for deliveries: the notices are in the audit before any file is visible.
     AuditLog(engine).append(events)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    for rid, rows in sorted(lines.items()):
+    plan["journalise"] = True
+    _write_plan(plan_path, plan)
+    return _carry_out(engine, home, known, plan, plan_path)
+
+
+PLAN_FILE = "retraits-en-cours.json"
+
+
+def _read_plan(path: Path) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_plan(path: Path, plan: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(plan, ensure_ascii=False), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _audited(engine: Engine, plan: dict[str, Any]) -> bool:
+    """Whether the plan's audit entries were appended before an interruption (they carry its token)."""
+    with engine.connect() as connection:
+        payloads = connection.execute(select(audit_log.c.payload).where(
+            audit_log.c.subject == plan["sujet"], audit_log.c.event == "retrait-propage")).scalars().all()
+    return any(json.loads(p).get("propagation") == plan["jeton"] for p in payloads)
+
+
+def _carry_out(engine: Engine, home: HubHome, known: dict[str, Recipient], plan: dict[str, Any],
+               plan_path: Path) -> PropagationReport:
+    """Write the planned notices (a notice already there, identical, is left as is) and mark the withdrawals done."""
+    report = PropagationReport(retraits=plan["retraits"], avis=plan["avis"])
+    for rid, notice in plan["fichiers"].items():
         folder = open_transport(known[rid].transport, home)
-        name = f"avis-suppression_{rid}_{stamp}_{pending[0].id}.csv"
-        with folder.store(name) as raw:
+        with folder.store(notice["nom"]) as raw:
             handle = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-            write_report(handle, NOTICE_HEADER, rows)
+            write_report(handle, NOTICE_HEADER, [tuple(r) for r in notice["lignes"]])
             handle.flush()
             handle.detach()
-        report.fichiers.append(folder.location(name))
+        report.fichiers.append(folder.location(notice["nom"]))
     with engine.begin() as connection:
-        for rev_id, notices in done:
+        for rev_id, notices in plan["faits"]:
             connection.execute(update(revocations).where(revocations.c.id == rev_id)
                                .values(propagated_at=now(), notices=notices))
+    plan_path.unlink(missing_ok=True)
     return report

@@ -453,19 +453,25 @@ def _two_flows_on_one_inbox(tmp_path: Path) -> Path:
 
 def test_two_flows_on_the_same_inbox_never_take_the_same_file_twice(hub_home: Path, small: Population, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two flows declared on one inbox folder and pattern (each has its own lock): their passes run at once. The
-    partner's file must be processed once — the claim's removal of the inbox file is what decides who took it."""
+    """Two flows declared on one inbox folder and pattern, their passes started at once: the registry refuses the
+    pair in both processes (a clean French message), and the partner's file stays in the inbox, untouched. (Were
+    two claims to race anyway, only the one whose removal of the inbox entry succeeds keeps its copy:
+    tests/test_inputs_claim.py.)"""
     monkeypatch.setenv("SPIE_HUB_FLOWS", str(_two_flows_on_one_inbox(tmp_path)))
     _prepare(hub_home, small)
-    barrier = tmp_path / "barriere"
-    processes = [attack.start_pass(flow, TEST_CLAIM_BARRIER=str(barrier)) for flow in (CAF, "caf-vers-departement-bis")]
+    inbox = sorted((hub_home / "inbox" / "caf-msa").iterdir())
+    before = [p.read_bytes() for p in inbox]
+    processes = [attack.start_pass(flow) for flow in (CAF, "caf-vers-departement-bis")]
     outcomes = [finish(p) for p in processes]
     problems = [p for o in outcomes for p in _clean_message(o)]
+    for outcome in outcomes:
+        if "recouvrent" not in outcome.stderr:
+            problems.append(f"not refused by the registry: {outcome.describe()}")
+    if [p.read_bytes() for p in sorted((hub_home / "inbox" / "caf-msa").iterdir())] != before:
+        problems.append("the inbox changed")
     state = store_state(database_url(hub_home))
-    processed = [(r["flow"], r["run_id"]) for r in state.runs if r["status"] == "termine"]
-    if len(processed) != 1:
-        problems.append(f"the one file was processed {len(processed)} times: {processed}; drops: "
-                        f"{ {r: listing(hub_home / 'outbox' / r) for r in RECIPIENTS} }")
+    if state.runs:
+        problems.append(f"runs recorded: {state.runs}")
     assert not problems, "\n".join(problems)
 
 
@@ -475,7 +481,7 @@ def test_the_registry_refuses_two_flows_taking_the_same_files_of_one_inbox(tmp_p
     from spie_hub.registry import load_flows
 
     registry = _two_flows_on_one_inbox(tmp_path)
-    with pytest.raises(ConfigurationError, match="inbox/caf-msa"):
+    with pytest.raises(ConfigurationError, match="recouvrent ceux du flux caf-vers-departement"):
         load_flows(registry)
 
 

@@ -420,3 +420,23 @@ def test_a_fresh_file_waits_for_stability_an_old_one_is_taken(home: Path, corpus
     os.utime(fresh, (hour_ago, hour_ago))
     later = scheduler_pass(SPIE_HUB_FLOWS=str(flows), timeout=60)
     assert [s["statut"] for s in later.summaries] == ["termine"], later.describe()
+
+
+def test_of_two_claims_racing_for_one_inbox_file_only_the_one_that_removes_it_keeps_its_copy(tmp_path: Path) -> None:
+    from connectors.transports.local import LocalFolder
+    from spie_hub.run.claim import Gone, claim_from
+
+    inbox = LocalFolder(tmp_path, "inbox")
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "inbox" / "flux.xml").write_bytes(b"<Racine/>")
+    first = claim_from(inbox, "flux.xml", tmp_path / "a")
+
+    class Late(LocalFolder):  # listed and read the same file, but another claim removed it first
+        def delete(self, name, *, expected=None):  # noqa: ANN001, ANN202
+            return False
+
+    (tmp_path / "inbox" / "flux.xml").write_bytes(b"<Racine/>")
+    late = Late(tmp_path, "inbox")
+    with pytest.raises(Gone):
+        claim_from(late, "flux.xml", tmp_path / "b")
+    assert first.path.read_bytes() == b"<Racine/>" and not (tmp_path / "b" / "entree").exists()

@@ -358,3 +358,22 @@ def test_a_yaml_syntax_error_names_the_line_but_not_the_text(tmp_path: Path) -> 
     with pytest.raises(ConfigurationError, match=r"flows.yaml illisible : .*\(ligne \d+\)") as caught:
         load_flows(path)
     assert "secret-xyz" not in str(caught.value)
+
+
+# -- one inbox, one reader per file ---------------------------------------------------------------------------------
+
+def _two_flows(tmp_path: Path, first: str, second: str) -> Path:
+    path = tmp_path / "flows.yaml"
+    flux = {"a": _flow(source__transport__motif=first), "b": _flow(source__transport__motif=second)}
+    path.write_text(yaml.safe_dump({"flux": flux}, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("first", "second"), [("*.xml", "*.xml"), ("*.xml", "*caf*.xml"), ("*", "RSA_*.xml")])
+def test_two_flows_whose_patterns_overlap_on_one_inbox_are_refused(tmp_path: Path, first: str, second: str) -> None:
+    with pytest.raises(ConfigurationError, match="recouvrent ceux du flux a"):
+        load_flows(_two_flows(tmp_path, first, second))
+
+
+def test_two_flows_with_disjoint_patterns_may_share_an_inbox(tmp_path: Path) -> None:
+    assert set(load_flows(_two_flows(tmp_path, "*inscriptions*.xml", "*cessations*.xml"))) == {"a", "b"}

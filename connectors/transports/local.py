@@ -17,6 +17,7 @@ import errno
 import fnmatch
 import hashlib
 import os
+import socket
 import stat
 import uuid
 from collections.abc import Iterator
@@ -199,7 +200,7 @@ class LocalFolder(Transport):
             if error.errno != errno.EXDEV:
                 raise
             # Another file system: a hidden temporary beside the target, then one rename.
-            beside = final.with_name(f"{TEMPORARY_PREFIX}{uuid.uuid4().hex}")
+            beside = final.with_name(_temporary_name())
             with open(temporary, "rb") as source, open(beside, "xb") as target:
                 for chunk in iter(lambda: source.read(1 << 20), b""):
                     target.write(chunk)
@@ -250,7 +251,7 @@ class LocalFolder(Transport):
             if needed and space.f_bavail * space.f_frsize < needed:
                 raise StorageError(f"Écriture impossible dans le dossier {where} : disque plein "
                                    f"({needed // 1024 + 1} Kio à déposer)")
-        probe = folder / f"{TEMPORARY_PREFIX}sonde-{os.getpid()}-{uuid.uuid4().hex}"
+        probe = folder / _temporary_name()
         try:
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             os.close(fd)
@@ -272,9 +273,22 @@ class LocalFolder(Transport):
         for path in folder.glob(f"{TEMPORARY_PREFIX}*") if folder.is_dir() else []:
             if path.is_dir() and not path.is_symlink():
                 continue  # not one of ours (the hub's temporaries are files): left alone
+            # Only a temporary whose writer is dead: a drop shared by two flows may hold another run's live one.
+            host, _, rest = path.name.removeprefix(TEMPORARY_PREFIX).partition("-")
+            pid = rest.partition("-")[0]
+            if host != _HOST or not pid.isdigit() or _alive(int(pid)):
+                continue
             path.unlink(missing_ok=True)
             removed.append(path.name)
         return removed
+
+
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]  # hashed: a host name says nothing to a partner
+
+
+def _temporary_name() -> str:
+    """A temporary beside a target: host and process in its name, so that only a dead writer's is ever removed."""
+    return f"{TEMPORARY_PREFIX}{_HOST}-{os.getpid()}-{uuid.uuid4().hex}"
 
 
 def _alive(pid: int) -> bool:

@@ -17,6 +17,7 @@ retried, with exponential backoff; anything unexpected fails without retry. Ever
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,6 +25,7 @@ from spie_hub.core.home import HubHome
 from spie_hub.registry import Flow
 from spie_hub.run.claim import input_ref
 
+log = logging.getLogger("spie_hub.airflow")
 DAG_PREFIX = "spie_"
 OWNER = "hub-spie"
 START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -168,6 +170,12 @@ def verify_audit(flow_id: str | None = None) -> dict[str, Any]:
     return {"entrees": result.entries}
 
 
+def _max_map_length() -> int:
+    from airflow.configuration import conf
+
+    return conf.getint("core", "max_map_length", fallback=1024)
+
+
 def build_dag(flow: Flow) -> Any:
     from airflow.sdk import DAG, get_current_context, task
 
@@ -198,7 +206,12 @@ def build_dag(flow: Flow) -> Any:
         def detecter_fichiers() -> list[str]:
             from spie_hub.run.lifecycle import pending_inputs
 
-            return guarded(_place(flow), lambda: pending_inputs(flow, HubHome.from_env().ensure()))
+            refs = guarded(_place(flow), lambda: pending_inputs(flow, HubHome.from_env().ensure()))
+            # Airflow maps at most [core] max_map_length items: the rest waits for the next DAG run, in order.
+            limit = _max_map_length()
+            if len(refs) > limit:
+                log.info("%s : %d fichiers en attente, %d traités dans cette exécution du DAG", _place(flow), len(refs), limit)
+            return refs[:limit]
 
         @task(max_active_tis_per_dag=1, execution_timeout=FLOW_EXECUTION_TIMEOUT, map_index_template=MAP_INDEX_TEMPLATE)
         def executer_flux(ref: str) -> dict[str, Any]:

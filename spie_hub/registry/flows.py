@@ -12,6 +12,8 @@ Loading reads small YAML files and touches no database or network, so it is safe
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
 import re
 import types
@@ -456,7 +458,28 @@ def _load(path: Path, stamp: tuple[int, int], mappings_dir: Path | None, registr
     document = _document(path, stamp)
     mappings = mappings_dir or _home.MAPPINGS_DIR
     outputs = mappings_dir / "sorties" if mappings_dir else None
-    return {flow_id: _flow(path.name, flow_id, spec, mappings, outputs) for flow_id, spec in (document.flux or {}).items()}
+    flows = {flow_id: _flow(path.name, flow_id, spec, mappings, outputs) for flow_id, spec in (document.flux or {}).items()}
+    _no_shared_inbox(path.name, flows)
+    return flows
+
+
+def _no_shared_inbox(label: str, flows: dict[str, Flow]) -> None:
+    """Two flows reading one inbox with patterns a file could match both would race for its files (whichever lists
+    first takes it, under its own mapping): refused. Disjoint patterns in one folder (``*inscriptions*.csv`` beside
+    ``*cessations*.csv``) are fine. Overlap is judged conservatively: equal patterns, or one pattern matching the
+    other read as a name."""
+    seen: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for flow in flows.values():
+        options = flow.transport.model_dump(exclude={"motif", "stabilite_secondes"})
+        place = (str(options.pop("type")), json.dumps(options, sort_keys=True, default=str))
+        pattern = flow.transport.motif
+        for other_id, other_pattern in seen.get(place, []):
+            if pattern == other_pattern or fnmatch.fnmatchcase(pattern, other_pattern) \
+                    or fnmatch.fnmatchcase(other_pattern, pattern):
+                raise ConfigurationError(
+                    f"{label}, flux {flow.id} : sa boîte de dépôt et son motif « {pattern} » recouvrent ceux du flux "
+                    f"{other_id} (« {other_pattern} ») ; un fichier serait pris par l'un ou l'autre au hasard")
+        seen.setdefault(place, []).append((flow.id, pattern))
 
 
 def load_flows(path: Path | None = None, *, mappings_dir: Path | None = None) -> dict[str, Flow]:

@@ -90,7 +90,10 @@ def claim_from(transport: Transport, name: str, private_dir: Path, *, stability:
     if not (before.same_file(opened) and before.same_file(read) and before.same_file(after)) or size != before.size:
         destination.unlink(missing_ok=True)
         raise NotReady("Fichier modifié pendant sa lecture (encore en cours d'écriture ?) : repris au prochain passage")
-    transport.delete(name, expected=before)
+    if not transport.delete(name, expected=before):
+        # Taken meanwhile (two flows on one inbox, two schedulers) or replaced: exactly one claim wins.
+        destination.unlink(missing_ok=True)
+        raise Gone("Fichier pris par une autre exécution ou remplacé pendant sa lecture : repris au prochain passage")
     return ClaimedInput(destination, sha, size, printable_name(name), input_ref(name))
 
 

@@ -24,13 +24,13 @@ from sqlalchemy.exc import IntegrityError
 from connectors.formats.base import OutputFormat, RecordWriter
 from connectors.formats.registry import load_output
 from connectors.formats.reports import write_report
-from connectors.transports.base import Transport
+from connectors.transports.base import FileExists, Transport
 from connectors.transports.local import LocalFolder
 from connectors.transports.registry import open_transport
 from consent.decision import RecordDecision
 from schemas.spie_v1 import SCHEMA_VERSION
 from spie_hub.audit.log import AuditSpool, now
-from spie_hub.core.errors import ConfigurationError, StorageError
+from spie_hub.core.errors import ConfigurationError, HubError, StorageError
 from spie_hub.core.failpoints import failpoint
 from spie_hub.core.home import HubHome
 from spie_hub.privacy.disclosure import suppress
@@ -111,7 +111,8 @@ def store_json(transport: Transport, name: str, document: dict[str, Any], *, rep
 
 
 def copy_into(transport: Transport, name: str, source: Path, *, replace: bool = False) -> None:
-    with transport.store(name, replace=replace) as target, source.open("rb") as handle:
+    # The source first: a missing source is its own error, not the target folder's.
+    with source.open("rb") as handle, transport.store(name, replace=replace) as target:
         shutil.copyfileobj(handle, target, 1 << 20)
 
 
@@ -194,10 +195,24 @@ def publish(engine: Engine, home: HubHome, flow: Flow, recipient: Recipient, sta
 
     Order: manifest, then file, each atomic and never over a different file; then the delivery row, unique per
     (flow, recipient, input) — the last guard against a second publication."""
+    with engine.connect() as connection:
+        done = connection.execute(select(deliveries.c.run_id, deliveries.c.file_name).where(
+            deliveries.c.flow == flow.id, deliveries.c.recipient == recipient.id,
+            deliveries.c.input_sha256 == input_sha)).first()
+    transport = recipient_transport(recipient, home)
+    if done is not None:
+        # Already delivered (by this run before a crash, or by another): never again — the recipient may have
+        # taken its files away since, as an SFTP get-then-delete does.
+        return transport.location(done.file_name)
     manifest = json.loads(staged_manifest(staging, recipient.id).read_text(encoding="utf-8"))
     name = manifest["fichier"]
-    transport = recipient_transport(recipient, home)
-    store_json(transport, Names.manifest(name), manifest, replace=False)
+    try:
+        store_json(transport, Names.manifest(name), manifest, replace=False)
+    except FileExists:
+        if not _same_delivery(transport, Names.manifest(name), manifest):
+            raise
+        # The hub's own manifest of the same bytes, from an attempt whose state was lost: brought up to date.
+        store_json(transport, Names.manifest(name), manifest, replace=True)
     failpoint("entre-manifeste-et-fichier")
     copy_into(transport, name, staging / f"{recipient.id}.livraison")
     failpoint("avant-ligne-livraison")
@@ -214,6 +229,31 @@ def publish(engine: Engine, home: HubHome, flow: Flow, recipient: Recipient, sta
         if owner != run_id:
             raise
     return transport.location(name)
+
+
+def _same_delivery(transport: Transport, manifest_name: str, manifest: dict[str, Any]) -> bool:
+    """True when the file under ``manifest_name`` is a hub manifest describing the same delivery (same file name and
+    SHA-256): only its run, time and signature differ."""
+    try:
+        with transport.open(manifest_name) as handle:
+            existing = json.loads(handle.read(1 << 20))
+    except (HubError, OSError, ValueError):
+        return False
+    return isinstance(existing, dict) and (existing.get("fichier"), existing.get("sha256")) == (
+        manifest["fichier"], manifest["sha256"])
+
+
+def check_names_free(transport: Transport, manifest: dict[str, Any]) -> None:
+    """Before the audit says "delivered": the delivery's names are free, or hold this very delivery (a retry)."""
+    name = manifest["fichier"]
+    if transport.exists(Names.manifest(name)) and not _same_delivery(transport, Names.manifest(name), manifest):
+        raise FileExists(f"{transport.location(Names.manifest(name))} : un autre fichier porte le nom du manifeste ; "
+                         "rien n'est livré tant qu'il est là")
+    if transport.exists(name):
+        info = transport.stat(name)
+        if info is None or not info.regular or info.size != manifest["octets"]:
+            raise FileExists(f"{transport.location(name)} : un autre fichier porte le nom de la livraison ; "
+                             "rien n'est livré tant qu'il est là")
 
 
 def write_rejections(transport: Transport, names: Names, rejections: list[tuple[str, int | None, str]]) -> str | None:

@@ -34,7 +34,7 @@ from spie_hub.audit.chain import seal
 from spie_hub.audit.log import AuditEvent, AuditLog, AuditSpool, now
 from spie_hub.audit.receipts import sign_manifest
 from spie_hub.audit.signing import SigningKey
-from spie_hub.core.errors import FatalInputError, HubError, StorageError
+from spie_hub.core.errors import FatalInputError, HubError, RetriableError, StorageError
 from spie_hub.core.failpoints import failpoint
 from spie_hub.core.home import HubHome
 from spie_hub.mapping.compiler import CompiledMapping, load_mapping
@@ -224,9 +224,11 @@ class FlowRun:
         self._stage_returns(staged.rejections)
         # Write-ahead: the decisions and deliveries enter the audit before any file becomes visible, so nothing
         # can leave without its trail. Until the status says "publication", a crash rolls the run back.
-        for recipient in active:  # an outbox turned read-only meanwhile must fail before the audit says "delivered"
+        for recipient in active:  # a drop full, read-only or with the names taken fails before the audit says "delivered"
             needed = staged.staged(recipient).stat().st_size + 8 * 1024  # the file and its manifest
-            deliver.recipient_transport(recipient, self.ctx.home).check_writable(needed)
+            transport = deliver.recipient_transport(recipient, self.ctx.home)
+            transport.check_writable(needed)
+            deliver.check_names_free(transport, manifests[recipient.id])
         failpoint("avant-journal")
         self.spool.commit(self.audit)
         failpoint("apres-journal")
@@ -296,11 +298,17 @@ def quarantine_input(ctx: RunContext, run_id: str, claimed: ClaimedInput, names:
 def publish_staged(ctx: RunContext, run_id: str, staging: Path, summary: RunSummary, names: Names) -> None:
     """Publish everything a run staged (idempotent, so that recovery can call it again after a crash)."""
     recipients = {r.id: r for r in ctx.flow.destinataires}
+    ctx.lock.ensure_held(publishing=True)
+    with ctx.engine.connect() as connection:
+        status = connection.execute(select(runs.c.status).where(runs.c.run_id == run_id)).scalar()
+    if status != "publication" or not staging.is_dir():
+        raise RetriableError(f"Exécution {run_id} : sa publication a été terminée ou annulée par une reprise entre-temps ; "
+                             "rien de plus n'est publié ici")
     failures: list[str] = []
     for manifest in sorted(staging.glob("*.manifest.json")):
         rid = manifest.name.removesuffix(".manifest.json")
         if rid in recipients:
-            ctx.lock.ensure_held()
+            ctx.lock.ensure_held(publishing=True)
             # Each recipient on its own: one unusable drop (full, read-only, a name taken) never holds back another.
             try:
                 summary.destinataires[rid].fichier = deliver.publish(ctx.engine, ctx.home, ctx.flow, recipients[rid],

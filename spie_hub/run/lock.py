@@ -79,8 +79,11 @@ class FlowLock:
         except Exception:  # noqa: BLE001 - any failure of the connection means the lock is gone
             return False
 
-    def ensure_held(self) -> None:
+    def ensure_held(self, *, publishing: bool = False) -> None:
         if not self.still_held():
+            if publishing:
+                raise RetriableError(f"Verrou du flux {self.flow_id} perdu (base redémarrée ?) pendant la publication : "
+                                     "elle est interrompue et sera terminée au prochain démarrage, à l'identique.")
             raise RetriableError(f"Verrou du flux {self.flow_id} perdu (base redémarrée ?) : rien n'est publié, "
                                  "l'exécution reprendra au prochain démarrage.")
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from connectors.formats.registry import load_output
 from connectors.transports.base import FileExists, safe_name
 from connectors.transports.local import clean_scratch
 from connectors.transports.registry import open_transport
@@ -30,7 +31,7 @@ from spie_hub.core.errors import FatalInputError, HubError, StorageError
 from spie_hub.run import deliver
 from spie_hub.run.claim import INPUT_NAME
 from spie_hub.run.summary import RecipientCounts, RunSummary
-from spie_hub.store import runs
+from spie_hub.store import deliveries, runs
 
 if TYPE_CHECKING:
     from spie_hub.run.flow_run import RunContext
@@ -144,11 +145,44 @@ def _summary_from(private: Path, run_id: str, flow_id: str) -> RunSummary:
     return summary
 
 
+def _staging_lost(ctx: RunContext, run_id: str, input_sha: str, private: Path, report: RecoveryReport) -> None:
+    """A run in publication whose staging was lost (removed by hand, another disk): it cannot be completed. The
+    audit says exactly who received what (the delivery rows), the manifests it published without their file are
+    withdrawn from the drops, and the input must be sent again for the others."""
+    from spie_hub.run.flow_run import set_status
+
+    with ctx.engine.connect() as connection:
+        delivered = {r.recipient: r.file_name for r in connection.execute(select(deliveries).where(
+            deliveries.c.run_id == run_id))}
+    withdrawn: list[str] = []
+    short = input_sha[:12]
+    for recipient in ctx.flow.destinataires:
+        if recipient.id in delivered:
+            continue
+        drop = open_transport(recipient.transport, ctx.home)
+        for entry in drop.list(f"{ctx.flow.id}_{recipient.id}_*_{short}.manifest.json"):
+            data = entry.name.removesuffix(".manifest.json") + load_output(recipient.sortie).extension
+            if not drop.exists(data) and drop.delete(entry.name):
+                withdrawn.append(f"{recipient.id}/{entry.name}")
+    missing = [r.id for r in ctx.flow.destinataires if r.id not in delivered]
+    AuditLog(ctx.engine).append([AuditEvent("execution-incomplete", {
+        "motif": "publication interrompue et données préparées perdues", "livres_a": sorted(delivered),
+        "non_livres_a": missing, "manifestes_retires": withdrawn,
+        "note": "les destinataires non livrés n'ont rien reçu de cette exécution ; le fichier est à renvoyer"},
+        run_id, ctx.flow.id)])
+    set_status(ctx.engine, run_id, "incomplete" if delivered else "annule")
+    shutil.rmtree(private, ignore_errors=True)
+    (report.completees if delivered else report.annulees).append(run_id)
+    if missing:
+        report.erreurs.append(f"exécution {run_id} : données préparées perdues, non livrée à {', '.join(missing)} "
+                              "(fichier à renvoyer)")
+
+
 def _complete(ctx: RunContext, run_id: str, input_sha: str, private: Path, report: RecoveryReport) -> None:
     from spie_hub.run.flow_run import PUBLICATION_STATE, archive_input, finish_run, publish_staged
 
     if not (private / PUBLICATION_STATE).exists():
-        rollback(ctx, run_id, private, "publication interrompue et données préparées perdues : à renvoyer", report)
+        _staging_lost(ctx, run_id, input_sha, private, report)
         return
     summary = _summary_from(private, run_id, ctx.flow.id)
     names = deliver.Names(ctx.flow, input_sha)

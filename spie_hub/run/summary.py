@@ -31,8 +31,9 @@ class RecipientCounts:
                 "motifs": dict(self.motifs), "fondements": {k: dict(v) for k, v in self.fondements.items()}}
 
 
-#: The statuses a run ends with. "annule": rolled back after an interruption, nothing delivered.
-STATUSES = ("termine", "deja-livre", "quarantaine", "annule")
+#: The statuses a run ends with. "annule": rolled back after an interruption, nothing delivered; "incomplete": its
+#: publication was interrupted and its staging lost, some recipients received their file (the audit says which).
+STATUSES = ("termine", "deja-livre", "quarantaine", "annule", "incomplete")
 
 
 @dataclass
