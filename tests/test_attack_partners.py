@@ -201,8 +201,10 @@ def reader_present(fifo: Path) -> bool:
 # ==================================================================================================================
 # Recipient: its drop folder
 # ==================================================================================================================
-def test_a_drop_folder_replaced_by_a_link_outside_the_home_is_refused_before_the_input_is_touched(
+def test_a_drop_folder_replaced_by_a_link_outside_the_home_receives_nothing_and_holds_back_no_one(
         home: HubHome, flux: dict[str, Path], tmp_path: Path) -> None:
+    """A drop is its recipient's: broken, it affects that recipient only. Nothing goes through the link; the other
+    recipient is delivered; this one's delivery waits, staged, with a French error (the next start completes it)."""
     outside = tmp_path / "outside"
     outside.mkdir()
     drop_folder = home.outbox / ATTACKER
@@ -213,8 +215,9 @@ def test_a_drop_folder_replaced_by_a_link_outside_the_home_is_refused_before_the
     assert error is not None, f"the run went on through a link to {outside}: {result}"
     assert_french(error)
     assert visible(outside) == []
-    assert dropped.exists(), "the input must stay in the inbox when the run is refused"
-    assert visible(home.outbox / OTHER) == [], "half a run: the other recipient got a delivery"
+    assert not dropped.exists(), "taken once: the input is the run's, its delivery to the broken drop is pending"
+    assert OTHER in delivered(home), "the other recipient was held back by a drop it has nothing to do with"
+    assert statuses(home) == ["publication"]
 
 
 @pytest.mark.parametrize("target", ["other-recipient", "keys", "partner-inbox"])
@@ -238,7 +241,7 @@ def test_a_drop_folder_replaced_by_a_link_inside_the_home_is_refused_too(
         assert_french(error)
 
 
-def test_a_drop_folder_that_is_a_file_fails_cleanly_in_french_and_leaves_the_input(
+def test_a_drop_folder_that_is_a_file_fails_cleanly_in_french_and_holds_back_no_one(
         home: HubHome, flux: dict[str, Path]) -> None:
     drop_folder = home.outbox / ATTACKER
     drop_folder.rmdir()
@@ -246,8 +249,8 @@ def test_a_drop_folder_that_is_a_file_fails_cleanly_in_french_and_leaves_the_inp
     dropped = drop(home, flux["a"], "NRSACGIM_RSABEM_052.xml")
     result, error = run_catching(home)
     assert error is not None and isinstance(error, StorageError), result
-    assert dropped.exists() and drop_folder.read_text() == "not a folder"
-    assert visible(home.outbox / OTHER) == []
+    assert not dropped.exists() and drop_folder.read_text() == "not a folder"
+    assert OTHER in delivered(home)
     assert_french(error)
 
 
@@ -359,9 +362,9 @@ def test_a_hidden_link_named_like_a_hub_temporary_is_removed_without_touching_it
     assert {ATTACKER, OTHER} <= set(delivered(home))
 
 
-def test_the_writability_probe_name_cannot_be_squatted(home: HubHome, flux: dict[str, Path]) -> None:
-    """check_writable probes ``.spie-hub-tmp-sonde-<pid>``: a name a recipient can guess (the pid) and pre-create
-    between the hub's clean-up and its preflight (here: a re-run by path, which has no clean-up before)."""
+def test_a_hub_temporary_name_squatted_in_a_drop_stops_nothing(home: HubHome, flux: dict[str, Path]) -> None:
+    """A name with the hub's temporary prefix and this process's id, pre-created by a recipient, is neither one the
+    hub writes (host, process and a random part) nor one it removes (its writer is alive)."""
     from spie_hub.run.lifecycle import run_flow
 
     (home.outbox / ATTACKER / f"{TEMPORARY_PREFIX}sonde-{os.getpid()}").write_text("squat")

@@ -155,10 +155,6 @@ class Transport(ABC):
     def uri(self, name: str = "") -> str:
         """Where ``name`` lives, for people and lineage (never holding a secret)."""
 
-    def check_writable(self, needed: int = 0) -> None:  # noqa: B027 - optional: a transport that cannot probe says nothing
-        """Raise ``StorageError`` if ``needed`` bytes cannot be stored here now (checked before the audit says
-        "delivered", so that a full or read-only drop stops the run before anything is published)."""
-
     def location(self, name: str = "") -> str:
         """Where ``name`` lives, as shown to people (a path for a local folder); ``uri`` by default."""
         return self.uri(name)

@@ -244,21 +244,6 @@ class LocalFolder(Transport):
     def uri(self, name: str = "") -> str:
         return (self.root / name).as_uri() if name else self.root.as_uri()
 
-    def check_writable(self, needed: int = 0) -> None:
-        folder = self._folder(create=True)
-        for where in {folder, self.scratch.parent}:
-            space = os.statvfs(where)
-            if needed and space.f_bavail * space.f_frsize < needed:
-                raise StorageError(f"Écriture impossible dans le dossier {where} : disque plein "
-                                   f"({needed // 1024 + 1} Kio à déposer)")
-        probe = folder / _temporary_name()
-        try:
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as error:
-            raise StorageError.from_os(error, folder) from None
-
     def remove_if_empty(self) -> None:
         """Remove the folder itself once emptied (a purged quarantine entry)."""
         with contextlib.suppress(OSError):

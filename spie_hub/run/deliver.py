@@ -243,19 +243,6 @@ def _same_delivery(transport: Transport, manifest_name: str, manifest: dict[str,
         manifest["fichier"], manifest["sha256"])
 
 
-def check_names_free(transport: Transport, manifest: dict[str, Any]) -> None:
-    """Before the audit says "delivered": the delivery's names are free, or hold this very delivery (a retry)."""
-    name = manifest["fichier"]
-    if transport.exists(Names.manifest(name)) and not _same_delivery(transport, Names.manifest(name), manifest):
-        raise FileExists(f"{transport.location(Names.manifest(name))} : un autre fichier porte le nom du manifeste ; "
-                         "rien n'est livré tant qu'il est là")
-    if transport.exists(name):
-        info = transport.stat(name)
-        if info is None or not info.regular or info.size != manifest["octets"]:
-            raise FileExists(f"{transport.location(name)} : un autre fichier porte le nom de la livraison ; "
-                             "rien n'est livré tant qu'il est là")
-
-
 def write_rejections(transport: Transport, names: Names, rejections: list[tuple[str, int | None, str]]) -> str | None:
     if not rejections:
         return None

@@ -114,16 +114,18 @@ def set_status(engine: Engine, run_id: str, status: str, summary: dict[str, Any]
 
 
 def preflight(flow: Flow, home: HubHome) -> CompiledMapping:
-    """Everything a run reads from its configuration, loaded before the input is touched: a wrong mapping, format,
-    output spec or an unwritable drop fails here, with the inbox as it was and nothing in the audit."""
+    """Everything a run reads from its configuration, loaded before the input is touched: a wrong mapping, format
+    or output spec fails here, with the inbox as it was and nothing in the audit.
+
+    A recipient's drop is deliberately not checked here: a drop that is full, read-only or holds a name of the
+    delivery affects that recipient only. The others are delivered; its own delivery stays staged (the run in
+    ``publication``), the DAG run fails and alerts, and the next start completes it once the drop is repaired."""
     from connectors.formats.registry import load_output
 
     mapping = load_mapping(flow.mapping)
     reader_for(flow.format, mapping)
     for recipient in flow.destinataires:
         load_output(recipient.sortie)
-        deliver.recipient_transport(recipient, home).check_writable()
-    deliver.sender_returns(flow, home).check_writable()
     return mapping
 
 
@@ -224,11 +226,6 @@ class FlowRun:
         self._stage_returns(staged.rejections)
         # Write-ahead: the decisions and deliveries enter the audit before any file becomes visible, so nothing
         # can leave without its trail. Until the status says "publication", a crash rolls the run back.
-        for recipient in active:  # a drop full, read-only or with the names taken fails before the audit says "delivered"
-            needed = staged.staged(recipient).stat().st_size + 8 * 1024  # the file and its manifest
-            transport = deliver.recipient_transport(recipient, self.ctx.home)
-            transport.check_writable(needed)
-            deliver.check_names_free(transport, manifests[recipient.id])
         failpoint("avant-journal")
         self.spool.commit(self.audit)
         failpoint("apres-journal")
