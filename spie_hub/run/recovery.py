@@ -31,7 +31,7 @@ from spie_hub.core.errors import FatalInputError, HubError, StorageError
 from spie_hub.run import deliver
 from spie_hub.run.claim import INPUT_NAME
 from spie_hub.run.summary import RecipientCounts, RunSummary
-from spie_hub.store import deliveries, runs
+from spie_hub.store import deliveries, revocations, runs
 
 if TYPE_CHECKING:
     from spie_hub.run.flow_run import RunContext
@@ -81,10 +81,11 @@ def _free_outputs(private: Path) -> None:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
-def _restore_input(ctx: RunContext, private: Path, run_id: str) -> bool:
-    """Put a claimed inbox file back where it came from, so that nothing is lost; never over another file."""
+def _restore_input(ctx: RunContext, private: Path, run_id: str, *, any_origin: bool = False) -> bool:
+    """Put a claimed inbox file back where it came from, so that nothing is lost; never over another file. With
+    ``any_origin``, a file given by path goes to the flow's inbox too (to be run again)."""
     claim, copy = _claim(private), private / INPUT_NAME
-    if claim.get("origine") != "boite" or not copy.exists():
+    if (claim.get("origine") != "boite" and not any_origin) or not copy.exists():
         return False
     _free_outputs(private)
     inbox = open_transport(ctx.flow.transport, ctx.home)
@@ -145,10 +146,12 @@ def _summary_from(private: Path, run_id: str, flow_id: str) -> RunSummary:
     return summary
 
 
-def _staging_lost(ctx: RunContext, run_id: str, input_sha: str, private: Path, report: RecoveryReport) -> None:
-    """A run in publication whose staging was lost (removed by hand, another disk): it cannot be completed. The
-    audit says exactly who received what (the delivery rows), the manifests it published without their file are
-    withdrawn from the drops, and the input must be sent again for the others."""
+def _cancel_pending(ctx: RunContext, run_id: str, input_sha: str, private: Path, report: RecoveryReport, *,
+                    event: str, motif: str, requeue: bool) -> list[str]:
+    """Give up the undelivered part of a run in publication: the audit says exactly who received what (the delivery
+    rows) and who did not, manifests published without their file are withdrawn from the drops, and with
+    ``requeue`` the input goes back to the inbox so that a new run decides again for those recipients (the ones
+    already delivered are skipped by their delivery rows). Returns the recipients not delivered."""
     from spie_hub.run.flow_run import set_status
 
     with ctx.engine.connect() as connection:
@@ -165,17 +168,33 @@ def _staging_lost(ctx: RunContext, run_id: str, input_sha: str, private: Path, r
             if not drop.exists(data) and drop.delete(entry.name):
                 withdrawn.append(f"{recipient.id}/{entry.name}")
     missing = [r.id for r in ctx.flow.destinataires if r.id not in delivered]
-    AuditLog(ctx.engine).append([AuditEvent("execution-incomplete", {
-        "motif": "publication interrompue et données préparées perdues", "livres_a": sorted(delivered),
-        "non_livres_a": missing, "manifestes_retires": withdrawn,
-        "note": "les destinataires non livrés n'ont rien reçu de cette exécution ; le fichier est à renvoyer"},
-        run_id, ctx.flow.id)])
+    requeued = requeue and _restore_input(ctx, private, run_id, any_origin=True)
+    AuditLog(ctx.engine).append([AuditEvent(event, {
+        "motif": motif, "livres_a": sorted(delivered), "non_livres_a": missing, "manifestes_retires": withdrawn,
+        "entree_remise_en_boite": requeued,
+        "note": "les destinataires non livrés n'ont rien reçu de cette exécution"}, run_id, ctx.flow.id)])
     set_status(ctx.engine, run_id, "incomplete" if delivered else "annule")
     shutil.rmtree(private, ignore_errors=True)
     (report.completees if delivered else report.annulees).append(run_id)
+    report.entrees_restituees += int(requeued)
+    return missing
+
+
+def _staging_lost(ctx: RunContext, run_id: str, input_sha: str, private: Path, report: RecoveryReport) -> None:
+    """A run in publication whose staging was lost (removed by hand, another disk): it cannot be completed."""
+    missing = _cancel_pending(ctx, run_id, input_sha, private, report, event="execution-incomplete",
+                              motif="publication interrompue et données préparées perdues", requeue=False)
     if missing:
         report.erreurs.append(f"exécution {run_id} : données préparées perdues, non livrée à {', '.join(missing)} "
                               "(fichier à renvoyer)")
+
+
+def _withdrawn_since(ctx: RunContext, run_id: str) -> bool:
+    """A withdrawal or an opposition recorded after the run decided: what it staged may no longer go."""
+    with ctx.engine.connect() as connection:
+        started = connection.execute(select(runs.c.started_at).where(runs.c.run_id == run_id)).scalar()
+        return started is not None and connection.execute(
+            select(revocations.c.id).where(revocations.c.recorded_at >= started).limit(1)).first() is not None
 
 
 def _complete(ctx: RunContext, run_id: str, input_sha: str, private: Path, report: RecoveryReport) -> None:
@@ -183,6 +202,11 @@ def _complete(ctx: RunContext, run_id: str, input_sha: str, private: Path, repor
 
     if not (private / PUBLICATION_STATE).exists():
         _staging_lost(ctx, run_id, input_sha, private, report)
+        return
+    if _withdrawn_since(ctx, run_id):
+        # Decided before a withdrawal: what is still undelivered is decided again by a new run, never sent as staged.
+        _cancel_pending(ctx, run_id, input_sha, private, report, event="livraison-annulee", requeue=True,
+                        motif="retrait ou opposition enregistré depuis la décision : nouvelle décision")
         return
     summary = _summary_from(private, run_id, ctx.flow.id)
     names = deliver.Names(ctx.flow, input_sha)
