@@ -236,9 +236,12 @@ TRY_LATER = ("en-attente",)
 
 
 def run_exit_code(statuses: list[str]) -> int:
-    """1 if any input was quarantined or refused (someone must act), else 75 if one must be retried, else 0."""
+    """1 if any input was quarantined or refused (someone must act), else 74 if a delivery waits for a broken drop,
+    else 75 if one must be retried, else 0."""
     if any(s in NEEDS_ACTION for s in statuses):
         return 1
+    if "livraison-en-attente" in statuses:
+        return EX_IOERR
     if any(s in TRY_LATER for s in statuses):
         return EX_TEMPFAIL
     return 0
@@ -256,6 +259,8 @@ def _print_run(summary: object, as_json: bool) -> None:
             print(f"  ! {summary.message}")
     else:
         print_summary(summary)
+    if summary.statut == "livraison-en-attente":  # an error someone must see, on stderr too
+        _err(f"Erreur : {summary.message}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -329,7 +334,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     home = HubHome.from_env().ensure()
     pseudonymiser, signer = load_pseudonymiser(home), load_hub_signer(home)
     engine = open_store(home.database_url)
-    settled = busy = 0
+    settled = busy = pending = 0
     try:
         for flow in flows:
             try:
@@ -345,14 +350,23 @@ def cmd_recover(args: argparse.Namespace) -> int:
             print(f"Flux {flow.id} :")
             print(f"  exécutions complétées : {len(report.completees)}"
                   + (f" ({', '.join(report.completees)})" if report.completees else ""))
+            if report.incompletes:
+                print(f"  exécutions incomplètes (livrées à une partie des destinataires, voir ci-dessous) : "
+                      f"{len(report.incompletes)} ({', '.join(report.incompletes)})")
             print(f"  exécutions annulées : {len(report.annulees)}"
                   + (f" ({', '.join(report.annulees)})" if report.annulees else ""))
             print(f"  entrées restituées à la boîte de dépôt : {report.entrees_restituees}")
             print(f"  fichiers temporaires supprimés : {report.temporaires}")
+            for error in report.erreurs:
+                print(f"  ! {error}")
+            pending += len(report.erreurs)
     finally:
         engine.dispose()
     if not settled:
         print("Rien à reprendre." if not busy else "Rien à reprendre pour les autres flux.")
+    if pending:
+        _err(f"{pending} point(s) non réglé(s) : réparer le dépôt ou renvoyer le fichier indiqué, puis relancer la reprise.")
+        return EX_IOERR
     return 0
 
 

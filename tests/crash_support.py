@@ -360,12 +360,16 @@ def _main(argv: list[str]) -> int:
         _slow_validator(float(os.environ["TEST_SLOW_VALIDATOR"]), os.environ.get("TEST_MARK_RESULT"))
     if os.environ.get("TEST_CLAIM_HOOK"):
         _install_claim_hook(os.environ["TEST_CLAIM_HOOK"])
+    code = 0
     try:
         home = HubHome.from_env().ensure()
         flow = get_flow(argv[0] if argv else CAF)
         for ref in pending_inputs(flow, home):
             summary = process_inbox_file(flow, ref, home)
             print(json.dumps(summary.for_xcom() | {"message": summary.message}, ensure_ascii=False), flush=True)
+            if summary.statut == "livraison-en-attente":  # as the CLI (74) and the DAG's task (failed): said, then on
+                print(f"Erreur : {summary.message}", file=sys.stderr)
+                code = 74
     except ConfigurationError as error:
         print(f"Erreur de configuration : {error}", file=sys.stderr)
         return 2
@@ -378,7 +382,7 @@ def _main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("Interrompu.", file=sys.stderr)
         return 130
-    return 0
+    return code
 
 
 if __name__ == "__main__":

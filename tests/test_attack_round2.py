@@ -310,7 +310,6 @@ def test_a_delivery_waiting_past_the_end_of_the_consents_it_was_decided_on_does_
     from helpers import people_of
 
     from consent.fhir_import import import_consents
-    from spie_hub.core.errors import StorageError
     from spie_hub.registry import get_flow
     from spie_hub.run import lifecycle
 
@@ -336,8 +335,8 @@ def test_a_delivery_waiting_past_the_end_of_the_consents_it_was_decided_on_does_
 
     monkeypatch.setattr(lifecycle, "dt", types.SimpleNamespace(date=ThreeDaysAgo))
     flow = get_flow(CAF)
-    with pytest.raises(StorageError):
-        lifecycle.process_inbox_file(flow, lifecycle.pending_inputs(flow, hub)[0], hub)
+    pending = lifecycle.process_inbox_file(flow, lifecycle.pending_inputs(flow, hub)[0], hub)
+    assert pending.statut == "livraison-en-attente" and DEP in (pending.message or "")
     monkeypatch.setattr(lifecycle, "dt", dt)  # today again (not undo(): it would drop hub_home's variables too)
     (run_id,) = _stuck(hub_home)
     staged = [r for r in _rows(hub_home / "staging" / run_id / f"{DEP}.livraison") if r.get("NIR")]

@@ -134,6 +134,10 @@ def run_inbox_file(flow: Flow, ref: str, home: HubHome | None = None) -> dict[st
                                    f"motif : {summary.message}")
     if summary.statut == "refuse":
         raise AirflowFailException(f"{where} : refusé sans être lu (exécution {summary.run_id}) ; motif : {summary.message}")
+    if summary.statut == "livraison-en-attente":
+        raise AirflowFailException(f"{where} : livré aux autres destinataires, en attente pour un dépôt qui refuse "
+                                   f"l'écriture (exécution {summary.run_id}) ; terminé au prochain passage une fois le "
+                                   f"dépôt réparé — {summary.message}")
     if summary.statut == "en-attente":
         raise AirflowSkipException(f"{where} : pas encore prêt ({summary.message})")
     return summary.for_xcom()

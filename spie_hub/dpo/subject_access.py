@@ -19,7 +19,7 @@ from spie_hub.core.errors import HubError
 from spie_hub.core.nir import NirInvalide, normaliser_nir
 from spie_hub.privacy.pseudonym import Pseudonymiser
 from spie_hub.registry import Flow
-from spie_hub.store import audit_log, consents, deliveries
+from spie_hub.store import audit_log, consents, deliveries, runs
 
 
 @dataclass
@@ -58,6 +58,16 @@ def _fields(flows: dict[str, Flow]) -> dict[str, dict[str | None, list[str]]]:
     return out
 
 
+def _not_delivered(status: str | None) -> tuple[str, str]:
+    if status in ("en-cours", "publication"):
+        return "en-attente", "livraison en cours ou en attente (dépôt du destinataire indisponible) ; pas encore reçue"
+    if status == "incomplete":
+        return "non-livre", "exécution interrompue, données préparées perdues : rien n'a été reçu de cette exécution"
+    if status in ("termine", "deja-livre"):
+        return "non-livre", "ce fichier avait déjà été livré à ce destinataire par une autre exécution"
+    return "non-livre", "exécution interrompue puis annulée : rien n'a été livré"
+
+
 def subject_access(engine: Engine, pseudonymiser: Pseudonymiser, nir: str, flows: dict[str, Flow], *,
                    demandeur: str, motif: str) -> AccessReport:
     try:
@@ -80,8 +90,11 @@ def subject_access(engine: Engine, pseudonymiser: Pseudonymiser, nir: str, flows
                 "source": json.loads(row.source or "{}")})
         rows = connection.execute(select(audit_log).where(
             audit_log.c.subject.in_([*pivots, *pseudonyms])).order_by(audit_log.c.seq)).all()
+        run_ids = {r.run_id for r in rows if r.run_id}
         files = {(d.run_id, d.recipient): d.file_name for d in connection.execute(
-            select(deliveries).where(deliveries.c.run_id.in_({r.run_id for r in rows if r.run_id})))}
+            select(deliveries).where(deliveries.c.run_id.in_(run_ids)))}
+        statuses = {r.run_id: r.status for r in connection.execute(
+            select(runs.c.run_id, runs.c.status).where(runs.c.run_id.in_(run_ids)))}
     for row in rows:
         payload = json.loads(row.payload)
         exchange = Exchange(row.ts[:19], row.flow, row.recipient, row.event)
@@ -90,9 +103,8 @@ def subject_access(engine: Engine, pseudonymiser: Pseudonymiser, nir: str, flows
             exchange.motif = payload.get("motif")
             exchange.categories = {c: d["fondement"] for c, d in payload.get("categories", {}).items()}
             if exchange.decision == "livre" and (row.run_id, row.recipient) not in files:
-                # Decided, but the run was interrupted and rolled back before publishing: nothing left the hub.
-                exchange.decision = "non-livre"
-                exchange.motif = "exécution interrompue puis annulée : rien n'a été livré"
+                # Decided, not (yet) published: the run's state says why, in the person's words.
+                exchange.decision, exchange.motif = _not_delivered(statuses.get(row.run_id))
             elif exchange.decision == "livre":
                 exchange.fichier = files.get((row.run_id, row.recipient))
                 allowed = [c for c, d in payload.get("categories", {}).items() if d.get("permis")]

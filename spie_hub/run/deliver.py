@@ -8,6 +8,7 @@ completed by the next start from its staging (``spie_hub/run/recovery.py``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -214,7 +215,14 @@ def publish(engine: Engine, home: HubHome, flow: Flow, recipient: Recipient, sta
         # The hub's own manifest of the same bytes, from an attempt whose state was lost: brought up to date.
         store_json(transport, Names.manifest(name), manifest, replace=True)
     failpoint("entre-manifeste-et-fichier")
-    copy_into(transport, name, staging / f"{recipient.id}.livraison")
+    try:
+        copy_into(transport, name, staging / f"{recipient.id}.livraison")
+    except BaseException:
+        # A manifest never stays alone in a drop that could not take its file (full, read-only meanwhile).
+        with contextlib.suppress(HubError, OSError):
+            if not transport.exists(name):
+                transport.delete(Names.manifest(name))
+        raise
     failpoint("avant-ligne-livraison")
     try:
         with engine.begin() as connection:
@@ -228,6 +236,8 @@ def publish(engine: Engine, home: HubHome, flow: Flow, recipient: Recipient, sta
                 deliveries.c.input_sha256 == input_sha)).scalar()
         if owner != run_id:
             raise
+    # Published and recorded: the staged copy (people's data in clear) is not kept for anything.
+    (staging / f"{recipient.id}.livraison").unlink(missing_ok=True)
     return transport.location(name)
 
 

@@ -143,10 +143,16 @@ class FlowRun:
 
     # -- start ---------------------------------------------------------------------------------------------------
     def _already_delivered(self) -> set[str]:
+        """Recipients this input already went to, or is waiting to go to (a run of the same bytes still in
+        publication: its delivery is staged and audited; a second decision would be a second delivery)."""
         with self.ctx.engine.connect() as connection:
             rows = connection.execute(select(deliveries.c.recipient).where(
                 deliveries.c.flow == self.flow.id, deliveries.c.input_sha256 == self.claimed.sha256))
-            return {r.recipient for r in rows}
+            done = {r.recipient for r in rows}
+            pending = connection.execute(select(runs.c.run_id).where(
+                runs.c.flow == self.flow.id, runs.c.input_sha256 == self.claimed.sha256,
+                runs.c.status == "publication", runs.c.run_id != self.run_id)).first()
+        return {r.id for r in self.flow.destinataires} if pending is not None else done
 
     def _start(self) -> None:
         with self.ctx.engine.begin() as connection:
@@ -236,7 +242,8 @@ class FlowRun:
             signed = sign_manifest(manifest, self.ctx.signer)
             deliver.staged_manifest(self.staging, rid).write_text(json.dumps(signed, ensure_ascii=False, indent=2),
                                                                   encoding="utf-8")
-        (self.staging / PUBLICATION_STATE).write_text(json.dumps(self.summary.to_dict()), encoding="utf-8")
+        state = self.summary.to_dict() | {"date_decision": self.ctx.today.isoformat()}
+        (self.staging / PUBLICATION_STATE).write_text(json.dumps(state), encoding="utf-8")
         self.ctx.lock.ensure_held()
         set_status(self.ctx.engine, self.run_id, "publication")
         failpoint("publication")
@@ -306,6 +313,9 @@ def publish_staged(ctx: RunContext, run_id: str, staging: Path, summary: RunSumm
         rid = manifest.name.removesuffix(".manifest.json")
         if rid in recipients:
             ctx.lock.ensure_held(publishing=True)
+            if withdrawn_since(ctx, run_id, staging):
+                raise DecisionStale(f"Exécution {run_id} : un retrait ou une opposition a été enregistré depuis la "
+                                    "décision ; la part non livrée sera décidée à nouveau (reprise au prochain passage)")
             # Each recipient on its own: one unusable drop (full, read-only, a name taken) never holds back another.
             try:
                 summary.destinataires[rid].fichier = deliver.publish(ctx.engine, ctx.home, ctx.flow, recipients[rid],
@@ -325,6 +335,28 @@ def publish_staged(ctx: RunContext, run_id: str, staging: Path, summary: RunSumm
         _best_effort(summary, "rapport de rejets", lambda: setattr(
             summary, "rapport_rejets", deliver.write_rejections(returns, names, rejections)))  # type: ignore[arg-type]
     _best_effort(summary, "accusé de traitement", lambda: deliver.write_acknowledgement(returns, names, ctx.flow, summary))
+
+
+class DecisionStale(RetriableError):
+    """What a run staged was decided before a withdrawal, or on an earlier day: it is decided again, never sent."""
+
+
+def withdrawn_since(ctx: RunContext, run_id: str, staging: Path | None = None) -> bool:
+    """A withdrawal or an opposition recorded after the run decided, or a decision made on an earlier day (a consent
+    may have ended since, a period begun): what the run staged may no longer go as it is."""
+    from spie_hub.store import revocations
+
+    state = (staging / PUBLICATION_STATE) if staging is not None else None
+    if state is not None and state.exists():
+        decided = json.loads(state.read_text(encoding="utf-8")).get("date_decision")
+        if decided is None or decided < ctx.today.isoformat():
+            return True
+    with ctx.engine.connect() as connection:
+        started = connection.execute(select(runs.c.started_at).where(runs.c.run_id == run_id)).scalar()
+        if started is None or started[:10] < now()[:10]:  # both UTC
+            return True
+        return connection.execute(select(revocations.c.id).where(
+            revocations.c.recorded_at >= started).limit(1)).first() is not None
 
 
 def _best_effort(summary: RunSummary, what: str, write: Callable[[], object]) -> None:

@@ -42,6 +42,10 @@ from spie_hub.store import open_store, runs
 log = logging.getLogger("spie_hub.run")
 
 
+#: An input whose delivery to some recipient waits for its drop to be repaired (the run stays in publication).
+PENDING = "livraison-en-attente"
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGTERM (what Airflow, systemd and Docker send), handled like SIGINT."""
 
@@ -128,6 +132,12 @@ def _run(flow: Flow, home: HubHome, engine: Engine, claim: Callable[[Path], Clai
                     rollback(ctx, run_id, private, _reason(error))
                 except Exception:  # noqa: BLE001 - the first error is the one to report; the next start finishes this
                     log.warning("Annulation de l'exécution %s inachevée : elle sera reprise au prochain démarrage", run_id)
+            elif status == "publication" and isinstance(error, HubError):
+                # Some recipient's drop refused its delivery (the others have theirs): it waits, staged, for the next
+                # start. Said as this input's outcome, so that a pass over several inputs goes on with the next.
+                summary = run.summary
+                summary.statut, summary.message = PENDING, str(error)
+                return summary
             raise _storage(error, home) from None if isinstance(error, OSError | OperationalError) else error
         shutil.rmtree(private, ignore_errors=True)
         return summary

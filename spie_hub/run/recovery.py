@@ -11,6 +11,7 @@ Called with the flow's lock held, so every unfinished run it finds is dead:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -19,19 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from connectors.formats.registry import load_output
-from connectors.transports.base import FileExists, safe_name
+from connectors.transports.base import FileExists, Transport, safe_name
 from connectors.transports.local import clean_scratch
 from connectors.transports.registry import open_transport
 from spie_hub.audit.chain import seal
-from spie_hub.audit.log import AuditEvent, AuditLog, AuditSpool
+from spie_hub.audit.log import AuditEvent, AuditLog, AuditSpool, now
 from spie_hub.core.errors import FatalInputError, HubError, StorageError
 from spie_hub.run import deliver
 from spie_hub.run.claim import INPUT_NAME
 from spie_hub.run.summary import RecipientCounts, RunSummary
-from spie_hub.store import deliveries, revocations, runs
+from spie_hub.store import deliveries, runs
 
 if TYPE_CHECKING:
     from spie_hub.run.flow_run import RunContext
@@ -44,6 +45,8 @@ log = logging.getLogger("spie_hub.run")
 class RecoveryReport:
     flux: str
     completees: list[str] = field(default_factory=list)
+    #: Runs given up with part of their recipients delivered (the audit says which; see ``erreurs`` for what to do).
+    incompletes: list[str] = field(default_factory=list)
     annulees: list[str] = field(default_factory=list)
     entrees_restituees: int = 0
     temporaires: int = 0
@@ -51,10 +54,12 @@ class RecoveryReport:
     erreurs: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.completees or self.annulees or self.entrees_restituees or self.temporaires or self.erreurs)
+        return bool(self.completees or self.incompletes or self.annulees or self.entrees_restituees or self.temporaires
+                    or self.erreurs)
 
     def as_payload(self) -> dict[str, Any]:
-        return {"executions_completees": self.completees, "executions_annulees": self.annulees,
+        return {"executions_completees": self.completees, "executions_incompletes": self.incompletes,
+                "executions_annulees": self.annulees,
                 "entrees_restituees": self.entrees_restituees, "temporaires_supprimes": self.temporaires,
                 "erreurs": self.erreurs}
 
@@ -146,7 +151,7 @@ def _summary_from(private: Path, run_id: str, flow_id: str) -> RunSummary:
     return summary
 
 
-def _cancel_pending(ctx: RunContext, run_id: str, input_sha: str, private: Path, report: RecoveryReport, *,
+def cancel_pending(ctx: RunContext, run_id: str, input_sha: str, private: Path, report: RecoveryReport, *,
                     event: str, motif: str, requeue: bool) -> list[str]:
     """Give up the undelivered part of a run in publication: the audit says exactly who received what (the delivery
     rows) and who did not, manifests published without their file are withdrawn from the drops, and with
@@ -163,10 +168,19 @@ def _cancel_pending(ctx: RunContext, run_id: str, input_sha: str, private: Path,
         if recipient.id in delivered:
             continue
         drop = open_transport(recipient.transport, ctx.home)
-        for entry in drop.list(f"{ctx.flow.id}_{recipient.id}_*_{short}.manifest.json"):
+        try:
+            entries = drop.list(f"{ctx.flow.id}_{recipient.id}_*_{short}.manifest.json")
+        except (HubError, OSError):
+            entries = []  # the drop is still broken: nothing of this run can be in it
+        for entry in entries:
             data = entry.name.removesuffix(".manifest.json") + load_output(recipient.sortie).extension
-            if not drop.exists(data) and drop.delete(entry.name):
-                withdrawn.append(f"{recipient.id}/{entry.name}")
+            if not drop.exists(data):
+                if drop.delete(entry.name):
+                    withdrawn.append(f"{recipient.id}/{entry.name}")
+            elif _placed_by(drop, entry.name, data, run_id, input_sha):
+                # Killed after the file was in place, before its row: it was delivered, and the audit must say so.
+                _record_delivery(ctx, recipient.id, run_id, input_sha, drop, entry.name)
+                delivered[recipient.id] = data
     missing = [r.id for r in ctx.flow.destinataires if r.id not in delivered]
     requeued = requeue and _restore_input(ctx, private, run_id, any_origin=True)
     AuditLog(ctx.engine).append([AuditEvent(event, {
@@ -175,38 +189,54 @@ def _cancel_pending(ctx: RunContext, run_id: str, input_sha: str, private: Path,
         "note": "les destinataires non livrés n'ont rien reçu de cette exécution"}, run_id, ctx.flow.id)])
     set_status(ctx.engine, run_id, "incomplete" if delivered else "annule")
     shutil.rmtree(private, ignore_errors=True)
-    (report.completees if delivered else report.annulees).append(run_id)
+    (report.incompletes if delivered else report.annulees).append(run_id)
     report.entrees_restituees += int(requeued)
     return missing
 
 
+def _placed_by(drop: Transport, manifest_name: str, data_name: str, run_id: str, input_sha: str) -> bool:
+    """The pair in the drop is this run's: its signed manifest names the run and the data file has its SHA-256."""
+    try:
+        with drop.open(manifest_name) as handle:
+            manifest = json.loads(handle.read(1 << 20))
+        digest = hashlib.sha256()
+        with drop.open(data_name) as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except (HubError, OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("execution") == run_id and manifest.get("sha256") == digest.hexdigest()
+
+
+def _record_delivery(ctx: RunContext, rid: str, run_id: str, input_sha: str, drop: Transport, manifest_name: str) -> None:
+    with drop.open(manifest_name) as handle:
+        manifest = json.loads(handle.read(1 << 20))
+    with ctx.engine.begin() as connection:
+        connection.execute(insert(deliveries).values(
+            flow=ctx.flow.id, recipient=rid, input_sha256=input_sha, run_id=run_id, file_name=manifest["fichier"],
+            file_sha256=manifest["sha256"], records=int(manifest.get("enregistrements", 0)), delivered_at=now()))
+
+
 def _staging_lost(ctx: RunContext, run_id: str, input_sha: str, private: Path, report: RecoveryReport) -> None:
     """A run in publication whose staging was lost (removed by hand, another disk): it cannot be completed."""
-    missing = _cancel_pending(ctx, run_id, input_sha, private, report, event="execution-incomplete",
+    missing = cancel_pending(ctx, run_id, input_sha, private, report, event="execution-incomplete",
                               motif="publication interrompue et données préparées perdues", requeue=False)
     if missing:
         report.erreurs.append(f"exécution {run_id} : données préparées perdues, non livrée à {', '.join(missing)} "
                               "(fichier à renvoyer)")
 
 
-def _withdrawn_since(ctx: RunContext, run_id: str) -> bool:
-    """A withdrawal or an opposition recorded after the run decided: what it staged may no longer go."""
-    with ctx.engine.connect() as connection:
-        started = connection.execute(select(runs.c.started_at).where(runs.c.run_id == run_id)).scalar()
-        return started is not None and connection.execute(
-            select(revocations.c.id).where(revocations.c.recorded_at >= started).limit(1)).first() is not None
-
-
 def _complete(ctx: RunContext, run_id: str, input_sha: str, private: Path, report: RecoveryReport) -> None:
-    from spie_hub.run.flow_run import PUBLICATION_STATE, archive_input, finish_run, publish_staged
+    from spie_hub.run.flow_run import PUBLICATION_STATE, archive_input, finish_run, publish_staged, withdrawn_since
 
     if not (private / PUBLICATION_STATE).exists():
         _staging_lost(ctx, run_id, input_sha, private, report)
         return
-    if _withdrawn_since(ctx, run_id):
+    if withdrawn_since(ctx, run_id, private):
         # Decided before a withdrawal: what is still undelivered is decided again by a new run, never sent as staged.
-        _cancel_pending(ctx, run_id, input_sha, private, report, event="livraison-annulee", requeue=True,
-                        motif="retrait ou opposition enregistré depuis la décision : nouvelle décision")
+        cancel_pending(ctx, run_id, input_sha, private, report, event="livraison-annulee", requeue=True,
+                        motif="retrait ou opposition enregistré depuis la décision, ou décision d'un autre jour : "
+                              "nouvelle décision")
         return
     summary = _summary_from(private, run_id, ctx.flow.id)
     names = deliver.Names(ctx.flow, input_sha)

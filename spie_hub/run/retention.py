@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from sqlalchemy import Engine, func, select
 
@@ -38,6 +39,8 @@ class PurgeReport:
     limite: str
     fichiers: list[str] = field(default_factory=list)
     refus: list[str] = field(default_factory=list)
+    #: Runs whose delivery was still waiting for a broken drop past the retention period: given up.
+    expirees: list[str] = field(default_factory=list)
 
 
 def _label(transport: Transport, name: str) -> str:
@@ -65,6 +68,7 @@ def purge_flow(engine: Engine, home: HubHome, flow: Flow, now: dt.datetime) -> P
         quarantined = connection.execute(select(runs.c.run_id).where(
             runs.c.flow == flow.id, runs.c.status == "quarantaine", runs.c.started_at < iso)).all()
     drops = {r.id: open_transport(r.transport, home) for r in flow.destinataires}
+    report.expirees = _expire_pending(engine, home, flow, iso)
 
     # Folder by folder: one that is refused (a drop replaced by a link, a file) is said in the report and the audit,
     # and the purge goes on everywhere else — data past its retention must not outlive a partner's mistake.
@@ -91,8 +95,34 @@ def purge_flow(engine: Engine, home: HubHome, flow: Flow, now: dt.datetime) -> P
                                                      if e.regular and m(e.name) and _older(e, cutoff)])
     AuditLog(engine).append([AuditEvent("purge", {"limite": report.limite, "conservation_jours": flow.conservation_jours,
                                                   "nombre": len(report.fichiers), "fichiers": report.fichiers,
-                                                  "dossiers_refuses": report.refus}, flow=flow.id)])
+                                                  "dossiers_refuses": report.refus,
+                                                  "livraisons_en_attente_abandonnees": report.expirees}, flow=flow.id)])
     return report
+
+
+def _expire_pending(engine: Engine, home: HubHome, flow: Flow, cutoff_iso: str) -> list[str]:
+    """A delivery still waiting for its drop past the flow's retention is given up (audited, staged data removed):
+    no data outlives its retention because a drop stayed broken. Skipped while a run of the flow holds its lock."""
+    from spie_hub.run.flow_run import RunContext
+    from spie_hub.run.lock import FlowBusy, FlowLock
+    from spie_hub.run.recovery import RecoveryReport, cancel_pending
+
+    with engine.connect() as connection:
+        stale = connection.execute(select(runs.c.run_id, runs.c.input_sha256).where(
+            runs.c.flow == flow.id, runs.c.status == "publication", runs.c.started_at < cutoff_iso)).all()
+    if not stale:
+        return []
+    try:
+        with FlowLock(engine, home, flow.id, wait=0) as lock:
+            ctx = RunContext(flow, home, engine, cast(Any, None), cast(Any, None), lock, dt.date.today())
+            report = RecoveryReport(flow.id)
+            for row in stale:
+                cancel_pending(ctx, row.run_id, row.input_sha256, home.staging / row.run_id, report,
+                               event="livraison-annulee", requeue=False,
+                               motif=f"livraison en attente au-delà de la durée de conservation ({flow.conservation_jours} jours)")
+    except FlowBusy:
+        return []
+    return [row.run_id for row in stale]
 
 
 def _flow_file(flow: Flow) -> Callable[[str], bool]:
