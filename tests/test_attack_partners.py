@@ -144,9 +144,14 @@ def visible(folder: Path) -> list[str]:
 
 
 def run_catching(home: HubHome) -> tuple[list | None, BaseException | None]:
-    """One scheduler pass over the inbox; a French ``HubError`` (or, reported as such, any other error) returned."""
+    """One scheduler pass over the inbox; a French ``HubError`` (or, reported as such, any other error) returned —
+    a delivery left waiting for a broken drop is such an error, said as the input's outcome."""
+    from spie_hub.core.errors import StorageError
+
     try:
-        return process_inbox(FLOW, home), None
+        summaries = process_inbox(FLOW, home)
+        pending = [s for s in summaries if s.statut == "livraison-en-attente"]
+        return summaries, (StorageError(pending[0].message or "") if pending else None)
     except HubError as error:
         return None, error
     except Exception as error:  # noqa: BLE001 - a raw error is itself a finding: assert_french names it
