@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -134,6 +135,14 @@ class Transport(ABC):
     def delete(self, name: str, *, expected: FileInfo | None = None) -> bool:
         """Remove ``name``; with ``expected``, only if it is still that file (same size and time), so that a file
         replaced meanwhile is kept for the next pass. Returns whether something was removed."""
+
+    def store_file(self, name: str, source: Path, *, replace: bool = False) -> None:
+        """``store`` the content of a local file of the hub's (staged delivery, claimed input); a transport may do
+        better than a copy (a local folder links it)."""
+        import shutil
+
+        with source.open("rb") as handle, self.store(name, replace=replace) as target:
+            shutil.copyfileobj(handle, target, 1 << 20)
 
     def move(self, name: str, target: Transport, new_name: str | None = None) -> None:
         """Move ``name`` to ``target`` (another folder, another transport): stored there atomically first, then

@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import io
 import json
-import shutil
+import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -112,9 +112,9 @@ def store_json(transport: Transport, name: str, document: dict[str, Any], *, rep
 
 
 def copy_into(transport: Transport, name: str, source: Path, *, replace: bool = False) -> None:
-    # The source first: a missing source is its own error, not the target folder's.
-    with source.open("rb") as handle, transport.store(name, replace=replace) as target:
-        shutil.copyfileobj(handle, target, 1 << 20)
+    if not source.is_file():  # a missing source is its own error, not the target folder's
+        raise StorageError(f"Fichier préparé introuvable dans {source.parent} (déjà publié ou reprise entre-temps)")
+    transport.store_file(name, source, replace=replace)
 
 
 class StagedDeliveries:
@@ -126,6 +126,7 @@ class StagedDeliveries:
         self.outputs: dict[str, OutputFormat] = {r.id: load_output(r.sortie) for r in recipients}
         self._stack = ExitStack()
         self.writers: dict[str, RecordWriter] = {}
+        self.handles: list[BinaryIO] = []
         self.rejections: list[tuple[str, int | None, str]] = []
 
     def staged(self, recipient: Recipient) -> Path:
@@ -135,6 +136,7 @@ class StagedDeliveries:
         try:
             for recipient in self.recipients:
                 handle: BinaryIO = self._stack.enter_context(open(self.staged(recipient), "wb"))
+                self.handles.append(handle)
                 self.writers[recipient.id] = self.outputs[recipient.id].open(handle)
         except OSError as error:
             self._stack.close()
@@ -146,6 +148,9 @@ class StagedDeliveries:
             if exc[0] is None:
                 for writer in self.writers.values():
                     writer.close()
+                for handle in self.handles:  # durable before the audit says "delivered" (they are linked, not copied)
+                    handle.flush()
+                    os.fsync(handle.fileno())
         finally:
             self._stack.close()
 
