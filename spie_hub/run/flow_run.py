@@ -309,8 +309,14 @@ def publish_staged(ctx: RunContext, run_id: str, staging: Path, summary: RunSumm
         raise RetriableError(f"Exécution {run_id} : sa publication a été terminée ou annulée par une reprise entre-temps ; "
                              "rien de plus n'est publié ici")
     failures: list[str] = []
+    with ctx.engine.connect() as connection:
+        done = {r.recipient: r.file_name for r in connection.execute(select(deliveries.c.recipient, deliveries.c.file_name)
+                .where(deliveries.c.flow == ctx.flow.id, deliveries.c.input_sha256 == names.input_sha))}
     for manifest in sorted(staging.glob("*.manifest.json")):
         rid = manifest.name.removesuffix(".manifest.json")
+        if rid in done and rid in recipients:  # published before an interruption: nothing more to decide or send
+            summary.destinataires[rid].fichier = deliver.recipient_transport(recipients[rid], ctx.home).location(done[rid])
+            continue
         if rid in recipients:
             ctx.lock.ensure_held(publishing=True)
             if withdrawn_since(ctx, run_id, staging):

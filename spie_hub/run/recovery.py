@@ -96,11 +96,18 @@ def _restore_input(ctx: RunContext, private: Path, run_id: str, *, any_origin: b
     inbox = open_transport(ctx.flow.transport, ctx.home)
     name = _restorable(claim.get("nom") or "", ctx.flow.transport.motif, run_id)
     try:
-        deliver.copy_into(inbox, name, copy)
+        _copy_back(inbox, name, copy)
     except FileExists:  # the partner dropped another file under that name meanwhile: keep both
         stem, dot, ext = name.rpartition(".")
-        deliver.copy_into(inbox, f"{stem}.repris-{run_id}.{ext}" if dot else f"{name}.repris-{run_id}", copy)
+        _copy_back(inbox, f"{stem}.repris-{run_id}.{ext}" if dot else f"{name}.repris-{run_id}", copy)
     return True
+
+
+def _copy_back(inbox: Transport, name: str, copy: Path) -> None:
+    """Bytes copied, never linked: the private copy may already be the archive's inode, and an inbox is the
+    partner's to write (a link would let it rewrite the hub's evidence, and the claim refuses linked files)."""
+    with copy.open("rb") as source, inbox.store(name) as target:
+        shutil.copyfileobj(source, target, 1 << 20)
 
 
 def _restorable(name: str, pattern: str, run_id: str) -> str:
@@ -217,6 +224,15 @@ def _record_delivery(ctx: RunContext, rid: str, run_id: str, input_sha: str, dro
             file_sha256=manifest["sha256"], records=int(manifest.get("enregistrements", 0)), delivered_at=now()))
 
 
+def _undelivered(ctx: RunContext, run_id: str, private: Path) -> bool:
+    """Whether some recipient staged by the run has no delivery row yet (else there is nothing left to decide)."""
+    staged = {p.name.removesuffix(".manifest.json") for p in private.glob("*.manifest.json")}
+    with ctx.engine.connect() as connection:
+        delivered = {r.recipient for r in connection.execute(select(deliveries.c.recipient).where(
+            deliveries.c.run_id == run_id))}
+    return bool(staged - delivered)
+
+
 def _staging_lost(ctx: RunContext, run_id: str, input_sha: str, private: Path, report: RecoveryReport) -> None:
     """A run in publication whose staging was lost (removed by hand, another disk): it cannot be completed."""
     missing = cancel_pending(ctx, run_id, input_sha, private, report, event="execution-incomplete",
@@ -232,7 +248,7 @@ def _complete(ctx: RunContext, run_id: str, input_sha: str, private: Path, repor
     if not (private / PUBLICATION_STATE).exists():
         _staging_lost(ctx, run_id, input_sha, private, report)
         return
-    if withdrawn_since(ctx, run_id, private):
+    if withdrawn_since(ctx, run_id, private) and _undelivered(ctx, run_id, private):
         # Decided before a withdrawal: what is still undelivered is decided again by a new run, never sent as staged.
         cancel_pending(ctx, run_id, input_sha, private, report, event="livraison-annulee", requeue=True,
                         motif="retrait ou opposition enregistré depuis la décision, ou décision d'un autre jour : "
