@@ -6,6 +6,7 @@ import atexit
 import base64
 import os
 import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -86,3 +87,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: py
         engine.dispose()
     monkeypatch.setenv("SPIE_HUB_DATABASE_URL", url)
     return url
+
+
+@pytest.fixture
+def held_processes() -> Iterator[list]:
+    """Processes the test holds stopped: resumed and killed at the end, whatever happened (only these)."""
+    held: list = []
+    yield held
+    for process in held:
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+            process.communicate()

@@ -79,16 +79,6 @@ def _held(home: Path, failpoint: str, *, flow: str = CAF) -> subprocess.Popen[st
     return process
 
 
-@pytest.fixture
-def held_processes() -> Iterator[list]:
-    """Processes the test holds stopped: resumed and killed at the end, whatever happened (only these)."""
-    held: list = []
-    yield held
-    for process in held:
-        if process.poll() is None:
-            process.send_signal(signal.SIGCONT)
-            process.kill()
-            process.communicate()
 
 
 @pytest.fixture

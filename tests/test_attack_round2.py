@@ -353,15 +353,6 @@ def test_a_delivery_waiting_past_the_end_of_the_consents_it_was_decided_on_does_
     assert not problems, "\n".join(problems)
 
 
-@pytest.fixture
-def held_processes() -> Iterator[list]:
-    held: list = []
-    yield held
-    for process in held:
-        if process.poll() is None:
-            process.send_signal(signal.SIGCONT)
-            process.kill()
-            process.communicate()
 
 
 def test_the_dpo_subject_access_tells_a_person_in_a_waiting_delivery_that_it_is_pending_not_cancelled(
