@@ -4,7 +4,8 @@ Exit codes (``sysexits.h`` where one fits):
   0    success
   1    invalid input or failed check (an input quarantined or refused, an altered audit log)
   2    usage or configuration error (missing key, unknown flow, unreachable database)
-  74   EX_IOERR: the hub could not read or write one of its folders (disk full, read-only, permission)
+  74   EX_IOERR: the hub could not read or write one of its folders (disk full, read-only, permission), a delivery
+       waits for a recipient's broken drop, or ``reprise`` left something it could not settle
   75   EX_TEMPFAIL: try again later (a file still being written, the flow busy with another run)
   130  interrupted by SIGINT (Ctrl-C); 143 interrupted by SIGTERM. An interrupted run is rolled back, or completed
        at the next start if it was publishing.
