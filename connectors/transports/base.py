@@ -10,10 +10,10 @@ atomically when the block ends without error (and leaves nothing behind otherwis
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +43,14 @@ def entry_name(name: str) -> str:
     if not name or name in (".", "..") or "/" in name or "\0" in name:
         raise FatalInputError("Nom de fichier refusé (chemin ou séparateur)")
     return name
+
+
+def sha256_stream(handle: BinaryIO) -> str:
+    """SHA-256 of what is left to read in ``handle``, by 1 MiB chunks (memory flat with file size)."""
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def printable_name(name: str) -> str:
@@ -172,8 +180,6 @@ class Transport(ABC):
         """Remove what an interrupted store left behind; return the names removed."""
         return []
 
-    def iter_names(self, pattern: str = "*") -> Iterator[str]:
-        return (entry.name for entry in self.list(pattern) if entry.regular)
 
 
 _FOLDER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")

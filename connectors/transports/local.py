@@ -36,6 +36,7 @@ from connectors.transports.base import (
     confined_folder,
     entry_name,
     safe_name,
+    sha256_stream,
 )
 from spie_hub.core.errors import ConfigurationError, FatalInputError, StorageError
 from spie_hub.core.failpoints import failpoint
@@ -65,10 +66,7 @@ def _digest(path: Path) -> str | None:
     with os.fdopen(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        digest = hashlib.sha256()
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-        return digest.hexdigest()
+        return sha256_stream(handle)
 
 
 class LocalFolder(Transport):

@@ -9,7 +9,6 @@ completed by the next start from its staging (``spie_hub/run/recovery.py``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -25,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from connectors.formats.base import OutputFormat, RecordWriter
 from connectors.formats.registry import load_output
 from connectors.formats.reports import write_report
-from connectors.transports.base import FileExists, Transport
+from connectors.transports.base import FileExists, Transport, sha256_stream
 from connectors.transports.local import LocalFolder
 from connectors.transports.registry import open_transport
 from consent.decision import RecordDecision
@@ -44,11 +43,19 @@ REJECTION_HEADER = ["Position dans le fichier", "Ligne", "Motif du rejet"]
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return sha256_stream(handle)
+
+
+def staged_file(staging: Path, recipient_id: str) -> Path:
+    """A recipient's delivery as staged in the run's private folder, until it is published."""
+    return staging / f"{recipient_id}.livraison"
+
+
+def archive_name(run_id: str) -> str:
+    """The archived input's name. Opaque: a partner's file name can hold anything (a NIR, a right-to-left override,
+    255 bytes); the run row and the audit tie the copy to its run, the hash to its content."""
+    return f"{run_id}_entree"
 
 
 def recipient_transport(recipient: Recipient, home: HubHome) -> Transport:
@@ -130,7 +137,7 @@ class StagedDeliveries:
         self.rejections: list[tuple[str, int | None, str]] = []
 
     def staged(self, recipient: Recipient) -> Path:
-        return self.staging / f"{recipient.id}.livraison"
+        return staged_file(self.staging, recipient.id)
 
     def __enter__(self) -> StagedDeliveries:
         try:
@@ -221,7 +228,7 @@ def publish(engine: Engine, home: HubHome, flow: Flow, recipient: Recipient, sta
         store_json(transport, Names.manifest(name), manifest, replace=True)
     failpoint("entre-manifeste-et-fichier")
     try:
-        copy_into(transport, name, staging / f"{recipient.id}.livraison")
+        copy_into(transport, name, staged_file(staging, recipient.id))
     except BaseException:
         # A manifest never stays alone in a drop that could not take its file (full, read-only meanwhile).
         with contextlib.suppress(HubError, OSError):
@@ -242,7 +249,7 @@ def publish(engine: Engine, home: HubHome, flow: Flow, recipient: Recipient, sta
         if owner != run_id:
             raise
     # Published and recorded: the staged copy (people's data in clear) is not kept for anything.
-    (staging / f"{recipient.id}.livraison").unlink(missing_ok=True)
+    staged_file(staging, recipient.id).unlink(missing_ok=True)
     return transport.location(name)
 
 

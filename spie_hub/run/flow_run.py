@@ -285,9 +285,7 @@ class FlowRun:
 def archive_input(ctx: RunContext, run_id: str, copy: Path) -> None:
     """Keep the received bytes (archive, purged with the flow's retention) before the run says it is over, so that a
     crash after this point leaves nothing to archive. Idempotent: recovery may call it again."""
-    from spie_hub.run.recovery import archive_name
-
-    deliver.copy_into(deliver.hub_folder(ctx.home, f"archive/{ctx.flow.id}"), archive_name(copy.parent, run_id), copy,
+    deliver.copy_into(deliver.hub_folder(ctx.home, f"archive/{ctx.flow.id}"), deliver.archive_name(run_id), copy,
                       replace=True)
 
 
@@ -319,7 +317,7 @@ def publish_staged(ctx: RunContext, run_id: str, staging: Path, summary: RunSumm
             continue
         if rid in recipients:
             ctx.lock.ensure_held(publishing=True)
-            if withdrawn_since(ctx, run_id, staging):
+            if decision_stale(ctx, run_id, staging):
                 raise DecisionStale(f"Exécution {run_id} : un retrait ou une opposition a été enregistré depuis la "
                                     "décision ; la part non livrée sera décidée à nouveau (reprise au prochain passage)")
             # Each recipient on its own: one unusable drop (full, read-only, a name taken) never holds back another.
@@ -347,7 +345,7 @@ class DecisionStale(RetriableError):
     """What a run staged was decided before a withdrawal, or on an earlier day: it is decided again, never sent."""
 
 
-def withdrawn_since(ctx: RunContext, run_id: str, staging: Path | None = None) -> bool:
+def decision_stale(ctx: RunContext, run_id: str, staging: Path | None = None) -> bool:
     """A withdrawal or an opposition recorded after the run decided, or a decision made on an earlier day (a consent
     may have ended since, a period begun): what the run staged may no longer go as it is."""
     from spie_hub.store import revocations

@@ -22,7 +22,6 @@ from pathlib import Path
 from types import FrameType
 
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import OperationalError
 
 from connectors.transports.base import FileInfo, Transport
 from connectors.transports.registry import open_transport
@@ -138,7 +137,10 @@ def _run(flow: Flow, home: HubHome, engine: Engine, claim: Callable[[Path], Clai
                 summary = run.summary
                 summary.statut, summary.message = PENDING, str(error)
                 return summary
-            raise _storage(error, home) from None if isinstance(error, OSError | OperationalError) else error
+            converted = _storage(error, home)
+            if converted is error:
+                raise
+            raise converted from None
         shutil.rmtree(private, ignore_errors=True)
         return summary
 

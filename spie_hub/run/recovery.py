@@ -11,19 +11,18 @@ Called with the flow's lock held, so every unfinished run it finds is dead:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import insert, select
 
 from connectors.formats.registry import load_output
-from connectors.transports.base import FileExists, Transport, safe_name
+from connectors.transports.base import FileExists, Transport, safe_name, sha256_stream
 from connectors.transports.local import clean_scratch
 from connectors.transports.registry import open_transport
 from spie_hub.audit.chain import seal
@@ -31,11 +30,17 @@ from spie_hub.audit.log import AuditEvent, AuditLog, AuditSpool, now
 from spie_hub.core.errors import FatalInputError, HubError, StorageError
 from spie_hub.run import deliver
 from spie_hub.run.claim import INPUT_NAME
+from spie_hub.run.flow_run import (
+    PUBLICATION_STATE,
+    RunContext,
+    archive_input,
+    decision_stale,
+    finish_run,
+    publish_staged,
+    set_status,
+)
 from spie_hub.run.summary import RecipientCounts, RunSummary
 from spie_hub.store import deliveries, runs
-
-if TYPE_CHECKING:
-    from spie_hub.run.flow_run import RunContext
 
 CLAIM_FILE = "prise.json"
 log = logging.getLogger("spie_hub.run")
@@ -69,13 +74,6 @@ def _claim(private: Path) -> dict[str, str]:
         return dict(json.loads((private / CLAIM_FILE).read_text(encoding="utf-8")))
     except (OSError, ValueError):
         return {}
-
-
-def archive_name(private: Path, run_id: str) -> str:
-    """The archived copy's name: the run, then the received file's printable name (opaque when it came by path)."""
-    # Opaque: a partner's file name can hold anything (a NIR, a right-to-left override, 255 bytes); the run row and
-    # the audit tie the copy to its run, the hash to its content.
-    return f"{run_id}_entree"
 
 
 def _free_outputs(private: Path) -> None:
@@ -123,8 +121,6 @@ def _restorable(name: str, pattern: str, run_id: str) -> str:
 
 def rollback(ctx: RunContext, run_id: str, private: Path, reason: str, report: RecoveryReport | None = None) -> None:
     """Undo a run that published nothing: input back to the inbox, staging removed, the audit told."""
-    from spie_hub.run.flow_run import set_status
-
     _free_outputs(private)
     quarantine = deliver.hub_folder(ctx.home, f"quarantine/{run_id}")  # a quarantine copy made before the failure
     for entry in quarantine.list():
@@ -146,8 +142,6 @@ def rollback(ctx: RunContext, run_id: str, private: Path, reason: str, report: R
 
 
 def _summary_from(private: Path, run_id: str, flow_id: str) -> RunSummary:
-    from spie_hub.run.flow_run import PUBLICATION_STATE
-
     data = json.loads((private / PUBLICATION_STATE).read_text(encoding="utf-8"))
     counts = {rid: RecipientCounts(livres=c["livres"], retenus=c["retenus"], deja_livre=c["deja_livre"], fichier=c["fichier"],
                                    motifs=Counter(c["motifs"]), fondements={k: Counter(v) for k, v in c["fondements"].items()})
@@ -164,8 +158,6 @@ def cancel_pending(ctx: RunContext, run_id: str, input_sha: str, private: Path, 
     rows) and who did not, manifests published without their file are withdrawn from the drops, and with
     ``requeue`` the input goes back to the inbox so that a new run decides again for those recipients (the ones
     already delivered are skipped by their delivery rows). Returns the recipients not delivered."""
-    from spie_hub.run.flow_run import set_status
-
     with ctx.engine.connect() as connection:
         delivered = {r.recipient: r.file_name for r in connection.execute(select(deliveries).where(
             deliveries.c.run_id == run_id))}
@@ -206,13 +198,11 @@ def _placed_by(drop: Transport, manifest_name: str, data_name: str, run_id: str,
     try:
         with drop.open(manifest_name) as handle:
             manifest = json.loads(handle.read(1 << 20))
-        digest = hashlib.sha256()
         with drop.open(data_name) as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
+            digest = sha256_stream(handle)
     except (HubError, OSError, ValueError):
         return False
-    return isinstance(manifest, dict) and manifest.get("execution") == run_id and manifest.get("sha256") == digest.hexdigest()
+    return isinstance(manifest, dict) and manifest.get("execution") == run_id and manifest.get("sha256") == digest
 
 
 def _record_delivery(ctx: RunContext, rid: str, run_id: str, input_sha: str, drop: Transport, manifest_name: str) -> None:
@@ -243,12 +233,10 @@ def _staging_lost(ctx: RunContext, run_id: str, input_sha: str, private: Path, r
 
 
 def _complete(ctx: RunContext, run_id: str, input_sha: str, private: Path, report: RecoveryReport) -> None:
-    from spie_hub.run.flow_run import PUBLICATION_STATE, archive_input, finish_run, publish_staged, withdrawn_since
-
     if not (private / PUBLICATION_STATE).exists():
         _staging_lost(ctx, run_id, input_sha, private, report)
         return
-    if withdrawn_since(ctx, run_id, private) and _undelivered(ctx, run_id, private):
+    if decision_stale(ctx, run_id, private) and _undelivered(ctx, run_id, private):
         # Decided before a withdrawal: what is still undelivered is decided again by a new run, never sent as staged.
         cancel_pending(ctx, run_id, input_sha, private, report, event="livraison-annulee", requeue=True,
                         motif="retrait ou opposition enregistré depuis la décision, ou décision d'un autre jour : "

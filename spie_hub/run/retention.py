@@ -25,6 +25,9 @@ from spie_hub.core.errors import HubError
 from spie_hub.core.home import HubHome
 from spie_hub.registry import Flow
 from spie_hub.run.deliver import Names, hub_folder, sender_returns
+from spie_hub.run.flow_run import RunContext
+from spie_hub.run.lock import FlowBusy, FlowLock
+from spie_hub.run.recovery import RecoveryReport, cancel_pending
 from spie_hub.store import audit_log, deliveries, runs
 from spie_hub.store.guards import purge_upto
 
@@ -103,10 +106,6 @@ def purge_flow(engine: Engine, home: HubHome, flow: Flow, now: dt.datetime) -> P
 def _expire_pending(engine: Engine, home: HubHome, flow: Flow, cutoff_iso: str) -> list[str]:
     """A delivery still waiting for its drop past the flow's retention is given up (audited, staged data removed):
     no data outlives its retention because a drop stayed broken. Skipped while a run of the flow holds its lock."""
-    from spie_hub.run.flow_run import RunContext
-    from spie_hub.run.lock import FlowBusy, FlowLock
-    from spie_hub.run.recovery import RecoveryReport, cancel_pending
-
     with engine.connect() as connection:
         stale = connection.execute(select(runs.c.run_id, runs.c.input_sha256).where(
             runs.c.flow == flow.id, runs.c.status == "publication", runs.c.started_at < cutoff_iso)).all()
