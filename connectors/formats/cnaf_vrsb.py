@@ -8,6 +8,7 @@ DOCTYPE is refused before parsing starts, so no entity can be declared; the pars
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 import re
 import signal
@@ -145,6 +146,25 @@ def _first_invalid_foyer(stream: BinaryIO, encoding: str | None) -> tuple[int, i
     return None
 
 
+#: xsd:date's lexical form: a date, then an optional time zone (``Z``, ``+14:00``, ``-05:30``).
+_XSD_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})(?:Z|[+-]\d{2}:\d{2})?")
+
+
+def reference_day(text: str | None) -> str | None:
+    """The reference date of the file as ``AAAA-MM-JJ``, or ``None`` when it is absent or unreadable.
+
+    The XSD accepts a time zone after the date (``2022-02-28+14:00``): the reference date is the date part. The
+    result is always a real calendar date written by the hub (it ends up in file names), never the partner's text.
+    """
+    match = _XSD_DATE.fullmatch((text or "").strip())
+    if match is None:
+        return None
+    try:
+        return dt.date.fromisoformat(match.group(1)).isoformat()
+    except ValueError:
+        return None
+
+
 def read_foyers(stream: BinaryIO, entete: InputFacts, *, validate: bool = True) -> Iterator[etree._Element]:
     """Yield each ``InfosFoyerRSA`` element; fill ``entete`` as the header and trailer are read.
 
@@ -177,7 +197,7 @@ def read_foyers(stream: BinaryIO, entete: InputFacts, *, validate: bool = True) 
                 entete.unites_lues += 1
                 yield element
             elif element.tag == "IdentificationFlux":
-                entete.date_reference = element.findtext("DTREF")
+                entete.date_reference = reference_day(element.findtext("DTREF"))
             else:
                 announced = element.findtext("NBTOTDOSRSATRANSM")
                 entete.unites_annoncees = int(announced) if announced and announced.strip().isdigit() else None

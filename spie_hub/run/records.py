@@ -6,6 +6,7 @@ mapping turns each into a ``PersonneSPIE``; the pseudonymiser gives its pivot. N
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from schemas.spie_v1 import PersonneSPIE
 from spie_hub.core.errors import RecordError
 from spie_hub.mapping.compiler import CompiledMapping
 from spie_hub.privacy.pseudonym import Pivot, Pseudonymiser
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,23 @@ def _readable(error: ValidationError) -> str:
 
 def to_record(mapping: CompiledMapping, pseudonymiser: Pseudonymiser, element: Any, parent: Any,
               provenance: dict[str, Any]) -> tuple[PersonneSPIE, Pivot]:
-    """Map one partner record to the shared schema with its pivot pseudonym; ``RecordError`` if it cannot be."""
+    """Map one partner record to the shared schema with its pivot pseudonym; ``RecordError`` if it cannot be,
+    including for an error nobody foresaw (a bug, a third-party library's surprise): that record alone is rejected,
+    the run goes on."""
+    try:
+        return _to_record(mapping, pseudonymiser, element, parent, provenance)
+    except (RecordError, MemoryError):
+        raise
+    except Exception as error:  # noqa: BLE001 - one record's surprise must not stop the file
+        # Only the class name: the message of a third-party error may quote the record (a NIR, a name).
+        _log.warning("Enregistrement rejeté sur une erreur inattendue (%s) : %s", type(error).__name__,
+                     provenance.get("position", "?"))
+        raise RecordError(f"erreur inattendue à la lecture de l'enregistrement ({type(error).__name__}) : "
+                          "enregistrement rejeté, signalé à l'exploitant du hub") from None
+
+
+def _to_record(mapping: CompiledMapping, pseudonymiser: Pseudonymiser, element: Any, parent: Any,
+               provenance: dict[str, Any]) -> tuple[PersonneSPIE, Pivot]:
     data = mapping.map(element, parent)
     nir = (data.get("identite") or {}).get("nir")
     if nir is not None:
