@@ -98,6 +98,19 @@ revocations = Table(
     Index("ix_revocations_pending", "propagated_at"),
 )
 
+#: Every pseudonymisation key id the hub ever used, with a keyed fingerprint of its secret (HMAC(secret,
+#: "empreinte-cle"), never the secret nor a plain hash of it): a changed secret behind a known id, a used id given to
+#: a new secret, or a known key missing from the ring is refused at load (spie_hub/privacy/keys.py). Rows are never
+#: deleted; only ``retired_at`` is ever set (guards and privileges in spie_hub/store/guards.py).
+pseudo_keys = Table(
+    "pseudo_keys",
+    metadata,
+    Column("kid", String(16), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("first_seen_at", String(32), nullable=False),
+    Column("retired_at", String(32)),
+)
+
 audit_log = Table(
     "audit_log",
     metadata,

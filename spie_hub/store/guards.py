@@ -88,18 +88,45 @@ def purge_upto(engine: Engine, upto: int) -> int:
         return connection.exec_driver_sql("DELETE FROM audit_log WHERE seq <= ?", (upto,)).rowcount
 
 
-def harden_privileges(engine: Engine, role: str) -> None:
-    """Leave ``role`` (the hub's application role) only what appending needs on the audit tables."""
+#: The audit tables: the role appends to them and nothing else (the head row moves on each append).
+_AUDIT_GRANTS = {
+    "audit_log": "SELECT, INSERT",
+    "audit_checkpoints": "SELECT, INSERT",
+    "audit_keys": "SELECT, INSERT",
+    "audit_anchor": "SELECT",
+    "audit_head": "SELECT, UPDATE",
+    # A key id once used stays known forever; only its retirement date is ever written.
+    "pseudo_keys": "SELECT, INSERT, UPDATE (retired_at)",
+}
+
+
+def harden_privileges(engine: Engine, role: str) -> list[str]:
+    """Leave ``role`` (the hub's application role) only what appending needs on the audit tables, and what the
+    hub's work needs on every other table of the store, their sequences included (an INSERT into a table with a
+    serial key draws from its sequence: without USAGE the first consent import or delivery row fails). Tables are
+    taken from the store's schema, so a table added later is covered by the next ``spie-hub base durcir``.
+    Return the tables the role may change."""
     if engine.dialect.name != "postgresql":
         raise ValueError("les privilèges ne s'appliquent qu'à PostgreSQL")
+    from spie_hub.store import metadata
+
     quoted = engine.dialect.identifier_preparer.quote(role)
+    work = [t.name for t in metadata.sorted_tables if t.name not in _AUDIT_GRANTS]
     with engine.begin() as connection:
-        for table in ("audit_log", "audit_checkpoints", "audit_keys", "audit_anchor", "audit_head"):
+        for table, grants in _AUDIT_GRANTS.items():
             connection.execute(text(f"REVOKE ALL ON {table} FROM PUBLIC, {quoted}"))
-        connection.execute(text(f"GRANT SELECT, INSERT ON audit_log, audit_checkpoints, audit_keys TO {quoted}"))
-        connection.execute(text(f"GRANT SELECT ON audit_anchor TO {quoted}"))
-        connection.execute(text(f"GRANT SELECT, UPDATE ON audit_head TO {quoted}"))  # the head row moves on each append
+            connection.execute(text(f"GRANT {grants} ON {table} TO {quoted}"))
         connection.execute(text("REVOKE ALL ON FUNCTION spie_audit_purge(integer) FROM PUBLIC"))
         connection.execute(text(f"GRANT EXECUTE ON FUNCTION spie_audit_purge(integer) TO {quoted}"))
-        for table in ("runs", "deliveries", "consents", "revocations"):
+        for table in work:
             connection.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {quoted}"))
+        # The sequences owned by those tables' serial columns (none behind the audit tables, whose keys are given).
+        sequences = connection.execute(text(
+            "SELECT DISTINCT s.relname FROM pg_class s JOIN pg_depend d ON d.objid = s.oid AND d.deptype IN ('a', 'i') "
+            "JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace n ON n.oid = s.relnamespace "
+            "WHERE s.relkind = 'S' AND n.nspname = current_schema() AND t.relname = ANY(:tables)"),
+            {"tables": work}).scalars().all()
+        for sequence in sequences:
+            connection.execute(text(f"GRANT USAGE, SELECT ON SEQUENCE {engine.dialect.identifier_preparer.quote(sequence)} "
+                                    f"TO {quoted}"))
+    return work
