@@ -156,35 +156,89 @@ def cmd_dpo_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nir_on_the_command_line(value: str) -> str:
+    # A NIR given as an argument lands in the shell history and the process list (`ps`): refused, never echoed.
+    if value != "-":
+        raise argparse.ArgumentTypeError("le NIR ne se donne jamais en argument (il resterait dans l'historique du "
+                                         "shell et la liste des processus) : le fournir sur l'entrée standard")
+    return value
+
+
+def _read_person(stream: object) -> tuple[str | None, dict[str, list[str]]]:
+    """What identifies the person, from standard input: a NIR line (``NIR`` or ``nir : NIR``) and, for records a
+    partner sent without NIR, ``repli FLUX : id1 | id2 | …`` lines (that flow's fallback identifiers, in order)."""
+    nir: str | None = None
+    repli: dict[str, list[str]] = {}
+    for number, raw in enumerate(stream, start=1):  # type: ignore[attr-defined]
+        line = str(raw).strip()
+        if not line or line.startswith("#"):
+            continue
+        head, sep, rest = line.partition(":")
+        words = head.split()
+        if sep and len(words) == 2 and words[0].lower() == "repli":
+            if words[1] in repli:
+                raise ValueError(f"ligne {number} : identifiants de repli du flux {words[1]} donnés deux fois")
+            repli[words[1]] = rest.split("|")
+        elif sep and head.strip().lower() == "nir" or not sep:
+            if nir is not None:
+                raise ValueError(f"ligne {number} : un seul NIR par recherche")
+            nir = rest.strip() if sep else line
+        else:
+            raise ValueError(f"ligne {number} : attendu « NIR », « nir : NIR » ou « repli FLUX : id1 | id2 | … »")
+    return nir, repli
+
+
 def cmd_dpo_person(args: argparse.Namespace) -> int:
     from spie_hub.dpo.subject_access import subject_access
     from spie_hub.registry import load_flows
 
-    # "--nir -" reads the NIR from standard input, so it stays out of the shell history and the process list.
-    nir = sys.stdin.readline().strip() if args.nir == "-" else args.nir
+    try:
+        nir, repli = _read_person(sys.stdin)
+    except ValueError as error:
+        _err(f"Entrée standard : {error}.")
+        return 2
+    if not nir and not repli:
+        _err("Aucun NIR lu sur l'entrée standard (ni identifiants de repli) : par exemple "
+             "`spie-hub dpo personne < demande.txt`, le fichier contenant le NIR sur sa première ligne.")
+        return 2
+    flows = load_flows()
+    unknown = sorted(set(repli) - set(flows))
+    if unknown:
+        _err(f"Flux inconnu dans les identifiants de repli : {', '.join(unknown)} (flux déclarés : {', '.join(sorted(flows))})")
+        return 2
     _home, engine, pseudonymiser = _store_and_key()
-    report = subject_access(engine, pseudonymiser, nir, load_flows(), demandeur=args.demandeur,  # type: ignore[arg-type]
-                            motif=args.motif)
+    report = subject_access(engine, pseudonymiser, nir, flows, demandeur=args.demandeur,  # type: ignore[arg-type]
+                            motif=args.motif, repli=repli)
     if args.json:
         print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
         return 0
-    print(f"Personne : pseudonyme pivot {report.pseudonyme_pivot} (clé {report.cle}). Recherche journalisée.")
+    found = f"pseudonyme pivot {report.pseudonyme_pivot}" if report.pseudonyme_pivot else "sans NIR"
+    searched = f" ; identifiants de repli des flux {', '.join(sorted(repli))}" if repli else ""
+    print(f"Personne : {found} (clé {report.cle}){searched}. Recherche journalisée.")
     print(f"Consentements et oppositions ({len(report.consentements)} version(s)) :")
     for c in report.consentements:
         rules = " ; ".join(f"{'autorise' if r['effet'] == 'permit' else 'refuse'} {', '.join(r['categories'])} "
                            f"à {', '.join(r['destinataires'])} ({r['debut'] or '…'} → {r['fin'] or '…'})" for r in c["regles"])
-        print(f"  - {c['emetteur']}/{c['consentement']} v{c['version']} [{c['type']}, {c['statut']}] : {rules}")
+        print(f"  - {c['reference']} (émetteur {c['emetteur']}) [{c['type']}, {c['statut']}] : {rules}")
     print(f"Échanges et décisions ({len(report.echanges)}) :")
+    states = {"livre": "LIVRÉ", "retenu": "retenu", "en-attente": "en attente", "non-livre": "non livré",
+              "inconnu": "livraison non vérifiable"}
     for e in report.echanges:
+        how = " (retrouvé par identifiants de repli)" if e.pivot == "repli" else ""
         if e.evenement == "decision":
-            head = f"{e.date} {e.flux} → {e.destinataire} : {'LIVRÉ' if e.decision == 'livre' else 'retenu'}"
+            head = f"{e.date} {e.flux} → {e.destinataire} : {states.get(e.decision or '', e.decision)}{how}"
             grounds = ", ".join(f"{c} ({g})" for c, g in e.categories.items())
             print(f"  - {head} ; {grounds}" + (f" ; motif : {e.motif}" if e.motif else ""))
             if e.champs:
-                print(f"      fichier {e.fichier} ; champs : {', '.join(e.champs)}")
+                line = f", ligne {e.ligne}" if e.ligne else ""
+                print(f"      fichier {e.fichier}{line} ; colonnes transmises : {', '.join(e.champs)}")
         else:
-            print(f"  - {e.date} {e.evenement}" + (f" → {e.destinataire}" if e.destinataire else "")
+            print(f"  - {e.date} {e.evenement}{how}" + (f" → {e.destinataire}" if e.destinataire else "")
                   + (f" : {e.motif}" if e.motif else "") + (f" ; {e.fichier}" if e.fichier else ""))
+    if report.limites:
+        print("Limites de cette recherche :")
+        for note in report.limites:
+            print(f"  - {note}")
     return 0
 
 
@@ -565,7 +619,9 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--sortie", help="fichier à écrire (sinon : sortie standard)")
     reg.set_defaults(func=cmd_dpo_register)
     person = dpo_sub.add_parser("personne", help="droit d'accès : tous les échanges concernant une personne")
-    person.add_argument("--nir", required=True, help="NIR de la personne, ou « - » pour le lire sur l'entrée standard")
+    person.add_argument("--nir", type=_nir_on_the_command_line, default="-",
+                        help="« - » seulement (défaut) : le NIR est lu sur l'entrée standard, jamais en argument ; "
+                             "lignes acceptées : « NIR », « nir : NIR », « repli FLUX : id1 | id2 | … »")
     person.add_argument("--demandeur", default=getpass.getuser(), help="qui fait la recherche (journalisé)")
     person.add_argument("--motif", default="demande d'accès (RGPD art. 15)", help="pourquoi (journalisé)")
     person.add_argument("--json", action="store_true")

@@ -124,11 +124,11 @@ def test_subject_access_lists_every_exchange_and_is_itself_audited(hub) -> None:
 def test_subject_access_from_the_cli_never_prints_the_nir(hub) -> None:
     _, _, _, flux, _ = hub
     nir = next(p["NIR"] for p in people_of(flux) if p["NIR"] and p["NIR"][3:5] != "13")
-    result = subprocess.run([sys.executable, "-m", "spie_hub.cli", "dpo", "personne", "--nir", nir, "--demandeur", "dpo"],
-                            capture_output=True, text=True, env=os.environ.copy())
+    result = subprocess.run([sys.executable, "-m", "spie_hub.cli", "dpo", "personne", "--nir", "-", "--demandeur", "dpo"],
+                            input=nir + "\n", capture_output=True, text=True, env=os.environ.copy())
     assert result.returncode == 0, result.stderr
     assert "Recherche journalisée" in result.stdout and "departement-052" in result.stdout and nir not in result.stdout
-    invalid = subprocess.run([sys.executable, "-m", "spie_hub.cli", "dpo", "personne", "--nir", "2821351108030"],
+    invalid = subprocess.run([sys.executable, "-m", "spie_hub.cli", "dpo", "personne"], input="2821351108030\n",
                              capture_output=True, text=True, env=os.environ.copy())
     assert invalid.returncode == 1 and "NIR invalide" in invalid.stderr and "2821351108030" not in invalid.stderr
 
