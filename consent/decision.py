@@ -16,6 +16,7 @@ consent and its version, or the reason of the refusal.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Iterable
@@ -29,17 +30,48 @@ from spie_hub.registry import Recipient
 from spie_hub.store import consents
 
 
+#: In a rule's recipients: every recipient (a refusal naming none, or naming one the hub cannot identify).
+ALL_RECIPIENTS = "*"
+
+
+def _first_day(text: str) -> str:
+    """A FHIR date, partial or not, as the ISO date of its first day (``2026`` → ``2026-01-01``)."""
+    text = text[:10]
+    if len(text) == 4:
+        return f"{text}-01-01"
+    if len(text) == 7:
+        return f"{text}-01"
+    return text
+
+
+def _last_day(text: str) -> str:
+    """A FHIR date, partial or not, as the ISO date of its last day (``2026-11`` → ``2026-11-30``)."""
+    text = text[:10]
+    if len(text) == 4:
+        return f"{text}-12-31"
+    if len(text) == 7:
+        year, month = int(text[:4]), int(text[5:7])
+        following = dt.date(year + month // 12, month % 12 + 1, 1)
+        return (following - dt.timedelta(days=1)).isoformat()
+    return text
+
+
 @dataclass(frozen=True)
 class Rule:
     effect: str  # "permit" | "deny"
-    recipients: frozenset[str]
+    recipients: frozenset[str]  # may hold ALL_RECIPIENTS (refusals only)
     categories: frozenset[str]
     start: str | None
     end: str | None
 
     def in_period(self, day: dt.date) -> bool:
+        # Dates are compared as dates, never as strings: a partial start begins on its first day, a partial end
+        # covers its whole month or year (a stored "2026-11" end is not already past on 2026-11-21).
         iso = day.isoformat()
-        return (self.start is None or self.start[:10] <= iso) and (self.end is None or iso <= self.end[:10])
+        return (self.start is None or _first_day(self.start) <= iso) and (self.end is None or iso <= _last_day(self.end))
+
+    def names(self, recipient: str) -> bool:
+        return recipient in self.recipients or (self.effect == "deny" and ALL_RECIPIENTS in self.recipients)
 
 
 @dataclass(frozen=True)
@@ -51,36 +83,51 @@ class ConsentVersion:
     rules: tuple[Rule, ...]
     emetteur: str = "hub"
     kind: str = "consentement"
+    #: The hub's own opaque reference (``c-`` + 16 hex): the only one that leaves the consent registry. A
+    #: partner's Consent.id can be anything, a NIR included.
+    hub_ref: str | None = None
 
     @property
     def ref(self) -> str:
-        return f"{self.consent_id}/v{self.version}"
+        return f"{self.hub_ref or opaque_ref_fallback(self.emetteur, self.consent_id)}/v{self.version}"
 
     def covers(self, effect: str, recipient: str, category: CategorieDonnees, day: dt.date) -> bool:
         if self.status != "active":
             return False
-        return any(r.effect == effect and recipient in r.recipients and category.value in r.categories and r.in_period(day)
+        return any(r.effect == effect and r.names(recipient) and category.value in r.categories and r.in_period(day)
                    for r in self.rules)
+
+
+def opaque_ref_fallback(emetteur: str, consent_id: str) -> str:
+    """For a row stored before the hub kept its own references: a hash, still never the partner's id."""
+    return "c-" + hashlib.sha256(f"{emetteur}|{consent_id}".encode()).hexdigest()[:16]
 
 
 def version_from_row(row: Any) -> ConsentVersion:
     rules = tuple(Rule(r["effet"], frozenset(r["destinataires"]), frozenset(r["categories"]), r["debut"], r["fin"])
                   for r in json.loads(row.rules))
-    return ConsentVersion(row.consent_id, row.version, row.status, row.decision, rules, row.emetteur, row.kind)
+    return ConsentVersion(row.consent_id, row.version, row.status, row.decision, rules, row.emetteur, row.kind,
+                          getattr(row, "ref", None))
 
 
 def permitted_pairs(found: Iterable[ConsentVersion], day: dt.date) -> set[tuple[str, str]]:
     """(recipient, category) pairs a set of consents permits on ``day`` (refusals subtracted)."""
     allowed: set[tuple[str, str]] = set()
     denied: set[tuple[str, str]] = set()
+    denied_everywhere: set[str] = set()
     for version in found:
         if version.status != "active":
             continue
         for rule in version.rules:
-            if rule.in_period(day):
-                (allowed if rule.effect == "permit" else denied).update(
-                    (r, c) for r in rule.recipients for c in rule.categories)
-    return allowed - denied
+            if not rule.in_period(day):
+                continue
+            if rule.effect == "permit":
+                allowed.update((r, c) for r in rule.recipients if r != ALL_RECIPIENTS for c in rule.categories)
+            else:
+                denied.update((r, c) for r in rule.recipients for c in rule.categories)
+                if ALL_RECIPIENTS in rule.recipients:
+                    denied_everywhere.update(rule.categories)
+    return {(r, c) for r, c in allowed - denied if c not in denied_everywhere}
 
 
 @dataclass(frozen=True)

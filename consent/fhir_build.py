@@ -26,6 +26,10 @@ PURPOSE_SYSTEM = "https://spie-hub.example.fr/CodeSystem/finalite"
 PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 CONSENT_ACTION = "http://terminology.hl7.org/CodeSystem/consentaction"
 KINDS = ("consentement", "opposition")
+#: The explicit-consent marker (RGPD art. 9.2.a): a ``Consent.category`` coding of this system and code, set when the
+#: person gave an express consent for special categories. Without it a permit never covers ``sante-handicap``.
+EXPLICIT_SYSTEM = "https://spie-hub.example.fr/CodeSystem/recueil"
+EXPLICIT_CODE = "consentement-expres"
 
 
 def _organisation(partner: str) -> dict[str, Any]:
@@ -52,19 +56,24 @@ def consent(cid: str, nir: str, *, grant: bool = True, kind: str = "consentement
             recipients: Iterable[str] = ("departement-052",), categories: Iterable[str] = ("identite",),
             start: str | None = "2020-01-01", end: str | None = "2099-12-31", date: str = "2025-01-15",
             controller: str | None = None, collected_by: str | None = None, method: str | None = None,
-            regulatory_basis: str | None = None, purpose: str | None = None, blanket: bool = False) -> dict[str, Any]:
+            regulatory_basis: str | None = None, purpose: str | None = None, blanket: bool = False,
+            explicit: bool = False) -> dict[str, Any]:
     """A hub Consent as a JSON-ready dict (validated by ``fhir.resources``).
 
     ``grant`` says what the person decided about ``categories`` for ``recipients``; ``blanket`` (refusals only)
-    refuses every category to the recipients, as a base ``deny`` without provisions.
+    refuses every category to the recipients (every recipient when none is named), as a base ``deny`` without
+    provisions. ``explicit`` marks an express consent (RGPD art. 9), required for ``sante-handicap``.
     """
     recipients, categories = list(recipients), list(categories)
     resource: dict[str, Any] = {
         "resourceType": "Consent", "id": cid, "status": status, "date": date,
         "category": [{"coding": [{"system": KIND_SYSTEM, "code": kind}]}],
         "subject": {"identifier": {"system": INS_NIR, "value": nir}},
-        "grantee": [_organisation(r) for r in recipients],
     }
+    if explicit:
+        resource["category"].append({"coding": [{"system": EXPLICIT_SYSTEM, "code": EXPLICIT_CODE}]})
+    if recipients:
+        resource["grantee"] = [_organisation(r) for r in recipients]
     if start or end:
         resource["period"] = {k: v for k, v in (("start", start), ("end", end)) if v}
     if controller:

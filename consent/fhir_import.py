@@ -3,41 +3,83 @@
 The person is identified by NIR (INS-NIR system) and turned into the pivot pseudonym on entry: no NIR is stored.
 R5 semantics: the base ``decision`` applies by default and each ``provision`` is an exception with the opposite
 effect, naming recipients (``actor``, else ``grantee``) and data categories (``code``). The hub stores the
-resulting *rules* (effect, recipients, categories, period). Anything it cannot read safely (nested provisions,
-a permit naming no category) is refused with a reason rather than guessed.
+resulting *rules* (effect, recipients, categories, period).
 
-Consents are scoped by issuer (``emetteur``): the same ``id`` from two partners is two consents. Each change is a
-new version; nothing is overwritten. A change that takes away a permission (``inactive``, a new ``deny``, a
-shorter period) is recorded as a *retrait* whose propagation sends deletion notices (consent/revocation.py).
+The reading fails safe (docs/consentement.md, « Lecture prudente »):
+
+* a permit applies only where every criterion it states matches what the hub shares (recipient it can identify,
+  disclosure action, one of the hub's purposes, the issuer's authority, an explicit-consent marker for special
+  categories); what cannot be evaluated narrows it, and the report says so per entry;
+* a refusal is widened by what cannot be evaluated (an actor the hub cannot identify → every recipient, an
+  unknown category → every category), and a refusal naming nobody refuses everything;
+* a withdrawal (``inactive``, ``entered-in-error``) of any shape ends the consent it replaces; one that replaces
+  nothing blocks the person for the recipients it names, or the issuer's recipients when it names none.
+
+Consents are scoped by issuer (``emetteur``, given by the inbox the file came through): the same ``id`` from two
+partners is two consents, the same ``id`` from one partner for two people is refused. Partner ids stay in the
+consent registry: decisions, withdrawals and the audit cite the hub's opaque reference (``c-`` + 16 hex). Each
+change is a new version; a batch of consents and its audit entries commit in one transaction.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from fhir.resources.consent import Consent
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, insert, select
 
-from consent.decision import ConsentIndex, ConsentVersion, permitted_pairs, version_from_row
-from consent.fhir_build import CATEGORY_SYSTEM, INS_NIR, KIND_SYSTEM, KINDS, PARTNER_SYSTEM
-from consent.json_stream import bundle_entries
+from consent.decision import (
+    ALL_RECIPIENTS,
+    ConsentIndex,
+    ConsentVersion,
+    opaque_ref_fallback,
+    permitted_pairs,
+    version_from_row,
+)
+from consent.fhir_build import (
+    CATEGORY_SYSTEM,
+    CONSENT_ACTION,
+    EXPLICIT_CODE,
+    EXPLICIT_SYSTEM,
+    INS_NIR,
+    KIND_SYSTEM,
+    KINDS,
+    PARTICIPATION,
+    PARTNER_SYSTEM,
+    PURPOSE_SYSTEM,
+)
+from consent.json_stream import TooLarge, bundle_entries
 from schemas.categories import CategorieDonnees
 from spie_hub.audit.log import AuditEvent, AuditLog, canonical, now
+from spie_hub.core.failpoints import failpoint
 from spie_hub.core.nir import NirInvalide, normaliser_nir
 from spie_hub.privacy.pseudonym import Pseudonymiser
+from spie_hub.registry import ConsentIssuer, ConsentRegistry, consent_registry
 from spie_hub.store import consents, revocations
 
-__all__ = ["CATEGORY_SYSTEM", "INS_NIR", "PARTNER_SYSTEM", "ImportReport", "import_consents", "import_resources"]
+__all__ = ["CATEGORY_SYSTEM", "INS_NIR", "PARTNER_SYSTEM", "ImportReport", "hub_reference", "import_consents",
+           "import_resources"]
 STATUSES = {"draft", "active", "inactive", "not-done", "entered-in-error", "unknown"}
+#: Statuses by which a partner takes a consent back: never rejected into inaction, whatever the resource's shape.
+WITHDRAWN = {"inactive", "entered-in-error"}
 ALL_CATEGORIES = sorted(c.value for c in CategorieDonnees)
+#: Actor roles naming who receives the data (HL7 v3 ParticipationType): information recipient, primary recipient.
+RECIPIENT_ROLES = {"IRCP", "PRCP"}
+#: Provision criteria the hub cannot evaluate against what it shares (FHIR resources, data periods, labels).
+UNEVALUABLE = {"dataPeriod": "période des données", "securityLabel": "étiquette de sécurité", "data": "données visées",
+               "documentType": "type de document", "resourceType": "type de ressource", "expression": "expression"}
+MAX_ID = 128
+PARIS = ZoneInfo("Europe/Paris")
 
 
 @dataclass
@@ -45,7 +87,61 @@ class ImportReport:
     importes: int = 0
     inchanges: int = 0
     retraits: int = 0
+    #: Entries refused, each with its number (or line) and reason; never a NIR nor a partner's id.
     erreurs: list[str] = field(default_factory=list)
+    #: Entries stored with part of what they asked left out (a permit the hub cannot evaluate, outside the
+    #: issuer's authority, a special category without explicit consent), each with its number and reason.
+    restrictions: list[str] = field(default_factory=list)
+
+
+class _Refused(ValueError):
+    """An entry refused with a French reason (never quoting the partner's values)."""
+
+
+@dataclass(frozen=True)
+class _Context:
+    emetteur: str
+    #: None: an issuer the registry does not declare (the Python API only: the CLI reads declared inboxes).
+    issuer: ConsentIssuer | None
+    finalites: frozenset[str]
+    #: every recipient the registry knows: what a refusal of "every recipient" means for withdrawal propagation
+    recipients: frozenset[str]
+
+    @property
+    def own_recipients(self) -> list[str]:
+        """Who a withdrawal or refusal naming nobody applies to: the issuer's recipients, else every recipient."""
+        if self.issuer is not None and self.issuer.destinataires:
+            return sorted(self.issuer.destinataires)
+        return [ALL_RECIPIENTS]
+
+
+def hub_reference(secret: bytes, emetteur: str, consent_id: str) -> str:
+    """The hub's opaque reference of a partner's consent: a keyed hash, so a Consent.id equal to a NIR (seen) cannot
+    be recovered from it, and stable across versions (the first version's reference is kept)."""
+    digest = hmac.digest(secret, f"consentement|{emetteur}|{consent_id}".encode(), "sha256")
+    return "c-" + digest.hex()[:16]
+
+
+# -- reading one resource ------------------------------------------------------------------------------------------
+
+
+def _fhir_day(value: Any) -> str | None:
+    """A FHIR date or dateTime as an ISO date; partial dates stay partial (the decision reads them as ranges)."""
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        # A moment with its zone is read as the date it is in France (the hub's day is France's day).
+        return (value.astimezone(PARIS) if value.tzinfo else value).date().isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    text = str(value)
+    return text[:10] if len(text) >= 10 else text
+
+
+def _period(period: Any) -> tuple[str | None, str | None]:
+    if period is None:
+        return None, None
+    return _fhir_day(period.start), _fhir_day(period.end)
 
 
 def _partner(ref: Any) -> str | None:
@@ -58,95 +154,222 @@ def _partner(ref: Any) -> str | None:
     return None
 
 
-def _categories(concepts: Iterable[Any]) -> list[str]:
+def _codes(concepts: Iterable[Any], system: str) -> tuple[set[str], bool]:
+    """Codes of ``system`` in a list of CodeableConcepts, and whether any coding was of another system."""
     found: set[str] = set()
+    foreign = False
     for concept in concepts:
         for coding in concept.coding or []:
-            if coding.system == CATEGORY_SYSTEM:
-                try:
-                    found.add(CategorieDonnees(coding.code).value)
-                except ValueError:
-                    raise ValueError(f"catégorie de données inconnue : {coding.code!r}") from None
-    return sorted(found)
+            if coding.system == system and coding.code:
+                found.add(coding.code)
+            else:
+                foreign = True
+    return found, foreign
 
 
-def _period(period: Any) -> tuple[str | None, str | None]:
-    if period is None:
-        return None, None
-    return (str(period.start) if period.start else None, str(period.end) if period.end else None)
+class _Reader:
+    """Turns one Consent into the hub's rules, noting what it left out of a permit."""
 
+    def __init__(self, resource: Consent, ctx: _Context) -> None:
+        self.resource, self.ctx = resource, ctx
+        self.notes: list[str] = []
+        self.kind = "consentement"
+        self.decision = resource.decision
+        self.explicit = any(c.system == EXPLICIT_SYSTEM and c.code == EXPLICIT_CODE
+                            for cat in resource.category or [] for c in cat.coding or [])
 
-def _rules(resource: Consent, grantees: list[str]) -> list[dict[str, Any]]:
-    exception = "permit" if resource.decision == "deny" else "deny"
-    base_period = _period(resource.period)
-    rules = []
-    for index, prov in enumerate(resource.provision or [], start=1):
-        if prov.provision:
-            raise ValueError(f"provision {index} : provisions imbriquées non prises en charge")
-        categories = _categories(prov.code or [])
-        if not categories:
-            raise ValueError(f"provision {index} : aucune catégorie de données (code, système {CATEGORY_SYSTEM})")
-        recipients = sorted({p for a in prov.actor or [] if (p := _partner(a.reference))}) or grantees
-        if not recipients:
-            raise ValueError(f"provision {index} : aucun destinataire (actor ou grantee)")
+    # recipients --------------------------------------------------------------------------------------------------
+
+    def _grantees(self) -> tuple[list[str], bool]:
+        named = [_partner(ref) for ref in self.resource.grantee or []]
+        return sorted({g for g in named if g}), any(g is None for g in named)
+
+    def _actors(self, prov: Any) -> tuple[list[str], bool]:
+        """Recipients a provision names, and whether it names someone the hub cannot identify as a recipient."""
+        found: set[str] = set()
+        unknown = False
+        for actor in prov.actor or []:
+            roles, _foreign = _codes([actor.role] if actor.role else [], PARTICIPATION)
+            partner = _partner(actor.reference)
+            if partner is None or (actor.role is not None and not roles & RECIPIENT_ROLES):
+                unknown = True
+            else:
+                found.add(partner)
+        return sorted(found), unknown
+
+    # provisions --------------------------------------------------------------------------------------------------
+
+    def _deny(self, number: int, prov: Any, base: tuple[str | None, str | None]) -> dict[str, Any]:
+        """A refusal, widened by what the hub cannot evaluate (never narrowed)."""
+        actors, unknown_actor = self._actors(prov)
+        if prov.actor:
+            recipients = [ALL_RECIPIENTS] if unknown_actor else actors
+        else:
+            grantees, unknown_grantee = self._grantees()
+            recipients = grantees if grantees and not unknown_grantee else [ALL_RECIPIENTS]
+        codes, foreign = _codes(prov.code or [], CATEGORY_SYSTEM)
+        known = {c for c in codes if c in ALL_CATEGORIES}
+        categories = sorted(known) if known and known == codes and not foreign else ALL_CATEGORIES
         start, end = _period(prov.period)
-        rules.append({"effet": exception, "destinataires": recipients, "categories": categories,
-                      "debut": start or base_period[0], "fin": end or base_period[1]})
-    if not rules:
-        if resource.decision == "permit":
-            raise ValueError("accord sans provision ni catégorie : un consentement doit être spécifique (RGPD art. 4.11)")
-        if not grantees:
-            raise ValueError("refus sans destinataire ('grantee')")
-        rules.append({"effet": "deny", "destinataires": grantees, "categories": ALL_CATEGORIES,
-                      "debut": base_period[0], "fin": base_period[1]})
-    return rules
+        return {"effet": "deny", "destinataires": recipients, "categories": categories,
+                "debut": start or base[0], "fin": end or base[1]}
+
+    def _permit(self, number: int, prov: Any, base: tuple[str | None, str | None]) -> list[dict[str, Any]]:
+        """A grant, applied only where every criterion it states matches; otherwise narrowed (and noted)."""
+        where = f"provision {number}"
+        if self.kind == "opposition":
+            self.notes.append(f"{where} : une opposition ne peut rien autoriser (autorisation ignorée)")
+            return []
+        if prov.provision:
+            self.notes.append(f"{where} : provisions imbriquées non prises en charge (autorisation non retenue)")
+            return []
+        unevaluable = [label for name, label in UNEVALUABLE.items() if getattr(prov, name, None)]
+        if unevaluable:
+            self.notes.append(f"{where} : critère non évaluable par le hub ({', '.join(unevaluable)}) : "
+                              "autorisation non retenue")
+            return []
+        if prov.action:
+            actions, _ = _codes(prov.action, CONSENT_ACTION)
+            if "disclose" not in actions:
+                self.notes.append(f"{where} : action autre que la communication (disclose) : autorisation non retenue")
+                return []
+        if prov.purpose:
+            if not any(p.system == PURPOSE_SYSTEM and p.code in self.ctx.finalites for p in prov.purpose):
+                self.notes.append(f"{where} : finalité différente de celles des flux du hub : autorisation non retenue")
+                return []
+        if prov.actor:
+            recipients, unknown = self._actors(prov)
+            if unknown:
+                self.notes.append(f"{where} : destinataire non identifiable (acteur hors partenaires du hub ou rôle "
+                                  "autre que destinataire) : non retenu")
+        else:
+            recipients, unknown = self._grantees()
+            if unknown:
+                self.notes.append(f"{where} : bénéficiaire ('grantee') non identifiable : non retenu")
+        if not recipients:
+            self.notes.append(f"{where} : aucun destinataire identifiable (actor ou grantee) : autorisation non retenue")
+            return []
+        codes, foreign = _codes(prov.code or [], CATEGORY_SYSTEM)
+        categories = {c for c in codes if c in ALL_CATEGORIES}
+        if codes - categories or foreign:
+            self.notes.append(f"{where} : code de catégorie inconnu : non retenu")
+        if not categories:
+            self.notes.append(f"{where} : aucune catégorie de données (code, système {CATEGORY_SYSTEM}) : un "
+                              "consentement doit être spécifique (RGPD art. 4.11), autorisation non retenue")
+            return []
+        if CategorieDonnees.SANTE_HANDICAP.value in categories and not self.explicit:
+            categories.discard(CategorieDonnees.SANTE_HANDICAP.value)
+            self.notes.append(f"{where} : sante-handicap sans marqueur de consentement exprès (RGPD art. 9, "
+                              f"{EXPLICIT_SYSTEM}#{EXPLICIT_CODE}) : non retenue")
+        start, end = _period(prov.period)
+        rules = []
+        for recipient in recipients:
+            allowed = sorted(categories)
+            issuer = self.ctx.issuer
+            if issuer is not None:
+                outside = [c for c in allowed if not issuer.may_permit(recipient, c)]
+                if outside:
+                    self.notes.append(f"{where} : hors de l'autorité de l'émetteur {self.ctx.emetteur} pour "
+                                      f"{recipient} ({', '.join(outside)}) : autorisation refusée")
+                allowed = [c for c in allowed if c not in outside]
+            if allowed:
+                rules.append({"effet": "permit", "destinataires": [recipient], "categories": allowed,
+                              "debut": start or base[0], "fin": end or base[1]})
+        return rules
+
+    def rules(self) -> list[dict[str, Any]]:
+        resource = self.resource
+        base = _period(resource.period)
+        exception = "permit" if self.decision == "deny" else "deny"
+        rules: list[dict[str, Any]] = []
+        for number, prov in enumerate(resource.provision or [], start=1):
+            if exception == "deny":
+                rules.append(self._deny(number, prov, base))
+            else:
+                rules.extend(self._permit(number, prov, base))
+        if self.decision == "deny" and (not resource.provision or self.kind == "opposition"):
+            # A refusal without exceptions (or an opposition, whatever its exceptions) refuses everything to the
+            # organisations it names; naming none, or one the hub cannot identify, it refuses it to everyone.
+            grantees, unknown = self._grantees()
+            recipients = grantees if grantees and not unknown else [ALL_RECIPIENTS]
+            rules.append({"effet": "deny", "destinataires": recipients, "categories": ALL_CATEGORIES,
+                          "debut": base[0], "fin": base[1]})
+        elif self.decision == "permit" and not resource.provision:
+            if self.kind == "opposition":
+                rules.append({"effet": "deny", "destinataires": self.ctx.own_recipients, "categories": ALL_CATEGORIES,
+                              "debut": base[0], "fin": base[1]})
+            else:
+                self.notes.append("accord sans provision ni catégorie : un consentement doit être spécifique "
+                                  "(RGPD art. 4.11), rien n'est autorisé")
+        return rules
+
+    def parse(self) -> dict[str, Any]:
+        resource = self.resource
+        if not resource.id:
+            raise _Refused("Consent sans 'id'")
+        if len(resource.id) > MAX_ID:
+            raise _Refused(f"'id' trop long (plus de {MAX_ID} caractères)")
+        if resource.status not in STATUSES:
+            raise _Refused("statut inconnu (active, inactive, entered-in-error… attendu)")
+        effective = resource.status == "active"
+        if self.decision not in ("permit", "deny"):
+            if effective:
+                raise _Refused("'decision' doit valoir permit ou deny")
+            self.decision = "deny"  # a withdrawal's own decision does not matter: it ends what it replaces
+        ident = resource.subject.identifier if resource.subject else None
+        if ident is None or ident.system != INS_NIR or not ident.value:
+            raise _Refused(f"'subject.identifier' doit porter le NIR (système {INS_NIR})")
+        try:
+            nir13 = normaliser_nir(ident.value)
+        except NirInvalide as error:
+            raise _Refused(str(error)) from None
+        kinds, _ = _codes(resource.category or [], KIND_SYSTEM)
+        if kinds - set(KINDS):
+            raise _Refused("type de consentement inconnu (consentement ou opposition attendu)")
+        # An opposition coded together with anything else is an opposition: the reading that restricts.
+        self.kind = "opposition" if "opposition" in kinds else "consentement"
+        rules = self.rules()
+        purposes = sorted({c.code for p in resource.provision or [] for c in p.purpose or [] if c.code})
+        start, end = _period(resource.period)
+        source = {
+            "date": str(resource.date) if resource.date else None,
+            "controleur": sorted({p for c in resource.controller or [] if (p := _partner(c))}),
+            "base_reglementaire": [b.text for b in resource.regulatoryBasis or [] if b.text],
+            "recueil": [r.display for r in resource.sourceReference or [] if r.display],
+            "consentement_expres": self.explicit,
+        }
+        return {
+            "consent_id": resource.id,
+            "nir13": nir13,
+            "kind": self.kind,
+            "status": resource.status,
+            "decision": self.decision,
+            "grantees": json.dumps(sorted({g for r in rules for g in r["destinataires"]})),
+            "categories": json.dumps(sorted({c for r in rules for c in r["categories"]})),
+            "rules": canonical(rules),
+            "purposes": json.dumps(purposes),
+            "period_start": start,
+            "period_end": end,
+            "source": canonical(source),
+        }
 
 
-def _parse(resource: Consent) -> dict[str, Any]:
+def _context(emetteur: str, issuer: ConsentIssuer | None = None, registry: ConsentRegistry | None = None) -> _Context:
+    from spie_hub.registry import load_flows
+
+    registry = registry if registry is not None else consent_registry()
+    if issuer is None:
+        issuer = registry.emetteurs.get(emetteur)
+    recipients = frozenset(r.id for flow in load_flows().values() for r in flow.destinataires)
+    return _Context(emetteur, issuer, registry.finalites, recipients)
+
+
+def _parse(resource: Consent, ctx: _Context | None = None) -> dict[str, Any]:
     """Extract what the hub stores; raise ValueError with a French reason (never echoing the NIR)."""
-    if not resource.id:
-        raise ValueError("Consent sans 'id'")
-    if resource.status not in STATUSES:
-        raise ValueError(f"statut {resource.status!r} inconnu")
-    if resource.decision not in ("permit", "deny"):
-        raise ValueError("'decision' doit valoir permit ou deny")
-    ident = resource.subject.identifier if resource.subject else None
-    if ident is None or ident.system != INS_NIR or not ident.value:
-        raise ValueError(f"'subject.identifier' doit porter le NIR (système {INS_NIR})")
-    try:
-        nir13 = normaliser_nir(ident.value)
-    except NirInvalide as error:
-        raise ValueError(str(error)) from None
-    kinds = {c.code for cat in resource.category or [] for c in cat.coding or [] if c.system == KIND_SYSTEM}
-    kind = kinds.pop() if len(kinds) == 1 else "consentement"
-    if kind not in KINDS:
-        raise ValueError(f"type {kind!r} inconnu (consentement ou opposition)")
-    grantees = sorted({g for ref in resource.grantee or [] if (g := _partner(ref))})
-    rules = _rules(resource, grantees)
-    if kind == "opposition" and any(r["effet"] == "permit" for r in rules):
-        raise ValueError("une opposition ne peut rien autoriser")
-    purposes = sorted({c.code for p in resource.provision or [] for c in p.purpose or [] if c.code})
-    start, end = _period(resource.period)
-    source = {
-        "date": str(resource.date) if resource.date else None,
-        "controleur": sorted({p for c in resource.controller or [] if (p := _partner(c))}),
-        "base_reglementaire": [b.text for b in resource.regulatoryBasis or [] if b.text],
-        "recueil": [r.display for r in resource.sourceReference or [] if r.display],
-    }
-    return {
-        "consent_id": resource.id,
-        "nir13": nir13,
-        "kind": kind,
-        "status": resource.status,
-        "decision": resource.decision,
-        "grantees": json.dumps(sorted({g for r in rules for g in r["destinataires"]})),
-        "categories": json.dumps(sorted({c for r in rules for c in r["categories"]})),
-        "rules": canonical(rules),
-        "purposes": json.dumps(purposes),
-        "period_start": start,
-        "period_end": end,
-        "source": canonical(source),
-    }
+    reader = _Reader(resource, ctx or _context("hub"))
+    row = reader.parse()
+    row["notes"] = reader.notes
+    return row
 
 
 def _latest(connection: Connection, emetteur: str, consent_id: str) -> Any:
@@ -156,50 +379,130 @@ def _latest(connection: Connection, emetteur: str, consent_id: str) -> Any:
     ).first()
 
 
+def _blocking(row: dict[str, Any], ctx: _Context, named: list[str]) -> None:
+    """A withdrawal that replaces nothing the hub knows: the person is blocked for the recipients it names (or the
+    issuer's recipients), every category, as an active refusal (recorded as such in ``source``)."""
+    recipients = [ALL_RECIPIENTS] if ALL_RECIPIENTS in named else named or ctx.own_recipients
+    rules = [{"effet": "deny", "destinataires": sorted(set(recipients)), "categories": ALL_CATEGORIES,
+              "debut": None, "fin": None}]
+    source = json.loads(row["source"])
+    source["retrait_sans_consentement_connu"] = row["status"]
+    row.update(status="active", decision="deny", rules=canonical(rules), source=canonical(source),
+               grantees=json.dumps(sorted(set(recipients))), categories=json.dumps(ALL_CATEGORIES))
+
+
 class _Importer:
-    def __init__(self, engine: Engine, pseudonymiser: Pseudonymiser, emetteur: str, today: dt.date) -> None:
-        self.engine, self.pseudonymiser, self.emetteur, self.today = engine, pseudonymiser, emetteur, today
+    def __init__(self, engine: Engine, pseudonymiser: Pseudonymiser, ctx: _Context, today: dt.date) -> None:
+        self.engine, self.pseudonymiser, self.ctx, self.today = engine, pseudonymiser, ctx, today
+        self.emetteur = ctx.emetteur
         self.report = ImportReport()
         self.events: list[AuditEvent] = []
 
+    def _end_previous(self, connection: Connection, raw: Any, reason: str, where: str) -> None:
+        """A refused entry that replaces an active consent of this issuer ends it: a partner's new state of a consent,
+        even unreadable, makes the old one obsolete (fail safe: a permit never outlives a refused update)."""
+        cid = raw.get("id") if isinstance(raw, dict) else None
+        if not isinstance(cid, str) or not cid or len(cid) > MAX_ID:
+            return
+        latest = _latest(connection, self.emetteur, cid)
+        if latest is None or latest.status != "active" or not any(
+                r["effet"] == "permit" for r in json.loads(latest.rules)):
+            return
+        subjects = [latest.subject]
+        row = {c: getattr(latest, c) for c in ("consent_id", "kind", "subject", "grantees", "categories", "purposes",
+                                                "period_start", "period_end", "emetteur", "ref")}
+        rules = [r for r in json.loads(latest.rules) if r["effet"] == "deny"]
+        row.update(status="inactive", decision=latest.decision, rules=canonical(rules),
+                   source=canonical({"fin_par_mise_a_jour_refusee": reason}),
+                   ref=latest.ref or opaque_ref_fallback(self.emetteur, cid))
+        row["resource_sha256"] = hashlib.sha256(canonical(row).encode()).hexdigest()
+        before = self._current(connection, subjects)
+        self._store(connection, row, latest, subjects, before, where)
+
     def add(self, connection: Connection, where: str, raw: Any) -> None:
         try:
-            if not isinstance(raw, dict) or raw.get("resourceType") != "Consent":
-                raise ValueError("l'entrée n'est pas une ressource Consent")
-            row = _parse(Consent.model_validate(raw))
+            prepared = self._prepare(connection, raw)
         except ValidationError as error:
             fields = sorted({".".join(str(p) for p in e["loc"]) for e in error.errors()})
-            self.report.erreurs.append(f"{where} : ressource Consent invalide (champs : {', '.join(fields)})")
+            self._refuse(connection, raw, where, f"ressource Consent invalide (champs : {', '.join(fields)})")
             return
-        except ValueError as error:
-            self.report.erreurs.append(f"{where} : {error}")
+        except _Refused as error:
+            self._refuse(connection, raw, where, str(error))
             return
+        except Exception as error:  # noqa: BLE001 - one entry's unexpected failure must not lose the batch
+            self._refuse(connection, raw, where, f"erreur inattendue ({type(error).__name__}) : entrée refusée seule")
+            return
+        if prepared is None:
+            return
+        row, latest, subjects, notes = prepared
+        for note in notes:
+            self.report.restrictions.append(f"{where} : {note}")
+        before = self._current(connection, subjects)
+        self._store(connection, row, latest, subjects, before, where)
+
+    def _refuse(self, connection: Connection, raw: Any, where: str, reason: str) -> None:
+        self.report.erreurs.append(f"{where} : {reason}")
+        if reason.startswith("identifiant de consentement déjà utilisé"):
+            return  # another person's consent: never touched
+        self._end_previous(connection, raw, reason, where)
+
+    def _prepare(self, connection: Connection, raw: Any) -> tuple[dict[str, Any], Any, list[str], list[str]] | None:
+        """Everything that can fail on the entry's content, before any write (a failure refuses the entry alone)."""
+        if isinstance(raw, TooLarge):
+            raise _Refused(f"entrée trop volumineuse (plus de {raw.limit} caractères)")
+        if not isinstance(raw, dict) or raw.get("resourceType") != "Consent":
+            raise _Refused("l'entrée n'est pas une ressource Consent")
+        reader = _Reader(Consent.model_validate(raw), self.ctx)
+        row = reader.parse()
+        if row["status"] == "active" and row["rules"] == "[]":
+            # Nothing the hub can apply (every permit narrowed away): refused, with each reason.
+            raise _Refused(" ; ".join(reader.notes) or "aucune règle applicable")
         person = self.pseudonymiser.pivot_from_nir(row.pop("nir13"))
         pivot = person.pseudonyme
+        subjects = [pivot, *person.aliases]
         row["subject"], row["emetteur"] = pivot, self.emetteur
-        row["resource_sha256"] = hashlib.sha256(canonical(row).encode()).hexdigest()
         latest = _latest(connection, self.emetteur, row["consent_id"])
+        if latest is not None and latest.subject not in subjects:
+            raise _Refused("identifiant de consentement déjà utilisé par cet émetteur pour une autre personne : "
+                           "refusé (jamais une nouvelle version du consentement d'autrui)")
+        if row["status"] in WITHDRAWN and latest is None:
+            _blocking(row, self.ctx, json.loads(row["grantees"]))
+        row["resource_sha256"] = hashlib.sha256(canonical(row).encode()).hexdigest()
         if latest is not None and latest.resource_sha256 == row["resource_sha256"]:
             self.report.inchanges += 1
-            return
-        subjects = [pivot, *person.aliases]
-        before = self._current(connection, subjects)
+            return None
+        row["ref"] = (latest.ref or opaque_ref_fallback(self.emetteur, row["consent_id"])) if latest is not None \
+            else hub_reference(self.pseudonymiser.key.secret, self.emetteur, row["consent_id"])
+        return row, latest, subjects, reader.notes
+
+    def _store(self, connection: Connection, row: dict[str, Any], latest: Any, subjects: list[str],
+               before: list[ConsentVersion], where: str) -> None:
         row["version"] = (latest.version if latest else 0) + 1
         row["imported_at"] = now()
         connection.execute(insert(consents).values(**row))
         self.report.importes += 1
         self.events.append(AuditEvent(
             "consentement-importe",
-            {"consentement": row["consent_id"], "emetteur": self.emetteur, "version": row["version"],
+            {"consentement": f"{row['ref']}/v{row['version']}", "emetteur": self.emetteur, "version": row["version"],
              "type": row["kind"], "statut": row["status"], "decision": row["decision"],
              "regles": json.loads(row["rules"]), "empreinte": row["resource_sha256"]},
-            subject=pivot,
+            subject=row["subject"],
         ))
         self._detect_withdrawal(connection, subjects, before, row)
 
     def _current(self, connection: Connection, subjects: list[str]) -> list[ConsentVersion]:
         rows = connection.execute(select(consents).where(consents.c.subject.in_(subjects))).all()
         return ConsentIndex.latest_versions(version_from_row(r) for r in rows)
+
+    def _expand(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Concrete (recipient, category) pairs for propagation: "every recipient" is every recipient declared."""
+        out: set[tuple[str, str]] = set()
+        for recipient, category in pairs:
+            if recipient == ALL_RECIPIENTS:
+                out.update((r, category) for r in self.ctx.recipients)
+            else:
+                out.add((recipient, category))
+        return out
 
     def _detect_withdrawal(self, connection: Connection, subjects: list[str], before: list[ConsentVersion],
                            row: dict[str, Any]) -> None:
@@ -211,20 +514,28 @@ class _Importer:
         # propagation step re-decides each pair against the flows' policies before sending any notice.
         refused = {(r, c) for rule in new.rules if rule.effect == "deny" and rule.in_period(self.today)
                    for r in rule.recipients for c in rule.categories} if new.status == "active" else set()
-        pairs = sorted(lost | refused)
+        pairs = sorted(self._expand(lost | refused))
         if not pairs:
             return
         connection.execute(insert(revocations).values(
-            subject=pivot, aliases=json.dumps(subjects[1:]), consent_ref=new.ref, pairs=json.dumps(pairs), recorded_at=now(),
+            subject=row["subject"], aliases=json.dumps([s for s in subjects if s != row["subject"]]),
+            consent_ref=new.ref, pairs=json.dumps(pairs), recorded_at=now(),
         ))
         self.report.retraits += 1
-        self.events.append(AuditEvent("consentement-retire", {"consentement": new.ref, "paires": pairs}, subject=pivot))
+        self.events.append(AuditEvent("consentement-retire", {"consentement": new.ref, "paires": pairs},
+                                      subject=pivot))
 
 
 def import_resources(entries: Iterable[tuple[str, Any]], engine: Engine, pseudonymiser: Pseudonymiser, *,
-                     emetteur: str = "hub", today: dt.date | None = None, batch: int = 1000) -> ImportReport:
-    """Import entries by batches (one transaction and one audit append each): memory stays flat however many."""
-    importer = _Importer(engine, pseudonymiser, emetteur, today or dt.date.today())
+                     emetteur: str = "hub", today: dt.date | None = None, batch: int = 1000,
+                     issuer: ConsentIssuer | None = None, registry: ConsentRegistry | None = None) -> ImportReport:
+    """Import entries by batches: each batch's consents and their audit entries commit in one transaction.
+
+    ``emetteur``'s authority is ``issuer``, else its declaration in the registry's ``consentements`` section. An
+    issuer the registry does not declare has no authority check: only the hub's own tooling and tests call this
+    API that way; files from partners come through ``spie-hub consent importer``, which reads declared inboxes.
+    """
+    importer = _Importer(engine, pseudonymiser, _context(emetteur, issuer, registry), today or dt.date.today())
     iterator, seen = iter(entries), 0
     while True:
         try:
@@ -241,13 +552,15 @@ def import_resources(entries: Iterable[tuple[str, Any]], engine: Engine, pseudon
         with engine.begin() as connection:
             for where, raw in chunk:
                 importer.add(connection, where, raw)
-        AuditLog(engine).append(importer.events)
+            failpoint("consentements-lot")  # stored, not yet audited: a kill here must leave neither
+            AuditLog(engine).append(importer.events, connection)
         importer.events = []
     return importer.report
 
 
 def import_consents(path: Path, engine: Engine, pseudonymiser: Pseudonymiser, *, emetteur: str = "hub",
-                    today: dt.date | None = None) -> ImportReport:
+                    today: dt.date | None = None, issuer: ConsentIssuer | None = None,
+                    registry: ConsentRegistry | None = None) -> ImportReport:
     """Import a FHIR JSON file (Bundle, streamed entry by entry, or one Consent) or a CSV file in the hub's layout."""
     if path.suffix.lower() == ".csv":
         from consent.csv_import import read_csv_consents
@@ -259,7 +572,8 @@ def import_consents(path: Path, engine: Engine, pseudonymiser: Pseudonymiser, *,
         except (OSError, ValueError) as error:
             reason = type(error).__name__ if isinstance(error, OSError) else str(error)
             return ImportReport(erreurs=[f"{path.name} : fichier illisible ({reason})"])
-        report = import_resources(entries, engine, pseudonymiser, emetteur=emetteur, today=today)
+        report = import_resources(entries, engine, pseudonymiser, emetteur=emetteur, today=today, issuer=issuer,
+                                  registry=registry)
         report.erreurs[:0] = row_errors
         return report
     try:
@@ -267,6 +581,7 @@ def import_consents(path: Path, engine: Engine, pseudonymiser: Pseudonymiser, *,
     except OSError as error:
         return ImportReport(erreurs=[f"{path.name} : fichier illisible ({type(error).__name__})"])
     with handle:
-        report = import_resources(bundle_entries(handle), engine, pseudonymiser, emetteur=emetteur, today=today)
+        report = import_resources(bundle_entries(handle), engine, pseudonymiser, emetteur=emetteur, today=today,
+                                  issuer=issuer, registry=registry)
     report.erreurs = [e if not e.startswith("fichier illisible") else f"{path.name} : {e}" for e in report.erreurs]
     return report

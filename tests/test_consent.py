@@ -9,7 +9,7 @@ from helpers import consent_resource, write_bundle
 from sqlalchemy import select
 
 from consent.decision import ConsentIndex, decide
-from consent.fhir_import import import_consents
+from consent.fhir_import import hub_reference, import_consents
 from schemas.categories import CategorieDonnees as C
 from spie_hub.privacy.keys import PseudonymisationKey
 from spie_hub.privacy.pseudonym import Pseudonymiser
@@ -26,6 +26,11 @@ def engine(database_url: str):
     engine = open_store(database_url)
     yield engine
     engine.dispose()
+
+
+def _ref(cid: str, emetteur: str = "hub") -> str:
+    """The hub's opaque reference of a consent (the partner's id never leaves the consent registry)."""
+    return hub_reference(P.key.secret, emetteur, cid)
 
 
 def _decision(engine, nir: str = NIR, categories=(C.DROITS_RSA, C.IDENTITE)):
@@ -50,7 +55,7 @@ def test_identity_goes_only_with_an_active_permit_and_rsa_rights_under_the_legal
     import_consents(write_bundle(tmp_path / "b.json", consent_resource("c1", NIR)), engine, P)
     decision = _decision(engine)
     assert decision.permises == {C.DROITS_RSA, C.IDENTITE}
-    assert decision.categories[C.IDENTITE].fondement == "consentement:c1/v1"
+    assert decision.categories[C.IDENTITE].fondement == f"consentement:{_ref('c1')}/v1"
 
 
 def test_a_revocation_as_a_new_inactive_version_keeps_history_and_withdraws(engine, tmp_path) -> None:
@@ -66,7 +71,7 @@ def test_an_explicit_deny_overrides_a_permit(engine, tmp_path) -> None:
     import_consents(tmp_path / "b.json", engine, P)
     decision = _decision(engine)
     assert C.IDENTITE not in decision.permises
-    assert decision.categories[C.IDENTITE].fondement == "refus exprimé:c2/v1"
+    assert decision.categories[C.IDENTITE].fondement == f"refus exprimé:{_ref('c2')}/v1"
 
 
 @pytest.mark.parametrize("change", [

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from consent.decision import ConsentIndex, decide
 from consent.fhir_build import CATEGORY_SYSTEM, PARTICIPATION, PARTNER_SYSTEM, consent
-from consent.fhir_import import _parse, import_consents, import_resources
+from consent.fhir_import import _parse, hub_reference, import_consents, import_resources
 from schemas.categories import CategorieDonnees as C
 from spie_hub.privacy.keys import PseudonymisationKey
 from spie_hub.privacy.pseudonym import Pseudonymiser
@@ -32,6 +32,11 @@ def engine(database_url: str):
     engine = open_store(database_url)
     yield engine
     engine.dispose()
+
+
+def _ref(cid: str, emetteur: str = "departement-052") -> str:
+    """The hub's opaque reference of a consent (the partner's id never leaves the consent registry)."""
+    return hub_reference(P.key.secret, emetteur, cid)
 
 
 def _found(engine):
@@ -52,7 +57,7 @@ def _hl7_like(decision: str, org: str) -> dict:
         "provision": [{
             "actor": [{"role": {"coding": [{"system": PARTICIPATION, "code": "PRCP"}]},
                        "reference": {"reference": f"Organization/{org}"}}],
-            "action": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "access"}]}],
+            "action": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "disclose"}]}],
             "code": [{"coding": [{"system": CATEGORY_SYSTEM, "code": "identite"}]}],
         }],
     }
@@ -60,13 +65,13 @@ def _hl7_like(decision: str, org: str) -> dict:
 
 def test_a_base_deny_with_a_provision_permits_what_the_provision_names(engine) -> None:
     _import(engine, _hl7_like("deny", "departement-052"))
-    assert decide(DEP, [C.IDENTITE], _found(engine), TODAY).categories[C.IDENTITE].fondement == "consentement:hl7-deny/v1"
+    assert decide(DEP, [C.IDENTITE], _found(engine), TODAY).categories[C.IDENTITE].fondement == f"consentement:{_ref('hl7-deny')}/v1"
 
 
 def test_a_base_permit_with_a_provision_excludes_the_organisation_it_names(engine) -> None:
     _import(engine, consent_resource("c1", NIR), _hl7_like("permit", "departement-052"))
     decision = decide(DEP, [C.IDENTITE], _found(engine), TODAY)
-    assert decision.categories[C.IDENTITE].fondement == "refus exprimé:hl7-permit/v1"
+    assert decision.categories[C.IDENTITE].fondement == f"refus exprimé:{_ref('hl7-permit')}/v1"
 
 
 def test_what_the_hub_cannot_read_safely_is_refused_with_a_reason(engine) -> None:
@@ -82,7 +87,7 @@ def test_what_the_hub_cannot_read_safely_is_refused_with_a_reason(engine) -> Non
 
 def test_the_same_consent_id_from_two_issuers_is_two_consents(engine) -> None:
     _import(engine, consent_resource("c1", NIR), emetteur="departement-052")
-    _import(engine, consent_resource("c1", NIR, status="inactive"), emetteur="mission-locale")
+    _import(engine, consent_resource("c1", NIR, categories=("contact",)), emetteur="mission-locale")
     with engine.connect() as c:
         rows = c.execute(select(consents.c.emetteur, consents.c.version)).all()
     assert sorted(rows) == [("departement-052", 1), ("mission-locale", 1)]
@@ -117,14 +122,16 @@ def test_an_opposition_withholds_a_legal_basis_open_to_objection_but_not_a_legal
     _import(engine, opposition)
     found = _found(engine)
     platform = decide(PLATEFORME, [C.DROITS_RSA, C.IDENTITE], found, TODAY)
-    assert not platform.livre and platform.categories[C.DROITS_RSA].fondement == "opposition:o1/v1"
+    assert not platform.livre and platform.categories[C.DROITS_RSA].fondement == f"opposition:{_ref('o1')}/v1"
     departement = decide(DEP, [C.DROITS_RSA], found, TODAY)  # CASF L262-40, 6.1.c: no right to object
     assert departement.livre and departement.categories[C.DROITS_RSA].fondement.startswith("legale:")
 
 
 def test_an_opposition_cannot_grant_anything(engine) -> None:
     bad = consent("o1", NIR, grant=True, kind="opposition")
-    assert "ne peut rien autoriser" in _import(engine, bad).erreurs[0]
+    report = _import(engine, bad)
+    assert "ne peut rien autoriser" in report.restrictions[0]
+    assert C.IDENTITE not in decide(DEP, [C.IDENTITE], _found(engine), TODAY).permises
 
 
 CSV_HEADER = "identifiant;nir;type;decision;statut;destinataires;categories;debut;fin;finalite;date_recueil\n"

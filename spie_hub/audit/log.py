@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Connection, Engine, select, update
 
 from spie_hub.core.failpoints import failpoint
 from spie_hub.store import audit_head
@@ -56,37 +56,46 @@ class AuditLog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def append(self, events: Iterable[AuditEvent]) -> tuple[int, str]:
-        """Append events in one transaction; return the new head (seq, hash)."""
-        return self.append_rows(
-            (e.run_id, e.event, e.flow, e.recipient, e.subject, e.payload if isinstance(e.payload, str) else canonical(e.payload))
-            for e in events
-        )
+    def append(self, events: Iterable[AuditEvent], connection: Connection | None = None) -> tuple[int, str]:
+        """Append events in one transaction; return the new head (seq, hash).
+
+        With ``connection``, the entries join the caller's open transaction (committed or rolled back with what
+        they prove, e.g. the consents an import stores), instead of a transaction of their own."""
+        items = ((e.run_id, e.event, e.flow, e.recipient, e.subject,
+                  e.payload if isinstance(e.payload, str) else canonical(e.payload)) for e in events)
+        if connection is not None:
+            return self._append_in(connection, items)
+        return self.append_rows(items)
 
     def append_rows(self, items: Iterable[tuple[str | None, str, str | None, str | None, str | None, str]]) -> tuple[int, str]:
         """Append ``(run_id, event, flow, recipient, subject, canonical payload)`` tuples in one transaction."""
         with self.engine.begin() as connection:
-            # Touching the head row first takes the write lock (row lock on PostgreSQL, RESERVED on SQLite),
-            # so concurrent runs chain one after the other instead of forking the chain.
-            connection.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq))
-            seq, prev = connection.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)).one()
-            rows = []
-            ts = now()
-            for run_id, event, flow, recipient, subject, payload in items:
-                seq += 1
-                digest = _hash(prev, seq, ts, run_id, event, flow, recipient, subject, payload)
-                rows.append((seq, ts, run_id, event, flow, recipient, subject, payload, prev, digest))
-                prev = digest
-            if rows:
-                # The driver's executemany on plain tuples: the per-row parameter handling of an ORM-style insert
-                # cost more than hashing (measured: 13.8 µs an entry before, see docs/performances.md).
-                mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
-                connection.exec_driver_sql(
-                    f"INSERT INTO audit_log (seq, ts, run_id, event, flow, recipient, subject, payload, prev_hash, hash) "
-                    f"VALUES ({', '.join([mark] * 10)})",
-                    rows,
-                )
-                connection.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
+            return self._append_in(connection, items)
+
+    @staticmethod
+    def _append_in(connection: Connection,
+                   items: Iterable[tuple[str | None, str, str | None, str | None, str | None, str]]) -> tuple[int, str]:
+        # Touching the head row first takes the write lock (row lock on PostgreSQL, RESERVED on SQLite),
+        # so concurrent runs chain one after the other instead of forking the chain.
+        connection.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq))
+        seq, prev = connection.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)).one()
+        rows = []
+        ts = now()
+        for run_id, event, flow, recipient, subject, payload in items:
+            seq += 1
+            digest = _hash(prev, seq, ts, run_id, event, flow, recipient, subject, payload)
+            rows.append((seq, ts, run_id, event, flow, recipient, subject, payload, prev, digest))
+            prev = digest
+        if rows:
+            # The driver's executemany on plain tuples: the per-row parameter handling of an ORM-style insert
+            # cost more than hashing (measured: 13.8 µs an entry before, see docs/performances.md).
+            mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+            connection.exec_driver_sql(
+                f"INSERT INTO audit_log (seq, ts, run_id, event, flow, recipient, subject, payload, prev_hash, hash) "
+                f"VALUES ({', '.join([mark] * 10)})",
+                rows,
+            )
+            connection.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
         return seq, prev
 
 

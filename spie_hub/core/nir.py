@@ -10,7 +10,7 @@ import re
 
 from spie_hub.core.errors import RecordError
 
-_SHAPE = re.compile(r"^[12378]\d{2}\d{2}(2[AB]|\d{2})\d{6}(\d{2})?$")
+_SHAPE = re.compile(r"^[12378][0-9]{4}(2[AB]|[0-9]{2})[0-9]{6}([0-9]{2})?$")
 
 
 class NirInvalide(RecordError):
@@ -33,10 +33,15 @@ def normaliser_nir(raw: str) -> str:
 
     Spaces, dots and dashes are ignored; letters are upper-cased; a 15-character NIR must carry the right key.
     """
-    nir = re.sub(r"[\s.\-]", "", raw).upper()
+    nir = re.sub(r"[\s.\-]", "", raw)
+    # Identifiers are ASCII: fullwidth or Arabic-Indic digits pass ``\d`` and ``int()`` but no partner's system
+    # (nor the pseudonymiser, which encodes the NIR as ASCII) reads them as the same person.
+    if not nir.isascii():
+        raise NirInvalide("NIR invalide : caractères hors ASCII (chiffres 0 à 9 attendus)")
+    nir = nir.upper()
     if len(nir) not in (13, 15):
         raise NirInvalide(f"NIR invalide : {len(nir)} caractères au lieu de 13 ou 15")
-    if not _SHAPE.match(nir):
+    if not _SHAPE.fullmatch(nir):
         if nir[0] not in "12378":
             raise NirInvalide("NIR invalide : le premier caractère (sexe) doit être 1, 2, 3, 7 ou 8")
         raise NirInvalide("NIR invalide : caractères non numériques hors département 2A/2B")

@@ -155,13 +155,38 @@ class OrganisationSpec(_Block):
     contact: str | None = None
     dpo: str | None = None
     conservation_journal_jours: PositiveInt | None = None
+    #: Retention of the hub's own stores, in days (defaults and meaning: spie_hub/run/retention.py StoreRetention).
+    conservation_consentements_jours: PositiveInt | None = None
+    conservation_retraits_jours: PositiveInt | None = None
+    conservation_executions_jours: PositiveInt | None = None
+    conservation_exports_jours: PositiveInt | None = None
+    conservation_preparation_jours: PositiveInt | None = None
     mesures_securite: str | None = None
+
+
+class ConsentIssuerSpec(_Block):
+    """One partner allowed to send consents and oppositions (``consentements.emetteurs.<partenaire>``)."""
+
+    #: The consent inbox it sends through: the issuer of a file is the inbox it came from, never a free string.
+    boite: dict[str, Any]
+    #: Recipients and categories for which it collects consents (the collecting body): its permits outside
+    #: them are refused. Its refusals and oppositions are accepted for any recipient (they only restrict).
+    recueille: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class ConsentSectionSpec(_Block):
+    #: Purpose codes (system .../CodeSystem/finalite) of the hub's flows: a permit stating another purpose
+    #: does not apply to them.
+    finalites: list[str] = Field(default_factory=list)
+    emetteurs: dict[str, ConsentIssuerSpec] = Field(default_factory=dict)
 
 
 class RegistrySpec(_Block):
     organisation: OrganisationSpec | None = None
     #: Flows are validated one by one (so that a refusal names its flow).
     flux: dict[str, Any] | None = None
+    #: Who may send consents, through which inbox, for which recipients and categories (validated after flows).
+    consentements: dict[str, Any] | None = None
 
 
 # -- French messages ----------------------------------------------------------------------------------------------
@@ -501,6 +526,73 @@ def organisation(path: Path | None = None) -> dict[str, str]:
     return {k: str(v) for k, v in section.model_dump(exclude_none=True).items()}
 
 
+@dataclass(frozen=True)
+class ConsentIssuer:
+    """A partner allowed to send consents: its inbox and what it may grant on the person's behalf."""
+
+    id: str
+    boite: TransportOptions
+    #: recipient -> categories it may record permits for
+    recueille: dict[str, frozenset[CategorieDonnees]]
+    #: the recipients a withdrawal or refusal naming none applies to: those it collects for and those of the
+    #: flows it is the source of
+    destinataires: frozenset[str]
+
+    def may_permit(self, recipient: str, category: str) -> bool:
+        return any(c.value == category for c in self.recueille.get(recipient, ()))
+
+
+@dataclass(frozen=True)
+class ConsentRegistry:
+    finalites: frozenset[str]
+    emetteurs: dict[str, ConsentIssuer]
+
+
+def _consent_registry(label: str, section: Any, flows: dict[str, Flow]) -> ConsentRegistry:
+    where = f"{label}, consentements"
+    if section is None:
+        return ConsentRegistry(frozenset(), {})
+    if not isinstance(section, Mapping):
+        raise ConfigurationError(f"{where} : dictionnaire attendu (clés « finalites » et « emetteurs »)")
+    for pid in (section.get("emetteurs") or {}) if isinstance(section.get("emetteurs"), Mapping) else ():
+        _identifier(pid, f"{where}, émetteur")
+    spec: ConsentSectionSpec = _validate(ConsentSectionSpec, section, where)
+    known = {r.id for flow in flows.values() for r in flow.destinataires}
+    inboxes: dict[str, str] = {}
+    for flow in flows.values():
+        options = flow.transport.model_dump(exclude={"motif", "stabilite_secondes"})
+        inboxes[json.dumps(options, sort_keys=True, default=str)] = f"flux {flow.id}"
+    issuers: dict[str, ConsentIssuer] = {}
+    for pid, issuer in spec.emetteurs.items():
+        at = f"{where}, émetteur {pid}"
+        boite = _transport(issuer.boite, f"{at}, boite")
+        place = json.dumps(boite.model_dump(exclude={"motif", "stabilite_secondes"}), sort_keys=True, default=str)
+        if place in inboxes:
+            raise ConfigurationError(f"{at} : clé « boite » : même dossier que la boîte de dépôt du {inboxes[place]} "
+                                     "(l'émetteur d'un fichier est la boîte par laquelle il arrive : une boîte par émetteur)")
+        inboxes[place] = f"émetteur de consentements {pid}"
+        recueille: dict[str, frozenset[CategorieDonnees]] = {}
+        for rid, names in issuer.recueille.items():
+            if rid not in known:
+                raise ConfigurationError(f"{at} : clé « recueille » : destinataire inconnu {rid!r} (déclarés dans les "
+                                         f"flux : {', '.join(sorted(known))})")
+            recueille[rid] = frozenset(_category(n, f"{at}, recueille, {rid}") for n in names)
+        own = {r.id for flow in flows.values() if flow.partenaire == pid for r in flow.destinataires}
+        issuers[pid] = ConsentIssuer(pid, boite, recueille, frozenset(recueille) | own)
+    return ConsentRegistry(frozenset(spec.finalites), issuers)
+
+
+@lru_cache(maxsize=8)
+def _load_consents(path: Path, stamp: tuple[int, int], registries: tuple[tuple[str, ...], ...]) -> ConsentRegistry:
+    return _consent_registry(path.name, _document(path, stamp).consentements, _load(path, stamp, None, registries))
+
+
+def consent_registry(path: Path | None = None) -> ConsentRegistry:
+    """The registry's ``consentements`` section, validated: issuers, their inboxes and authority; the purposes."""
+    path = _path(path)
+    return _load_consents(path, _stamp(path), _registries())
+
+
 def get_flow(flow_id: str, path: Path | None = None) -> Flow:
     flows = load_flows(path)
     if flow_id not in flows:
@@ -512,3 +604,4 @@ def clear_cache() -> None:
     """Forget every registry read (tests that rewrite a file or swap a registered format in place)."""
     _load.cache_clear()
     _document.cache_clear()
+    _load_consents.cache_clear()

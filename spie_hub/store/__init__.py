@@ -78,6 +78,9 @@ consents = Table(
     Column("source", Text),
     Column("resource_sha256", String(64), nullable=False),
     Column("imported_at", String(32), nullable=False),
+    #: The hub's opaque reference of the consent (``c-`` + 16 hex, kept from version to version): decisions,
+    #: withdrawals, notices and the audit cite it, never the partner's ``consent_id``.
+    Column("ref", String(24)),
     UniqueConstraint("emetteur", "consent_id", "version", name="uq_consent_version"),
     Index("ix_consents_subject", "subject"),
 )
@@ -188,6 +191,7 @@ def open_store(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     with _schema_lock(engine):
         metadata.create_all(engine)
+        _add_missing_columns(engine)
         with engine.begin() as connection:
             if connection.execute(select(audit_head.c.id)).first() is None:
                 connection.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS_HASH))
@@ -197,6 +201,22 @@ def open_store(url: str) -> Engine:
 
         install_guards(engine)
     return engine
+
+
+#: Columns added after a table's first release: ``create_all`` never alters an existing table.
+_ADDED_COLUMNS = {"consents": {"ref": "VARCHAR(24)"}}
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    from sqlalchemy import inspect
+
+    inspector = inspect(engine)
+    with engine.begin() as connection:
+        for table, columns in _ADDED_COLUMNS.items():
+            present = {c["name"] for c in inspector.get_columns(table)}
+            for name, sql_type in columns.items():
+                if name not in present:
+                    connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
 
 
 @contextmanager
