@@ -535,6 +535,13 @@ def cmd_audit_offline(args: argparse.Namespace) -> int:
     return 1
 
 
+def _receipt_head(receipt: dict) -> str:
+    """The audit head a receipt attests: its hash (older receipts also carried an entry number)."""
+    head = receipt.get("journal") or {}
+    digest = str(head.get("point_de_controle") or head.get("empreinte") or "?")
+    return f"{digest[:16]}…" + (f" (entrée n° {head['entree']})" if "entree" in head else "")
+
+
 def cmd_receipt_verify(args: argparse.Namespace) -> int:
     from spie_hub.audit.receipts import verify_receipt
     from spie_hub.audit.signing import public_b64_from_pem
@@ -548,7 +555,7 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
             print(f"REÇU INVALIDE : {problem}")
         return 1
     print(f"Reçu valide : {receipt['fichier']} ({receipt['enregistrements']} enregistrement(s)), signé par le hub "
-          f"(clé {kid}), entrée n° {receipt['journal']['entree']} du journal.")
+          f"(clé {kid}), point de contrôle du journal {_receipt_head(receipt)}.")
     return 0
 
 

@@ -70,7 +70,10 @@ class CsvRowWriter(RecordWriter):
     def __init__(self, output: CsvOutput, stream: BinaryIO) -> None:
         self.output = output
         # The BOM lets spreadsheets read UTF-8; the handle is detached on close so the caller's stream stays open.
-        self.text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="", write_through=False)
+        # Write-through: each row reaches the stream during its own ``write`` (one ``write`` per row from the csv
+        # module), which is what lets the run give each recipient its rows in an order of its own
+        # (spie_hub/run/deliver.py, ShuffledRows).
+        self.text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="", write_through=True)
         self.writer = french_csv_writer(self.text, output.separator)
         self.writer.writerow([c.entete for c in output.columns])
         self.rows = 0

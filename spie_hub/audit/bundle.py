@@ -102,7 +102,10 @@ def verify_bundle(folder: Path, public_keys_pem: list[Path] | None = None, recei
             if not any(receipt_valid(receipt, {kid: key}) for key in (trusted or [keys.get(kid, "")])):
                 return BundleVerdict(VerifyResult(False, 0, None, f"reçu {path.name} : signature invalide"), notes)
             head = receipt.get("journal") or {}
-            checker.attest(int(head["entree"]), str(head["empreinte"]))
+            if "entree" in head:  # a receipt issued before receipts stopped carrying a position
+                checker.attest(int(head["entree"]), str(head["empreinte"]))
+            else:
+                checker.attest_digest(str(head["point_de_controle"]))
         result = checker.run(_jsonl(folder / ENTRIES))
     except _BadLine as error:
         return BundleVerdict(VerifyResult(False, 0, None, f"ligne {error.line} illisible (JSON altéré)"), notes)

@@ -49,6 +49,7 @@ class ChainChecker:
     def __init__(self, checkpoints: Iterable[Mapping[str, Any]], keys: Mapping[str, str], trusted: Iterable[str] = ()) -> None:
         """``trusted``: published public keys to try when a checkpoint's key id is not in ``keys``."""
         self.attested: dict[int, str] = {}
+        self.attested_digests: set[str] = set()
         self.problem: tuple[int, str] | None = None
         fallback = list(trusted)
         for cp in sorted(checkpoints, key=lambda c: c["seq"]):
@@ -66,11 +67,17 @@ class ChainChecker:
         """Add an attestation verified elsewhere (a signed delivery receipt naming the head of the chain)."""
         self.attested.setdefault(seq, digest)
 
+    def attest_digest(self, digest: str) -> None:
+        """An entry's hash that a signed receipt attests, without its number (receipts carry no position: a number
+        would count the decisions made for other recipients, docs/divulgation.md): the entry must be in the chain."""
+        self.attested_digests.add(digest)
+
     def run(self, entries: Iterable[Mapping[str, Any]], head: tuple[int, str] | None = None) -> VerifyResult:
         if self.problem:
             return _fail(0, *self.problem)
         expected_seq: int | None = None
         expected_prev = GENESIS_HASH
+        unseen = set(self.attested_digests)
         count, first, last_hash = 0, 1, GENESIS_HASH
         for row in entries:
             seq = row["seq"]
@@ -95,7 +102,12 @@ class ChainChecker:
             if seq in self.attested and self.attested[seq] != row["hash"]:
                 return _fail(count, seq, "ne correspond pas au point de contrôle signé (journal réécrit)")
             expected_seq, expected_prev, last_hash, count = seq + 1, row["hash"], row["hash"], count + 1
+            unseen.discard(row["hash"])
         last = (expected_seq - 1) if expected_seq is not None else 0
+        unseen -= {h for s, h in self.attested.items() if s < first}  # purged under retention, under a signed anchor
+        if unseen:
+            return _fail(count, last + 1, "journal tronqué ou réécrit : un reçu de livraison signé atteste une entrée "
+                                          "(point de contrôle) qui n'y figure pas")
         beyond = [s for s in self.attested if s > last]
         if beyond:
             return _fail(count, last + 1, f"journal tronqué : un point de contrôle signé atteste l'entrée n° {max(beyond)}, "

@@ -1,9 +1,13 @@
 """Signed delivery receipts: each manifest is signed (Ed25519) so that its recipient can prove what it received.
 
-The manifest names the delivered file (SHA-256, size, records), the run, and the head of the audit chain right
-after the delivery was written to it (write-ahead): a receipt therefore also attests that the audit held at least
-that many entries, which the offline verifier uses to detect a truncated log. The recipient checks a receipt with
-``spie-hub recu verifier MANIFESTE --cle-publique CLE.pem`` (the hub's published key), without any access to the hub.
+The manifest names the delivered file (SHA-256, size, the recipient's own record count), the run, and the hash of
+the head of the audit chain right after the delivery was written to it (write-ahead), a head the hub signs as a
+checkpoint at once (``journal.point_de_controle``). A receipt therefore attests an entry the audit must keep, which
+the offline verifier uses to detect a truncated or rewritten log. It carries no entry number: consecutive numbers
+in one recipient's receipts would count every decision made for the others, down to one withheld person
+(docs/divulgation.md); receipts issued before carry ``journal.entree`` and are still verified. The recipient
+checks a receipt with ``spie-hub recu verifier MANIFESTE --cle-publique CLE.pem`` (the hub's published key), without
+any access to the hub.
 """
 
 from __future__ import annotations

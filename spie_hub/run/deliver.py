@@ -4,15 +4,21 @@ A delivery is staged privately, audited (write-ahead), then published: the signe
 each stored atomically and never over a different file of the same name, then the delivery row. A recipient
 therefore never sees a file without its manifest nor a temporary; a run interrupted during publication is
 completed by the next start from its staging (``spie_hub/run/recovery.py``).
+
+Each recipient's rows are written in an order of its own (``ShuffledRows``): a keyed hash of the pseudonym it knows
+the person by, sorted through a SQLite file in the run's private staging, so memory stays flat with the file size.
+Nothing a recipient or a sender receives depends on what another recipient was sent (docs/divulgation.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +34,13 @@ from connectors.transports.base import FileExists, Transport, sha256_stream
 from connectors.transports.local import LocalFolder
 from connectors.transports.registry import open_transport
 from consent.decision import RecordDecision
-from schemas.spie_v1 import SCHEMA_VERSION
+from schemas.categories import CategorieDonnees
+from schemas.spie_v1 import SCHEMA_VERSION, PersonneSPIE
 from spie_hub.audit.log import AuditSpool, now
 from spie_hub.core.errors import ConfigurationError, HubError, StorageError
 from spie_hub.core.failpoints import failpoint
 from spie_hub.core.home import HubHome
-from spie_hub.privacy.disclosure import suppress
+from spie_hub.privacy.disclosure import row_order_key, row_sort_key
 from spie_hub.registry import Flow, Recipient
 from spie_hub.run.records import Mapped
 from spie_hub.run.summary import RunSummary
@@ -124,15 +131,141 @@ def copy_into(transport: Transport, name: str, source: Path, *, replace: bool = 
     transport.store_file(name, source, replace=replace)
 
 
+class _Capture(io.RawIOBase):
+    """A write-only stream that keeps what was written to it since the last ``take``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chunks: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self._chunks.append(chunk)
+        return len(chunk)
+
+    def take(self) -> bytes:
+        out = b"".join(self._chunks)
+        self._chunks.clear()
+        return out
+
+
+@contextmanager
+def _sort_file(scratch: Path) -> Iterator[None]:
+    """SQLite's errors on the sort file as the OS errors they are (a full disk most of all), so that the run reports
+    its staging folder like any other storage failure."""
+    try:
+        yield
+    except sqlite3.Error as error:
+        code = errno.ENOSPC if "full" in str(error) else errno.EIO
+        raise OSError(code, os.strerror(code), str(scratch)) from None
+
+
+class ShuffledRows(RecordWriter):
+    """One recipient's file with its rows in an order of its own: by ``row_sort_key(order_key, pseudonym)``.
+
+    Why: rows in input order let two recipients line their files up and link their pseudonyms, and a gap in one of
+    them points at the person withheld from it. The key depends on the flow, the recipient and the input only, so the
+    order reveals nothing about other recipients and a re-run of the same input is byte-identical.
+
+    The output format's writer renders each record as today, into a capture; its bytes go to a SQLite table keyed by
+    (sort key, arrival number) in the run's private staging, and ``close`` writes header, rows in key order and
+    trailer to ``target``: memory stays flat with the file size (SQLite's page cache is bounded), nothing goes to
+    ``/tmp``. A format's writer must emit each record's bytes during its ``write`` call (the CSV writer and any
+    line-per-record writer do); one that buffered across records is refused rather than shuffled wrongly.
+    """
+
+    BATCH = 2000
+    CACHE_KB = 16 * 1024
+
+    def __init__(self, output: OutputFormat, target: BinaryIO, order_key: bytes, scratch: Path,
+                 on_row: Callable[[int, str], None] | None = None) -> None:
+        """``on_row(line, note)`` is called on close for each row written with a note, with the line the row ends
+        up on (the decision's audit entry names it: the DPO finds the person's row in the delivered file)."""
+        self.output, self.target, self.order_key, self.scratch, self.on_row = output, target, order_key, scratch, on_row
+        self._capture = _Capture()
+        self._inner = output.open(self._capture)  # type: ignore[arg-type]  # a raw binary stream
+        self._head = self._capture.take()
+        self._pending: list[tuple[bytes, int, bytes, str | None]] = []
+        self._count = 0
+        scratch.unlink(missing_ok=True)  # a leftover of an interrupted attempt is never merged in
+        self._db: sqlite3.Connection | None = None
+        with _sort_file(scratch):
+            self._db = sqlite3.connect(scratch, isolation_level=None)
+            for pragma in ("journal_mode=OFF", "synchronous=OFF", f"cache_size=-{self.CACHE_KB}", "temp_store=FILE"):
+                self._db.execute(f"PRAGMA {pragma}")
+            self._db.execute("CREATE TABLE lignes (cle BLOB NOT NULL, n INTEGER NOT NULL, ligne BLOB NOT NULL, "
+                             "note TEXT, PRIMARY KEY (cle, n)) WITHOUT ROWID")
+
+    def write(self, record: PersonneSPIE, pseudonym: str, allowed: frozenset[CategorieDonnees]) -> None:
+        self.write_noted(record, pseudonym, allowed, None)
+
+    def write_noted(self, record: PersonneSPIE, pseudonym: str, allowed: frozenset[CategorieDonnees],
+                    note: str | None) -> None:
+        self._inner.write(record, pseudonym, allowed)
+        row = self._capture.take()
+        if not row:
+            raise ConfigurationError(f"Format de sortie {self.output.name!r} : son écriture ne rend pas chaque "
+                                     "enregistrement à son appel ; l'ordre propre à chaque destinataire est impossible")
+        self._pending.append((row_sort_key(self.order_key, pseudonym), self._count, row, note))
+        self._count += 1
+        if len(self._pending) >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending or self._db is None:
+            return
+        self._pending.sort()  # neighbouring keys land on neighbouring pages
+        with _sort_file(self.scratch):
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT INTO lignes VALUES (?, ?, ?, ?)", self._pending)
+            self._db.execute("COMMIT")
+        self._pending.clear()
+
+    def close(self) -> None:
+        """Write the whole file to ``target`` (the stream itself stays open) and remove the sort file."""
+        self._inner.close()
+        tail = self._capture.take()
+        self._flush()
+        assert self._db is not None
+        self.target.write(self._head)
+        line = self._head.count(b"\n")  # the header's lines (one for a CSV): rows are numbered after them
+        with _sort_file(self.scratch):
+            for row, note in self._db.execute("SELECT ligne, note FROM lignes ORDER BY cle, n"):
+                self.target.write(row)
+                line += 1
+                if note is not None and self.on_row is not None:
+                    self.on_row(line, note)
+        self.target.write(tail)
+        self.discard()
+
+    def discard(self) -> None:
+        """Drop the sort file (people's rows in clear): on close, and when the run fails."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self._pending.clear()
+        self.scratch.unlink(missing_ok=True)
+
+
+def shuffled_writer(output: OutputFormat, target: BinaryIO, secret: bytes, flow_id: str, recipient_id: str,
+                    input_sha256: str, scratch: Path, on_row: Callable[[int, str], None] | None = None) -> ShuffledRows:
+    """The writer of one recipient's delivery of one input, as the run uses it (also for the golden files)."""
+    return ShuffledRows(output, target, row_order_key(secret, flow_id, recipient_id, input_sha256), scratch, on_row)
+
+
 class StagedDeliveries:
     """The recipients' files of one run, written in its private staging folder while records stream."""
 
     def __init__(self, flow: Flow, recipients: list[Recipient], staging: Path, spool: AuditSpool,
-                 summary: RunSummary) -> None:
+                 summary: RunSummary, order_secret: bytes, input_sha256: str) -> None:
         self.flow, self.recipients, self.staging, self.spool, self.summary = flow, recipients, staging, spool, summary
+        self.order_secret, self.input_sha256 = order_secret, input_sha256
         self.outputs: dict[str, OutputFormat] = {r.id: load_output(r.sortie) for r in recipients}
         self._stack = ExitStack()
-        self.writers: dict[str, RecordWriter] = {}
+        self.writers: dict[str, ShuffledRows] = {}
         self.handles: list[BinaryIO] = []
         self.rejections: list[tuple[str, int | None, str]] = []
 
@@ -144,7 +277,11 @@ class StagedDeliveries:
             for recipient in self.recipients:
                 handle: BinaryIO = self._stack.enter_context(open(self.staged(recipient), "wb"))
                 self.handles.append(handle)
-                self.writers[recipient.id] = self.outputs[recipient.id].open(handle)
+                writer = shuffled_writer(self.outputs[recipient.id], handle, self.order_secret, self.flow.id,
+                                         recipient.id, self.input_sha256, self.staging / f"{recipient.id}.ordre.sqlite3",
+                                         self._decision_audit(recipient.id))
+                self._stack.callback(writer.discard)
+                self.writers[recipient.id] = writer
         except OSError as error:
             self._stack.close()
             raise StorageError.from_os(error, self.staging) from None
@@ -168,14 +305,21 @@ class StagedDeliveries:
 
     def accept(self, recipient: Recipient, pseudonym: str, decision: RecordDecision, text: str, mapped: Mapped) -> None:
         counts = self.summary.destinataires[recipient.id]
+        where = f',"position":"{mapped.position}"'
         if decision.livre:
-            self.writers[recipient.id].write(mapped.record, pseudonym, decision.permises)
+            # Its audit entry waits for the row's line in the delivered file, known once the rows are ordered.
+            self.writers[recipient.id].write_noted(mapped.record, pseudonym, decision.permises,
+                                                   json.dumps([pseudonym, text[:-1] + where]))
             counts.livres += 1
-            where = f',"ligne":{counts.livres + 1},"position":"{mapped.position}"}}'  # line 1 is the header
         else:
             counts.retenus += 1
-            where = f',"position":"{mapped.position}"}}'
-        self.spool.add("decision", text[:-1] + where, recipient.id, pseudonym)
+            self.spool.add("decision", text[:-1] + where + "}", recipient.id, pseudonym)
+
+    def _decision_audit(self, recipient_id: str) -> Callable[[int, str], None]:
+        def audit(line: int, note: str) -> None:
+            pseudonym, text = json.loads(note)
+            self.spool.add("decision", text + f',"ligne":{line}}}', recipient_id, pseudonym)
+        return audit
 
     def manifests(self, names: Names, run_id: str, day: str) -> dict[str, dict[str, Any]]:
         """The unsigned manifest of each staged file; their "livraison" events go to the spool."""
@@ -274,15 +418,17 @@ def write_rejections(transport: Transport, names: Names, rejections: list[tuple[
 
 
 def write_acknowledgement(transport: Transport, names: Names, flow: Flow, summary: RunSummary) -> None:
-    """The sender's processing receipt: its own counts exact, the recipients' with small cells suppressed."""
-    seuil = flow.seuil_petits_effectifs
-    recipients = {rid: suppress({"livres": c.livres, "retenus": c.retenus}, seuil)
-                  for rid, c in summary.destinataires.items() if not c.deja_livre}
+    """The sender's processing receipt: what it already knows about its own file (records read, records rejected,
+    whose reasons it gets in its rejection report) and which recipients the file was processed for. No count of
+    delivered or withheld records, exact or banded: a sender that knows its file would difference them across
+    recipients and across padded files to learn who objected (docs/divulgation.md)."""
     receipt = {"flux": flow.id, "fichier_sha256": names.input_sha, "execution": summary.run_id, "traite_le": now(),
                "enregistrements_lus": summary.lus, "enregistrements_rejetes": summary.rejetes,
-               "destinataires": recipients, "seuil_petits_effectifs": seuil,
-               "note": f"Effectifs de 1 à {seuil - 1} masqués (et un effectif complémentaire) pour ne révéler "
-                       "aucune personne dont les données ont été retenues."}
+               "destinataires": {rid: "déjà livré auparavant" if c.deja_livre else "livré"
+                                 for rid, c in sorted(summary.destinataires.items())},
+               "note": "Le nombre d'enregistrements livrés ou retenus pour chaque destinataire n'est pas communiqué : "
+                       "il révélerait les personnes qui se sont opposées ou n'ont pas consenti. Les enregistrements "
+                       "rejetés et leurs motifs figurent dans le rapport de rejets."}
     store_json(transport.child("accuses"), names.acknowledgement(), receipt)
 
 

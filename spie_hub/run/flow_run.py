@@ -217,7 +217,8 @@ class FlowRun:
             archive_input(self.ctx, self.run_id, self.claimed.path)
             return self._finish()
         decider = Decider(self.flow, active, ConsentIndex(self.ctx.engine), self.ctx.pseudonymiser, self.ctx.today)
-        staged = StagedDeliveries(self.flow, active, self.staging, self.spool, self.summary)
+        staged = StagedDeliveries(self.flow, active, self.staging, self.spool, self.summary,
+                                  self.ctx.pseudonymiser.key.secret, self.claimed.sha256)
         try:
             with staged:
                 facts = self._stream(staged, decider, progress)
@@ -237,8 +238,12 @@ class FlowRun:
         failpoint("apres-journal")
         with self.ctx.engine.connect() as connection:
             seq, digest = connection.execute(select(audit_head.c.seq, audit_head.c.hash)).one()
+        # The receipt names the head of the chain by its hash, and that head is a signed checkpoint; never by its
+        # number: consecutive numbers in a recipient's receipts would count every decision made for others
+        # (docs/divulgation.md).
+        seal(self.ctx.engine, self.ctx.signer, at=(seq, digest))
         for rid, manifest in manifests.items():
-            manifest["journal"] = {"entree": seq, "empreinte": digest}
+            manifest["journal"] = {"point_de_controle": digest}
             signed = sign_manifest(manifest, self.ctx.signer)
             deliver.staged_manifest(self.staging, rid).write_text(json.dumps(signed, ensure_ascii=False, indent=2),
                                                                   encoding="utf-8")
