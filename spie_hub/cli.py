@@ -30,7 +30,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from spie_hub.core.errors import ConfigurationError, HubError, RetriableError, StorageError
-from spie_hub.core.home import HubHome
+from spie_hub.core.home import HubHome, private_umask
 
 VALIDATORS = {"caf-vrsb": "cnaf-vrsb0801"}
 EX_IOERR = 74
@@ -732,12 +732,52 @@ def _database_error(error: OperationalError) -> tuple[str, int]:
             f"SPIE_HUB_DATABASE_URL) : {type(error.orig).__name__}", 2)
 
 
+#: 128 + SIGPIPE: what a shell reports for a command whose reader went away (``| head``).
+EXIT_SIGPIPE = 128 + signal.SIGPIPE
+
+
+def _reader_gone() -> int:
+    """stdout's reader stopped reading: exit quietly with the conventional code, whatever is still buffered going
+    nowhere (else Python reports the failed flush at exit)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        if _stderr_gone():
+            os.dup2(devnull, sys.stderr.fileno())
+    except (OSError, ValueError):
+        pass
+    return EXIT_SIGPIPE
+
+
+def _stderr_gone() -> bool:
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # Private by default: every file and folder the hub creates from here on is its own (0600 / 0700).
+    private_umask()
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # output piped into a command that stopped reading (head, less)
+        return _reader_gone()
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, usage error: flushed here, so that a gone reader is handled above
+        sys.stdout.flush()
+        return 0 if done.code is None else done.code if isinstance(done.code, int) else 2
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a reader gone after the last print is found here, not at exit
+        return code
     except ConfigurationError as error:
         _err(f"Erreur de configuration : {error}")
         return 2
@@ -754,9 +794,8 @@ def main(argv: list[str] | None = None) -> int:
         message, code = _database_error(error)
         _err(message)
         return code
-    except BrokenPipeError:  # output piped into a command that stopped reading (head, less)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    except BrokenPipeError:
+        raise  # handled by main: not an I/O error of the hub
     except OSError as error:
         _err(_io_error(error))
         return EX_IOERR
