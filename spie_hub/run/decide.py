@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from consent.decision import ConsentIndex, ConsentVersion, RecordDecision, decide
+from consent.decision import CategoryDecision, ConsentIndex, ConsentVersion, RecordDecision, decide
 from schemas.categories import CATEGORIE_DU_BLOC, CategorieDonnees
 from schemas.spie_v1 import PersonneSPIE
 from spie_hub.audit.log import canonical
@@ -18,12 +18,17 @@ from spie_hub.run.records import Mapped
 from spie_hub.run.summary import RecipientCounts
 
 StatKey = tuple[str | None, tuple[tuple[str, str], ...]]
+#: The ground (and the record's motif) when a person's objections cannot be checked: a record without a NIR has a
+#: fallback pivot, which never matches the NIR pivot that oppositions, refusals and withdrawals are stored under.
+SANS_NIR = "opposition non vérifiable (sans NIR)"
 #: One decision: recipient, the pseudonym it knows the person by, the decision and its canonical audit text.
 Decided = tuple[Recipient, str, RecordDecision, str, Mapped]
 
 
 def _ground(fondement: str) -> str:
     """The family of a decision's ground, without any consent reference (bounded set, for statistics)."""
+    if fondement == SANS_NIR:
+        return "sans-nir"
     head = fondement.split(":", 1)[0]
     return {"refus exprimé": "refus"}.get(head, head if ":" in fondement else
                                           "hors-politique" if "hors politique" in fondement else "sans-consentement")
@@ -40,6 +45,27 @@ def present_categories(record: PersonneSPIE) -> tuple[CategorieDonnees, ...]:
         if getattr(record, block) and category not in seen:
             seen.append(category)
     return tuple(seen)
+
+
+def without_nir(recipient: Recipient, decision: RecordDecision) -> RecordDecision:
+    """The decision for a person whose objections cannot be checked (no NIR, fallback pivot).
+
+    Only a legal basis that is not open to objection (a legal obligation, RGPD art. 6.1.c) still applies: a category
+    under consent or under an opposable basis is withheld with the stable ground ``SANS_NIR``, because the hub
+    cannot see the person's oppositions or withdrawals. A required category withheld so withholds the record.
+    """
+    categories: dict[CategorieDonnees, CategoryDecision] = {}
+    for category, verdict in decision.categories.items():
+        base = recipient.politique.get(category)
+        still_applies = base is None or (base.kind == "legale" and not base.opposable)  # None: already withheld
+        categories[category] = verdict if still_applies else CategoryDecision(False, SANS_NIR)
+    missing = [c for c in recipient.categories_requises if not (c in categories and categories[c].permis)]
+    if not missing:
+        return RecordDecision(True, categories)
+    if any(c in categories and categories[c].fondement == SANS_NIR for c in missing):
+        return RecordDecision(False, categories, SANS_NIR)
+    return RecordDecision(False, categories, decision.motif or
+                          "catégorie requise non permise : " + ", ".join(c.value for c in missing))
 
 
 def outside_perimeter(record: PersonneSPIE, perimetre: tuple[Condition, ...]) -> str | None:
@@ -63,14 +89,19 @@ class Decider:
         self.stats: dict[str, Counter[StatKey]] = {r.id: Counter() for r in recipients}
 
     def _decision(self, recipient: Recipient, outside: str | None, present: tuple[CategorieDonnees, ...],
-                  found: list[ConsentVersion]) -> tuple[RecordDecision, str, StatKey]:
-        # Records without any consent share a handful of situations (same categories, in or out of perimeter):
-        # their decision and its canonical audit text are computed once. Records with consents are decided one by
-        # one, so this cache never grows with the file.
-        key = (recipient.id, outside, present)
+                  found: list[ConsentVersion], fallback: bool) -> tuple[RecordDecision, str, StatKey]:
+        # Records without any consent share a handful of situations (same categories, in or out of perimeter, with
+        # or without a NIR): their decision and its canonical audit text are computed once. Records with consents
+        # are decided one by one, so this cache never grows with the file.
+        key = (recipient.id, outside, present, fallback)
         cached = None if found else self._cache.get(key)
         if cached is None:
-            decision = RecordDecision(False, {}, outside) if outside else decide(recipient, present, found, self.today)
+            if outside:
+                decision = RecordDecision(False, {}, outside)
+            else:
+                decision = decide(recipient, present, found, self.today)
+                if fallback:
+                    decision = without_nir(recipient, decision)
             cached = (decision, canonical(decision.as_payload()), _stat_key(decision))
             if not found:
                 self._cache[key] = cached
@@ -88,7 +119,7 @@ class Decider:
                 consents_found = ConsentIndex.latest_versions(
                     consents_found + [v for alias in pivot.aliases for v in found.get(alias, [])])
             for recipient in self.recipients:
-                decision, text, stat = self._decision(recipient, outside, present, consents_found)
+                decision, text, stat = self._decision(recipient, outside, present, consents_found, pivot.repli)
                 self.stats[recipient.id][stat] += 1
                 yield recipient, self.pseudonymiser.for_recipient(pivot, recipient.id), decision, text, mapped
 
