@@ -256,10 +256,32 @@ def cmd_db_harden(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(_args: argparse.Namespace) -> int:
-    from spie_hub.airflow.dags import run_purge
+    from spie_hub.audit.signing import load_hub_signer
+    from spie_hub.registry import load_flows, organisation
+    from spie_hub.run.retention import AUDIT_RETENTION_DAYS, purge_all, store_retention
+    from spie_hub.store import open_store
 
-    for flow, count in run_purge().items():
-        print(f"Flux {flow} : {count} fichier(s) supprimé(s) au-delà de la durée de conservation (purge journalisée).")
+    home = HubHome.from_env().ensure()
+    flows, settings = load_flows(), store_retention()  # a bad duration is refused before anything is removed
+    engine = open_store(home.database_url)
+    days = int(organisation().get("conservation_journal_jours", AUDIT_RETENTION_DAYS))
+    try:
+        reports, stored, dropped = purge_all(engine, home, flows, signer=load_hub_signer(home), audit_days=days,
+                                             stores=settings)
+    finally:
+        engine.dispose()
+    for report in reports:
+        print(f"Flux {report.flux} : {len(report.fichiers)} fichier(s) supprimé(s) au-delà de "
+              f"{flows[report.flux].conservation_jours} jours" + (f" ; {len(report.refus)} dossier(s) refusé(s)" if report.refus else ""))
+    print(f"Registre : {stored.consentements} version(s) de consentement (échues depuis plus de {settings.consentements} jours), "
+          f"{stored.retraits} retrait(s) propagé(s) (plus de {settings.retraits} jours)")
+    print(f"Exécutions : {stored.executions} exécution(s) et {stored.livraisons} ligne(s) de livraison ; "
+          f"{stored.preparations} dossier(s) de préparation laissé(s) par une exécution ; "
+          f"{stored.exports} export(s) ou rapport(s)")
+    print(f"Journal d'audit : {dropped} entrée(s) au-delà de {days} jours (purge ancrée sur un point de contrôle signé)")
+    for reason in stored.gardes:
+        print(f"  conservé : {reason}")
+    print("Chaque purge est inscrite au journal d'audit (effectifs seulement).")
     return 0
 
 
@@ -634,7 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
     person.add_argument("--json", action="store_true")
     person.set_defaults(func=cmd_dpo_person)
 
-    sub.add_parser("purge", help="purger ce qui dépasse la durée de conservation des flux").set_defaults(func=cmd_purge)
+    sub.add_parser("purger", aliases=["purge"], help="purger ce qui dépasse sa durée de conservation : fichiers des "
+                   "flux, consentements, retraits, exécutions, exports, préparations, journal").set_defaults(func=cmd_purge)
     base = sub.add_parser("base", help="administration de la base (PostgreSQL)")
     base_sub = base.add_subparsers(dest="action", required=True, metavar="ACTION")
     harden = base_sub.add_parser("durcir", help="restreindre le rôle applicatif à l'ajout dans le journal (propriétaire de la base)")

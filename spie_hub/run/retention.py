@@ -1,20 +1,30 @@
-"""Retention: each flow's ``conservation_jours`` enforced by a purge (DAG ``spie_purge_conservation``), audited.
+"""Retention: every store the hub keeps is purged past its own duration (DAG ``spie_purge_conservation``,
+``spie-hub purger``), and every purge is audited.
 
-What the hub holds about a flow's people outside the audit is files: received files (archive), quarantined files,
-delivered files still in the drops with their manifests, withdrawal notices, rejection reports and receipts sent
-back to the sender. Past the retention period they are deleted and the purge is written in the audit (names,
-counts, cut-off date: proof of erasure, as the CNIL's developer guide asks). Delivery rows stay: they hold no
-personal data and keep a re-sent old file from being delivered twice.
+Per flow (``conservation_jours``): received files (archive), quarantined files, delivered files still in the drops
+with their manifests, withdrawal notices, rejection reports and receipts sent back to the sender — deleted and
+written in the audit (names, counts, cut-off date: proof of erasure, as the CNIL's developer guide asks).
+
+The hub's own stores (durations in ``organisation`` of flows.yaml, defaults in ``StoreRetention``): consents after
+the end of their period or their withdrawal, withdrawals once propagated, runs and delivery metadata, audit exports
+and DPO reports, staging left by crashed runs. Audited as counts only (``purge-stockage``): a purge must not become
+a list of the people it forgot. What is still needed is never purged: an unfinished run and its staging, the
+consents, runs and delivery rows an unpropagated withdrawal will consult, an open-ended opposition.
 """
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
+import json
+import os
+import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, and_, delete, func, not_, select
 
 from connectors.transports.base import FileInfo, Transport
 from connectors.transports.registry import open_transport
@@ -27,8 +37,8 @@ from spie_hub.registry import Flow
 from spie_hub.run.deliver import Names, hub_folder, sender_returns
 from spie_hub.run.flow_run import RunContext
 from spie_hub.run.lock import FlowBusy, FlowLock
-from spie_hub.run.recovery import RecoveryReport, cancel_pending
-from spie_hub.store import audit_log, deliveries, runs
+from spie_hub.run.recovery import CLAIM_FILE, RecoveryReport, cancel_pending
+from spie_hub.store import audit_log, consents, deliveries, revocations, runs
 from spie_hub.store.guards import purge_upto
 
 #: Default retention of the audit itself (organisation.conservation_journal_jours in flows.yaml): it must outlast
@@ -144,10 +154,232 @@ def purge_audit(engine: Engine, signer: SigningKey, before: dt.datetime) -> int:
     return removed
 
 
-def purge(engine: Engine, home: HubHome, flows: dict[str, Flow], now: dt.datetime | None = None, *,
-          signer: SigningKey | None = None, audit_days: int = AUDIT_RETENTION_DAYS) -> list[PurgeReport]:
+@dataclass(frozen=True)
+class StoreRetention:
+    """How long the hub keeps its own stores, in days (``organisation.conservation_<store>_jours``)."""
+
+    #: A consent after the end of its period, or after its withdrawal: the proof of what was permitted must last
+    #: as long as the audit that shows what left under it.
+    consentements: int = AUDIT_RETENTION_DAYS
+    #: A withdrawal once propagated (its deletion notices are in the audit).
+    retraits: int = 365
+    #: Runs and delivery rows, never less than the audit (notices of later withdrawals are found through them)
+    #: nor than the flow's own retention (they describe files still in the drops).
+    executions: int = AUDIT_RETENTION_DAYS
+    #: Audit exports (``exports/``) and DPO reports (``rapports/``) under the hub's home.
+    exports: int = 90
+    #: Staging left by a run that finished or crashed (recovery normally removes it at the flow's next start).
+    preparation: int = 7
+
+
+_SETTINGS = {"consentements": "conservation_consentements_jours", "retraits": "conservation_retraits_jours",
+             "executions": "conservation_executions_jours", "exports": "conservation_exports_jours",
+             "preparation": "conservation_preparation_jours"}
+
+
+def store_retention(path: Path | None = None) -> StoreRetention:
+    """The stores' durations from the registry's ``organisation`` section (validated there), else the defaults."""
+    from spie_hub.registry import organisation
+
+    section = organisation(path)
+    chosen = {field_name: int(section[key]) for field_name, key in _SETTINGS.items() if key in section}
+    return StoreRetention(**chosen)
+
+
+@dataclass
+class StorePurge:
+    """What a store purge removed (counts only) and what it kept on purpose."""
+
+    consentements: int = 0  # consent versions
+    retraits: int = 0
+    executions: int = 0
+    livraisons: int = 0
+    exports: int = 0
+    preparations: int = 0
+    #: Why something past its retention was kept (a pending withdrawal, a staging recovery must settle...).
+    gardes: list[str] = field(default_factory=list)
+
+
+def _end_of(text: str | None) -> dt.date | None:
+    """The last day a FHIR date covers: a partial date ("2026", "2026-11") covers its whole year or month."""
+    if not text:
+        return None
+    try:
+        if len(text) == 4:
+            return dt.date(int(text), 12, 31)
+        if len(text) == 7:
+            year, month = int(text[:4]), int(text[5:7])
+            return dt.date(year, month, calendar.monthrange(year, month)[1])
+        return dt.date.fromisoformat(text[:10])
+    except ValueError:
+        return None  # unreadable: never taken as ended
+
+
+def _consent_ended(latest: Any) -> dt.date | None:
+    """When a consent stopped applying (latest version): withdrawn or in error at its import, else at the end of its
+    last rule; ``None`` while it may still apply (an open-ended rule, an opposition without end)."""
+    if latest.status != "active":
+        return dt.date.fromisoformat(latest.imported_at[:10])
+    rules = json.loads(latest.rules or "[]")
+    ends = [r.get("fin") or latest.period_end for r in rules] if rules else [latest.period_end]
+    days = [_end_of(e) for e in ends]
+    if not days or any(d is None for d in days):
+        return None
+    return max(d for d in days if d is not None)
+
+
+def _purge_consents(connection: Connection, cutoff: dt.date, out: StorePurge) -> None:
+    pending = revocations.c.propagated_at.is_(None)
+    # The consents of a person with a withdrawal still to propagate stay: the propagation decides from them.
+    needed = select(revocations.c.id).where(pending, (revocations.c.subject == consents.c.subject)
+                                            | revocations.c.aliases.contains(consents.c.subject)).exists()
+    latest: dict[tuple[str, str], Any] = {}
+    ids: dict[tuple[str, str], list[int]] = {}
+    for row in connection.execute(select(consents.c.id, consents.c.emetteur, consents.c.consent_id, consents.c.version,
+                                         consents.c.status, consents.c.rules, consents.c.period_end,
+                                         consents.c.imported_at)).yield_per(5000):
+        key = (row.emetteur, row.consent_id)
+        ids.setdefault(key, []).append(row.id)
+        if key not in latest or row.version > latest[key].version:
+            latest[key] = row
+    doomed = [i for key, row in latest.items() if (end := _consent_ended(row)) is not None and end < cutoff
+              for i in ids[key]]
+    for start in range(0, len(doomed), 1000):
+        out.consentements += connection.execute(
+            delete(consents).where(consents.c.id.in_(doomed[start:start + 1000]), not_(needed))).rowcount or 0
+    kept = len(doomed) - out.consentements
+    if kept:
+        out.gardes.append(f"{kept} version(s) de consentement échues conservées : retrait en attente de propagation")
+
+
+def _newest_mtime(path: Path) -> float:
+    """The newest modification under ``path`` (itself and its direct entries), links never followed."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for entry in os.scandir(path):
+            newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+    return newest
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _purge_folder(folder: Path, cutoff: dt.datetime, keep: Callable[[Path], str | None], out: StorePurge) -> int:
+    """Remove the entries of one of the hub's folders older than ``cutoff``; ``keep`` says why one must stay."""
+    if not folder.exists():
+        return 0
+    if folder.is_symlink() or not folder.is_dir():
+        out.gardes.append(f"{folder.name} : n'est pas un dossier ordinaire (lien ou fichier), non purgé")
+        return 0
+    removed = 0
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        try:
+            if dt.datetime.fromtimestamp(_newest_mtime(entry), dt.timezone.utc) >= cutoff:
+                continue
+            reason = keep(entry)
+            if reason:
+                out.gardes.append(reason)
+                continue
+            _remove_tree(entry)
+            removed += 1
+        except OSError as error:
+            out.gardes.append(f"{folder.name}/{entry.name} : {type(error).__name__}")
+    return removed
+
+
+def _staging_keeper(engine: Engine, flows: dict[str, Flow]) -> Callable[[Path], str | None]:
+    with engine.connect() as connection:
+        statuses = {r.run_id: r.status for r in connection.execute(select(runs.c.run_id, runs.c.status))}
+
+    def keep(private: Path) -> str | None:
+        status = statuses.get(private.name)
+        if status in ("en-cours", "publication"):
+            return f"préparation {private.name} conservée : exécution non terminée"
+        if status is None:
+            try:
+                flow = json.loads((private / CLAIM_FILE).read_text(encoding="utf-8")).get("flux")
+            except (OSError, ValueError):
+                flow = None
+            if flow in flows:
+                # Claimed, then killed before the run was recorded: the input is there, recovery gives it back.
+                return f"préparation {private.name} conservée : entrée à rendre par la reprise du flux {flow}"
+        return None
+
+    return keep
+
+
+def purge_stores(engine: Engine, home: HubHome, flows: dict[str, Flow], now: dt.datetime,
+                 settings: StoreRetention) -> StorePurge:
+    """Purge the hub's own stores past their retention and audit it (counts only) in the same transaction."""
+    from spie_hub.registry import organisation
+
+    out = StorePurge()
+    audit_days = int(organisation().get("conservation_journal_jours", AUDIT_RETENTION_DAYS))
+    runs_days = max(settings.executions, audit_days)
+    with engine.begin() as connection:
+        _purge_consents(connection, (now - dt.timedelta(days=settings.consentements)).date(), out)
+        out.retraits = connection.execute(delete(revocations).where(
+            revocations.c.propagated_at.is_not(None),
+            revocations.c.propagated_at < (now - dt.timedelta(days=settings.retraits)).isoformat())).rowcount or 0
+        _purge_runs_with_floor(connection, flows, now, runs_days, out)
+    # Files: outside the transaction (they cannot be rolled back); audited below with the rest.
+    exports_cutoff = now - dt.timedelta(days=settings.exports)
+    out.exports = sum(_purge_folder(home.root / name, exports_cutoff, lambda _p: None, out) for name in ("exports", "rapports"))
+    out.preparations = _purge_folder(home.staging, now - dt.timedelta(days=settings.preparation),
+                                     _staging_keeper(engine, flows), out)
+    AuditLog(engine).append([AuditEvent("purge-stockage", {
+        **{k: v for k, v in asdict(out).items() if k != "gardes"},
+        "conservation_jours": {**asdict(settings), "executions": runs_days},
+        "limites": {"consentements": (now - dt.timedelta(days=settings.consentements)).date().isoformat(),
+                    "retraits": (now - dt.timedelta(days=settings.retraits)).isoformat()[:19],
+                    "executions": (now - dt.timedelta(days=runs_days)).isoformat()[:19]},
+        "gardes": out.gardes})])
+    return out
+
+
+def _purge_runs_with_floor(connection: Connection, flows: dict[str, Flow], now: dt.datetime, days: int,
+                           out: StorePurge) -> None:
+    if connection.execute(select(revocations.c.id).where(revocations.c.propagated_at.is_(None)).limit(1)).first():
+        # Propagation finds who received a person's data through these rows: none goes while a withdrawal waits.
+        out.gardes.append("exécutions et livraisons conservées : retrait en attente de propagation")
+        return
+    for flow_id in sorted({r.flow for r in connection.execute(select(runs.c.flow).distinct())}):
+        flow = flows.get(flow_id)
+        # Never younger than the flow's retention: the rows describe files that may still be in the drops.
+        limit = (now - dt.timedelta(days=max(days, flow.conservation_jours if flow else 0))).isoformat()
+        finished = and_(runs.c.flow == flow_id, runs.c.status.not_in(("en-cours", "publication")),
+                        func.coalesce(runs.c.finished_at, runs.c.started_at) < limit)
+        old = select(runs.c.run_id).where(finished)
+        out.livraisons += connection.execute(delete(deliveries).where(
+            deliveries.c.run_id.in_(old), deliveries.c.delivered_at < limit)).rowcount or 0
+        out.executions += connection.execute(delete(runs).where(
+            finished, not_(select(deliveries.c.id).where(deliveries.c.run_id == runs.c.run_id).exists()))).rowcount or 0
+
+
+def purge_all(engine: Engine, home: HubHome, flows: dict[str, Flow], now: dt.datetime | None = None, *,
+              signer: SigningKey | None = None, audit_days: int = AUDIT_RETENTION_DAYS,
+              stores: StoreRetention | None = None) -> tuple[list[PurgeReport], StorePurge, int]:
+    """Every retention at once: each flow's files, the hub's stores, then the audit (entries dropped)."""
     now = now or dt.datetime.now(dt.timezone.utc)
     reports = [purge_flow(engine, home, flow, now) for flow in flows.values()]
+    stored = purge_stores(engine, home, flows, now, stores or store_retention())
+    dropped = 0
     if signer is not None:
-        purge_audit(engine, signer, now - dt.timedelta(days=audit_days))
-    return reports
+        with engine.connect() as connection:
+            waiting = connection.execute(select(revocations.c.id).where(revocations.c.propagated_at.is_(None)).limit(1)).first()
+        # A withdrawal still to propagate finds who received the person's data in the audit: it is kept until then.
+        if waiting is None:
+            dropped = purge_audit(engine, signer, now - dt.timedelta(days=audit_days))
+    return reports, stored, dropped
+
+
+def purge(engine: Engine, home: HubHome, flows: dict[str, Flow], now: dt.datetime | None = None, *,
+          signer: SigningKey | None = None, audit_days: int = AUDIT_RETENTION_DAYS,
+          stores: StoreRetention | None = None) -> list[PurgeReport]:
+    return purge_all(engine, home, flows, now, signer=signer, audit_days=audit_days, stores=stores)[0]
