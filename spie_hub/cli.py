@@ -477,39 +477,62 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     from spie_hub.audit.log import AuditEvent, AuditLog
-    from spie_hub.privacy.keys import key_file, rotate_key_file
+    from spie_hub.privacy.keys import key_source, rotate_hub_key
     from spie_hub.store import open_store
 
     home = HubHome.from_env().ensure()
-    path = key_file(home)
-    ring = rotate_key_file(path, args.kid)
-    AuditLog(open_store(home.database_url)).append([AuditEvent("rotation-cle", {
-        "nouvelle": ring.current.kid, "conservees": [k.kid for k in ring.previous]})])
+    engine = open_store(home.database_url)
+    try:
+        # Refused unless the key in service is the hub's own file: the audit never records a rotation that did not happen.
+        ring = rotate_hub_key(engine, args.kid, home)
+        AuditLog(engine).append([AuditEvent("rotation-cle", {
+            "nouvelle": ring.current.kid, "conservees": [k.kid for k in ring.previous]})])
+    finally:
+        engine.dispose()
     print(f"Nouvelle clé de pseudonymisation actuelle : {ring.current.kid} ; clés conservées pour résoudre les anciens "
-          f"pseudonymes : {', '.join(k.kid for k in ring.previous)} ({path})")
+          f"pseudonymes : {', '.join(k.kid for k in ring.previous)} ({key_source(home).value})")
     return 0
 
 
 def cmd_keys_retire(args: argparse.Namespace) -> int:
-    from sqlalchemy import func, select
-
     from spie_hub.audit.log import AuditEvent, AuditLog
-    from spie_hub.privacy.keys import key_file, retire_key
-    from spie_hub.store import consents, open_store
+    from spie_hub.privacy.keys import retire_hub_key
+    from spie_hub.store import open_store
 
     home = HubHome.from_env().ensure()
     engine = open_store(home.database_url)
-    with engine.connect() as connection:
-        stored = connection.execute(select(func.count()).select_from(consents)
-                                    .where(consents.c.subject.like(f"{args.kid}.%"))).scalar_one()
-    if stored and not args.forcer:
-        _err(f"{stored} version(s) de consentement sont enregistrées sous la clé {args.kid} : la retirer les rendrait "
-             "introuvables. Faites réémettre ces consentements, ou relancez avec --forcer.")
-        return 1
-    ring = retire_key(key_file(home), args.kid)
-    AuditLog(engine).append([AuditEvent("retrait-cle", {"cle": args.kid, "consentements_orphelins": stored})])
-    print(f"Clé {args.kid} retirée : ses pseudonymes ne sont plus résolubles. Trousseau : "
-          f"{', '.join(k.kid for k in ring.keys)}")
+    try:
+        # No forcing: retiring a key that something still depends on would make oppositions stop applying.
+        retirement = retire_hub_key(engine, args.kid, home)
+        AuditLog(engine).append([AuditEvent("retrait-cle", {"cle": args.kid})])
+    finally:
+        engine.dispose()
+    print(f"Clé {args.kid} retirée : plus rien n'en dépend ; son identifiant ne sera jamais réutilisé. Trousseau : "
+          f"{', '.join(k.kid for k in retirement.ring.keys)}")
+    if retirement.still_in:
+        print(f"À faire : enlevez « {args.kid}:… » de {retirement.still_in} (le hub ne la modifie pas).")
+    return 0
+
+
+def cmd_keys_rehome(args: argparse.Namespace) -> int:
+    from spie_hub.audit.log import AuditEvent, AuditLog
+    from spie_hub.privacy.pseudonym import load_pseudonymiser, rehome
+    from spie_hub.store import open_store
+
+    home = HubHome.from_env().ensure()
+    engine = open_store(home.database_url)
+    try:
+        pseudonymiser = load_pseudonymiser(home, engine)
+        # NIRs on standard input only: never on the command line (ps, shell history), never printed back.
+        report = rehome(engine, pseudonymiser, args.kid, sys.stdin)
+        AuditLog(engine).append([AuditEvent("relogement-cle", {
+            "cle": args.kid, "actuelle": pseudonymiser.kid, "personnes": report.personnes,
+            "consentements": report.consentements, "retraits": report.retraits})])
+    finally:
+        engine.dispose()
+    print(f"Relogé sous la clé {pseudonymiser.kid} : {report.personnes} personne(s), {report.consentements} version(s) "
+          f"de consentement, {report.retraits} retrait(s)" + (f" ; {report.invalides} ligne(s) sans NIR valide ignorée(s)"
+                                                                if report.invalides else "") + ".")
     return 0
 
 
@@ -702,10 +725,15 @@ def build_parser() -> argparse.ArgumentParser:
     rotate = keys_sub.add_parser("rotation", help="nouvelle clé de pseudonymisation actuelle (les anciennes sont conservées)")
     rotate.add_argument("--kid", required=True, help="identifiant de la nouvelle clé")
     rotate.set_defaults(func=cmd_keys_rotate)
-    retire = keys_sub.add_parser("retirer", help="retirer une ancienne clé du trousseau (fin de conservation)")
+    retire = keys_sub.add_parser("retirer", help="retirer une ancienne clé du trousseau, quand plus rien n'en dépend")
     retire.add_argument("--kid", required=True)
-    retire.add_argument("--forcer", action="store_true", help="retirer même si des consentements en dépendent")
+    # Kept so that old scripts get the explanation instead of a usage error; it no longer bypasses anything.
+    retire.add_argument("--forcer", action="store_true", help=argparse.SUPPRESS)
     retire.set_defaults(func=cmd_keys_retire)
+    rehome_cmd = keys_sub.add_parser("reloger", help="reloger sous la clé actuelle les consentements et retraits "
+                                     "enregistrés sous une ancienne clé (NIR lus sur l'entrée standard, un par ligne)")
+    rehome_cmd.add_argument("--kid", required=True, help="l'ancienne clé")
+    rehome_cmd.set_defaults(func=cmd_keys_rehome)
     publish = keys_sub.add_parser("publier", help="écrire la clé publique de signature (PEM) à publier")
     publish.add_argument("--sortie", required=True)
     publish.set_defaults(func=cmd_keys_publish)

@@ -92,7 +92,7 @@ def test_after_hardening_the_hub_runs_imports_propagates_and_purges_as_the_restr
     with app_store.connect() as c:
         assert c.execute(select(func.count()).select_from(pseudo_keys)).scalar_one() >= 1
     # Still append-only for that role.
-    for statement in ("DELETE FROM audit_log", "UPDATE audit_head SET seq = 0", "DELETE FROM pseudo_keys",
+    for statement in ("DELETE FROM audit_log", "UPDATE audit_anchor SET seq = 0", "DELETE FROM pseudo_keys",
                       "UPDATE pseudo_keys SET fingerprint = 'x'"):
         with pytest.raises(DBAPIError, match="permission denied|droit refusé"), app_store.begin() as c:
             c.exec_driver_sql(statement)

@@ -120,16 +120,16 @@ def test_subject_access_and_withdrawal_notices_resolve_pseudonyms_of_the_old_key
     assert second[new_pseudonym]["NIR"] == "" and second[new_pseudonym]["État du droit RSA"]
 
 
-def test_retiring_a_key_that_consents_depend_on_is_refused_unless_forced(rotated, capsys) -> None:
+def test_retiring_a_key_that_consents_depend_on_is_refused_even_forced(rotated, capsys) -> None:
     home, engine, *_ = rotated
     assert main(["cles", "retirer", "--kid", "k2"]) == 2  # the current key
     assert main(["cles", "retirer", "--kid", "k1"]) == 1
-    assert "version(s) de consentement" in capsys.readouterr().err
-    assert main(["cles", "retirer", "--kid", "k1", "--forcer"]) == 0
-    assert [k.kid for k in KeyRing.from_file(home.keys / "pseudonymisation.json").keys] == ["k2"]
+    assert "consentement(s)" in capsys.readouterr().err
+    assert main(["cles", "retirer", "--kid", "k1", "--forcer"]) == 1  # no way around it
+    assert [k.kid for k in KeyRing.from_file(home.keys / "pseudonymisation.json").keys] == ["k2", "k1"]
     with engine.connect() as c:
         events = [r.event for r in c.execute(select(audit_log.c.event))]
-    assert "rotation-cle" in events and "retrait-cle" in events
+    assert "rotation-cle" in events and "retrait-cle" not in events
 
 
 def test_every_re_identification_is_audited_with_who_why_and_which_keys(rotated) -> None:

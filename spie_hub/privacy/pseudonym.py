@@ -15,10 +15,17 @@ recipient knows a person as from its own stored pivot (withdrawal notices, subje
 from __future__ import annotations
 
 import hmac
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from sqlalchemy import Engine, select, update
+
+from spie_hub.core.errors import ConfigurationError
 from spie_hub.core.home import HubHome
-from spie_hub.privacy.keys import KeyRing, PseudonymisationKey, load_keyring
+from spie_hub.core.nir import NirInvalide, normaliser_nir
+from spie_hub.privacy.keys import KeyRing, PseudonymisationKey, load_checked_keyring
+from spie_hub.store import consents, open_store, revocations
 
 _HEX_CHARS = 32  # 128 bits; hex rather than base32, whose pure-Python encoder cost 3 µs a pseudonym
 
@@ -87,10 +94,65 @@ class Pseudonymiser:
         return _encode(kid, self._mac(key, pivot.digest[:_HEX_CHARS // 2]))
 
     def recipient_pseudonyms(self, pivot: Pivot, recipient: str) -> list[str]:
-        """Every pseudonym the recipient may know the person by: current key first, then each previous key."""
+        """Every pseudonym the recipient may know the person by: current key first, then each previous key still
+        in the ring. An alias under a retired key is skipped: a key is only retired once no audit entry (so no
+        delivery) remains under it, and the ring is refused while it lacks a key never retired."""
         return [self.for_recipient(pivot, recipient)] + [self.for_recipient(Pivot.from_pseudonyme(a), recipient)
-                                                           for a in pivot.aliases]
+                                                           for a in pivot.aliases
+                                                           if a.partition(".")[0] in self._by_kid]
 
 
-def load_pseudonymiser(home: HubHome | None = None) -> Pseudonymiser:
-    return Pseudonymiser(load_keyring(home))
+def load_pseudonymiser(home: HubHome | None = None, engine: Engine | None = None) -> Pseudonymiser:
+    """The hub's pseudonymiser, its ring checked against the keys the store knows (a changed secret behind a known
+    id, or a known key missing, is refused before anything is read or delivered)."""
+    home = home or HubHome.from_env()
+    if engine is not None:
+        return Pseudonymiser(load_checked_keyring(engine, home))
+    own = open_store(home.database_url)
+    try:
+        return Pseudonymiser(load_checked_keyring(own, home))
+    finally:
+        own.dispose()
+
+
+@dataclass(frozen=True)
+class Rehoming:
+    personnes: int = 0  # NIRs read that had something stored under the old key
+    consentements: int = 0  # consent versions moved under the current key
+    retraits: int = 0  # withdrawals moved under the current key
+    invalides: int = 0  # lines that were not a valid NIR (never shown)
+
+
+def rehome(engine: Engine, pseudonymiser: Pseudonymiser, kid: str, nirs: Iterable[str]) -> Rehoming:
+    """Move what is stored under a person's pivot of the previous key ``kid`` (every consent version, every
+    withdrawal) to their pivot under the current key, computed from their NIR, so that ``kid`` can later be retired
+    without anything ceasing to apply. A withdrawal keeps the old pivot among its aliases: its notices still name
+    the pseudonyms recipients received under ``kid``. Idempotent; one transaction per person."""
+    if kid == pseudonymiser.kid:
+        raise ConfigurationError(f"la clé « {kid} » est la clé actuelle : rien à reloger")
+    old_key = pseudonymiser._by_kid.get(kid)
+    if old_key is None:
+        raise ConfigurationError(f"la clé « {kid} » n'est pas dans le trousseau : ses pivots ne sont plus calculables")
+    old = Pseudonymiser(old_key)
+    people = moved_consents = moved_withdrawals = invalid = 0
+    for line in nirs:
+        if not line.strip():
+            continue
+        try:
+            nir13 = normaliser_nir(line.strip())
+        except NirInvalide:
+            invalid += 1
+            continue
+        source, target = old.pivot_from_nir(nir13).pseudonyme, pseudonymiser.pivot_from_nir(nir13).pseudonyme
+        with engine.begin() as connection:
+            n = connection.execute(update(consents).where(consents.c.subject == source).values(subject=target)).rowcount
+            rows = connection.execute(select(revocations.c.id, revocations.c.aliases)
+                                      .where(revocations.c.subject == source)).all()
+            for row in rows:
+                aliases = json.loads(row.aliases or "[]")
+                connection.execute(update(revocations).where(revocations.c.id == row.id).values(
+                    subject=target, aliases=json.dumps([*aliases, source] if source not in aliases else aliases)))
+        people += 1 if n or rows else 0
+        moved_consents += n
+        moved_withdrawals += len(rows)
+    return Rehoming(people, moved_consents, moved_withdrawals, invalid)
