@@ -5,6 +5,14 @@ person's current consents and the flows' current policies: a category still cove
 basis not open to objection) is not to be deleted. For the categories that lost their ground, the audit says
 whether and in which files the recipient received them; only then is a notice line written, under the pseudonym
 that recipient knows the person by. Notices are audited before the file becomes visible, like deliveries.
+
+Exactly once, whatever runs at the same time: one propagation at a time (its own lock, spie_hub/run/withdrawals.py);
+the publication gate held exclusively for the whole propagation, so that no run is between its last staleness check
+and its delivery row meanwhile (spie_hub/store/withdrawal_order.py); a notice line already audited for the same
+withdrawal, recipient, pseudonym and file is never sent again (a withdrawal re-opened by recovery, when it finds a
+delivery a killed run had placed without its row, sends only what is missing); a withdrawal is marked propagated
+once. A notice names the person by pseudonym and the withdrawal by the hub's own reference only: no partner
+identifier (a ``Consent.id``) leaves the consent registry.
 """
 
 from __future__ import annotations
@@ -13,13 +21,14 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, Row, select, update
 
 from connectors.formats.reports import write_report
 from connectors.transports.registry import open_transport
@@ -30,6 +39,7 @@ from spie_hub.core.home import HubHome
 from spie_hub.privacy.pseudonym import Pivot, Pseudonymiser
 from spie_hub.registry import Flow, Recipient
 from spie_hub.store import audit_log, deliveries, revocations
+from spie_hub.store.withdrawal_order import PublicationGate
 
 NOTICE_HEADER = ["Pseudonyme", "Catégories à supprimer", "Fichiers concernés", "Motif", "Référence du retrait",
                  "Date d'effet"]
@@ -40,10 +50,91 @@ class PropagationReport:
     retraits: int = 0
     avis: int = 0
     fichiers: list[str] = field(default_factory=list)
+    #: (recipient, category) pairs of a withdrawal the hub could not read: said, never a crash.
+    paires_ignorees: int = 0
 
 
-def _received(engine: Engine, recipient: str, pseudonym: str) -> dict[str, set[str]]:
-    """Category → names of the files in which ``recipient`` received it about this person (from the audit)."""
+#: A partner id as the registry spells them; anything else in a withdrawal's pairs ("*", empty) means "any".
+_PARTNER_ID = re.compile(r"[a-z0-9][a-z0-9._-]*")
+_ANY = {"*", "toutes", "tous"}
+
+
+def _pair_list(raw: object) -> list[object]:
+    try:
+        pairs = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return [None]  # unreadable: counted as one odd pair
+    return list(pairs) if isinstance(pairs, list) else [None]
+
+
+def withdrawal_concerns(raw_pairs: object, recipients: set[str]) -> bool:
+    """Whether a withdrawal (its stored pairs) may take something away from one of ``recipients``. Conservative:
+    a pair the hub cannot read, or that names no recipient in particular, concerns everyone."""
+    for pair in _pair_list(raw_pairs):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not isinstance(pair[0], str):
+            return True
+        if pair[0] in recipients or not _PARTNER_ID.fullmatch(pair[0]) or pair[0] in _ANY:
+            return True
+    return False
+
+
+def _by_recipient(raw_pairs: object, known: dict[str, dict[str, Recipient]]) -> tuple[dict[str, set[CategorieDonnees]], int]:
+    """The withdrawal's categories per recipient the hub delivers to, and the number of pairs it could not read.
+    A recipient no flow delivers to has received nothing from the hub: skipped, not an error. "*" (or "toutes") as
+    recipient or category means every one."""
+    wanted: dict[str, set[CategorieDonnees]] = defaultdict(set)
+    odd = 0
+    for pair in _pair_list(raw_pairs):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(isinstance(p, str) for p in pair):
+            odd += 1
+            continue
+        rid, code = pair
+        rids = sorted(known) if rid in _ANY else [rid] if rid in known else []
+        if code in _ANY:
+            categories = set(CategorieDonnees)
+        else:
+            try:
+                categories = {CategorieDonnees(code)}
+            except ValueError:
+                odd += 1
+                continue
+        for one in rids:
+            wanted[one] |= categories
+    return wanted, odd
+
+
+def _aliases(raw: object) -> tuple[str, ...]:
+    try:
+        aliases = json.loads(raw) if isinstance(raw, str) else []
+    except ValueError:
+        return ()
+    return tuple(a for a in aliases if isinstance(a, str)) if isinstance(aliases, list) else ()
+
+
+def _reason(fondement: str) -> str:
+    """The kind of ground that is now missing, in words, without the consent reference a ground may carry (a
+    partner's ``Consent.id`` never goes to a recipient)."""
+    kind = fondement.split(":", 1)[0].strip()
+    return {"opposition": "opposition de la personne", "refus exprimé": "refus exprimé par la personne",
+            "consentement": "consentement retiré"}.get(kind, kind if ":" not in fondement else "retrait")
+
+
+def _noticed(engine: Engine, revocation_id: int, recipient: str, pseudonym: str) -> set[str]:
+    """Files a notice line of this withdrawal already named for this recipient and pseudonym (from the audit)."""
+    with engine.connect() as connection:
+        payloads = connection.execute(select(audit_log.c.payload).where(
+            audit_log.c.subject == pseudonym, audit_log.c.recipient == recipient,
+            audit_log.c.event == "avis-suppression")).scalars().all()
+    files: set[str] = set()
+    for payload in payloads:
+        data = json.loads(payload)
+        if data.get("retrait") == revocation_id:
+            files.update(data.get("fichiers", []))
+    return files
+
+
+def _received(engine: Engine, recipient: str, pseudonym: str, flow: str) -> dict[str, set[str]]:
+    """Category → names of the files of ``flow`` in which ``recipient`` received it about this person (audit)."""
     with engine.connect() as connection:
         rows = connection.execute(
             select(audit_log.c.run_id, audit_log.c.payload).where(
@@ -52,7 +143,8 @@ def _received(engine: Engine, recipient: str, pseudonym: str) -> dict[str, set[s
         runs = {r.run_id for r in rows}
         files = {d.run_id: d.file_name for d in connection.execute(
             select(deliveries.c.run_id, deliveries.c.file_name).where(
-                deliveries.c.recipient == recipient, deliveries.c.run_id.in_(runs)))} if runs else {}
+                deliveries.c.recipient == recipient, deliveries.c.flow == flow, deliveries.c.run_id.in_(runs)))} \
+            if runs else {}
     received: dict[str, set[str]] = defaultdict(set)
     for row in rows:
         payload = json.loads(row.payload)
@@ -64,13 +156,26 @@ def _received(engine: Engine, recipient: str, pseudonym: str) -> dict[str, set[s
     return received
 
 
-def _recipients(flows: dict[str, Flow]) -> dict[str, Recipient]:
-    return {r.id: r for flow in flows.values() for r in flow.destinataires}
+def _recipients(flows: dict[str, Flow]) -> dict[str, dict[str, Recipient]]:
+    """Recipient id → flow id → that flow's declaration of it (one recipient may receive several flows, each with
+    its own policy: a category still covered in one flow is not to be deleted from that flow's files)."""
+    known: dict[str, dict[str, Recipient]] = defaultdict(dict)
+    for flow in flows.values():
+        for recipient in flow.destinataires:
+            known[recipient.id][flow.id] = recipient
+    return dict(known)
 
 
 def propagate_withdrawals(engine: Engine, home: HubHome, pseudonymiser: Pseudonymiser, flows: dict[str, Flow],
                           today: dt.date | None = None) -> PropagationReport:
-    today = today or dt.date.today()
+    # Exclusive for the whole propagation: no run is between its last staleness check and its delivery row while
+    # this reads who received what, nor while it marks withdrawals done (store/withdrawal_order.py).
+    with PublicationGate(engine, home).exclusive():
+        return _propagate(engine, home, pseudonymiser, flows, today or dt.date.today())
+
+
+def _propagate(engine: Engine, home: HubHome, pseudonymiser: Pseudonymiser, flows: dict[str, Flow],
+               today: dt.date) -> PropagationReport:
     known = _recipients(flows)
     plan_path = home.staging / PLAN_FILE
     plan = _read_plan(plan_path)
@@ -88,46 +193,18 @@ def propagate_withdrawals(engine: Engine, home: HubHome, pseudonymiser: Pseudony
     done: list[tuple[int, int]] = []
     index = ConsentIndex(engine)
     for revocation in pending:
-        aliases = tuple(json.loads(revocation.aliases or "[]"))
-        looked_up = index.lookup([revocation.subject, *aliases])
-        found = ConsentIndex.latest_versions(v for s in (revocation.subject, *aliases) for v in looked_up.get(s, []))
-        pivot = Pivot(Pivot.from_pseudonyme(revocation.subject).digest, revocation.subject, aliases=aliases)
-        by_recipient: dict[str, set[str]] = defaultdict(set)
-        for rid, category in json.loads(revocation.pairs):
-            by_recipient[rid].add(category)
-        notices = 0
-        for rid, categories in sorted(by_recipient.items()):
-            recipient = known.get(rid)
-            if recipient is None:
-                continue  # a partner no flow delivers to has received nothing from the hub
-            present = [CategorieDonnees(c) for c in sorted(categories)]
-            current = decide(recipient, present, found, today)
-            lost = {c.value for c in present if not current.categories[c].permis}
-            reasons = sorted({current.categories[CategorieDonnees(c)].fondement for c in lost})
-            # One line per pseudonym the recipient received data under (a key rotation gives it a new one).
-            for pseudonym in pseudonymiser.recipient_pseudonyms(pivot, rid):
-                received = _received(engine, rid, pseudonym)
-                to_delete = sorted(c for c in lost if received.get(c))
-                if not to_delete:
-                    continue
-                files = sorted({f for c in to_delete for f in received[c]})
-                lines[rid].append((pseudonym, " | ".join(to_delete), " | ".join(files),
-                                   "retrait ou opposition de la personne : " + " ; ".join(reasons),
-                                   revocation.consent_ref, today.isoformat()))
-                events.append(AuditEvent("avis-suppression", {"retrait": revocation.id, "consentement": revocation.consent_ref,
-                                                               "categories": to_delete, "fichiers": files},
-                                         recipient=rid, subject=pseudonym))
-                notices += 1
+        notices, odd = _plan_one(engine, pseudonymiser, index, known, revocation, today, lines, events)
         events.append(AuditEvent("retrait-propage", {"retrait": revocation.id, "consentement": revocation.consent_ref,
                                                       "avis": notices, "enregistre_le": revocation.recorded_at,
-                                                      "propagation": token},
+                                                      "propagation": token, "paires_ignorees": odd},
                                  subject=revocation.subject))
         done.append((revocation.id, notices))
         report.retraits += 1
         report.avis += notices
+        report.paires_ignorees += odd
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     plan = {"jeton": token, "journalise": False, "sujet": pending[0].subject, "faits": done,
-            "retraits": report.retraits, "avis": report.avis,
+            "retraits": report.retraits, "avis": report.avis, "paires_ignorees": report.paires_ignorees,
             "fichiers": {rid: {"nom": f"avis-suppression_{rid}_{stamp}_{pending[0].id}.csv", "lignes": rows}
                          for rid, rows in sorted(lines.items())}}
     # A plan first (private), so that an interruption anywhere below is finished as planned, never done twice.
@@ -137,6 +214,57 @@ def propagate_withdrawals(engine: Engine, home: HubHome, pseudonymiser: Pseudony
     plan["journalise"] = True
     _write_plan(plan_path, plan)
     return _carry_out(engine, home, known, plan, plan_path)
+
+
+def _plan_one(engine: Engine, pseudonymiser: Pseudonymiser, index: ConsentIndex, known: dict[str, dict[str, Recipient]],
+              revocation: Row[Any], today: dt.date, lines: dict[str, list[tuple[Any, ...]]],
+              events: list[AuditEvent]) -> tuple[int, int]:
+    """The notice lines one withdrawal calls for (added to ``lines`` and ``events``): (lines, odd pairs)."""
+    aliases = _aliases(revocation.aliases)
+    looked_up = index.lookup([revocation.subject, *aliases])
+    found = ConsentIndex.latest_versions(v for s in (revocation.subject, *aliases) for v in looked_up.get(s, []))
+    pivot = Pivot(Pivot.from_pseudonyme(revocation.subject).digest, revocation.subject, aliases=aliases)
+    by_recipient, odd = _by_recipient(revocation.pairs, known)
+    notices = 0
+    for rid, categories in sorted(by_recipient.items()):
+        present = sorted(categories, key=lambda c: c.value)
+        lost_by_flow: dict[str, set[str]] = {}
+        reasons: set[str] = set()
+        for flow_id, recipient in sorted(known[rid].items()):
+            current = decide(recipient, present, found, today)
+            lost_by_flow[flow_id] = {c.value for c in present if not current.categories[c].permis}
+            reasons |= {_reason(current.categories[CategorieDonnees(c)].fondement) for c in lost_by_flow[flow_id]}
+        # One line per pseudonym the recipient received data under (a key rotation gives it a new one).
+        for pseudonym in pseudonymiser.recipient_pseudonyms(pivot, rid):
+            already = _noticed(engine, revocation.id, rid, pseudonym)
+            wanted: dict[str, set[str]] = defaultdict(set)  # category → files still to name
+            for flow_id, lost in lost_by_flow.items():
+                received = _received(engine, rid, pseudonym, flow_id)
+                for category in lost:
+                    wanted[category] |= received.get(category, set()) - already
+            to_delete = sorted(c for c, f in wanted.items() if f)
+            if not to_delete:
+                continue
+            files = sorted({f for c in to_delete for f in wanted[c]})
+            lines[rid].append((pseudonym, " | ".join(to_delete), " | ".join(files),
+                               "retrait ou opposition de la personne : " + " ; ".join(reasons),
+                               revocation.consent_ref, today.isoformat()))
+            events.append(AuditEvent("avis-suppression", {"retrait": revocation.id, "consentement": revocation.consent_ref,
+                                                           "categories": to_delete, "fichiers": files},
+                                     recipient=rid, subject=pseudonym))
+            notices += 1
+    return notices, odd
+
+
+def reopen_withdrawals(engine: Engine, since: str) -> int:
+    """Withdrawals propagated since ``since`` (a run's start) are propagated again: recovery found a delivery of
+    that run recorded late (a killed run had placed the file, not its row), which their propagation could not see.
+    Notice lines already sent are not sent again (``_noticed``). Returns how many were re-opened."""
+    with engine.begin() as connection:
+        result = connection.execute(update(revocations).where(
+            revocations.c.propagated_at.is_not(None), revocations.c.propagated_at >= since)
+            .values(propagated_at=None, notices=None))
+    return int(result.rowcount or 0)
 
 
 PLAN_FILE = "retraits-en-cours.json"
@@ -164,12 +292,15 @@ def _audited(engine: Engine, plan: dict[str, Any]) -> bool:
     return any(json.loads(p).get("propagation") == plan["jeton"] for p in payloads)
 
 
-def _carry_out(engine: Engine, home: HubHome, known: dict[str, Recipient], plan: dict[str, Any],
+def _carry_out(engine: Engine, home: HubHome, known: dict[str, dict[str, Recipient]], plan: dict[str, Any],
                plan_path: Path) -> PropagationReport:
     """Write the planned notices (a notice already there, identical, is left as is) and mark the withdrawals done."""
-    report = PropagationReport(retraits=plan["retraits"], avis=plan["avis"])
+    report = PropagationReport(retraits=plan["retraits"], avis=plan["avis"],
+                               paires_ignorees=int(plan.get("paires_ignorees", 0)))
     for rid, notice in plan["fichiers"].items():
-        folder = open_transport(known[rid].transport, home)
+        if rid not in known:  # the registry changed between the interruption and now: the audit keeps the notice
+            continue
+        folder = open_transport(next(iter(known[rid].values())).transport, home)
         with folder.store(notice["nom"]) as raw:
             handle = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
             write_report(handle, NOTICE_HEADER, [tuple(r) for r in notice["lignes"]])
@@ -178,7 +309,9 @@ def _carry_out(engine: Engine, home: HubHome, known: dict[str, Recipient], plan:
         report.fichiers.append(folder.location(notice["nom"]))
     with engine.begin() as connection:
         for rev_id, notices in plan["faits"]:
-            connection.execute(update(revocations).where(revocations.c.id == rev_id)
+            # Marked once: a withdrawal already marked (by an earlier pass of the same plan) keeps its first mark.
+            connection.execute(update(revocations).where(revocations.c.id == rev_id,
+                                                         revocations.c.propagated_at.is_(None))
                                .values(propagated_at=now(), notices=notices))
     plan_path.unlink(missing_ok=True)
     return report

@@ -29,6 +29,7 @@ from sqlalchemy import Engine, insert, select, update
 
 from connectors.formats.base import InputFacts
 from consent.decision import ConsentIndex
+from consent.revocation import withdrawal_concerns
 from schemas.spie_v1 import SCHEMA_VERSION
 from spie_hub.audit.chain import seal
 from spie_hub.audit.log import AuditEvent, AuditLog, AuditSpool, now
@@ -48,6 +49,7 @@ from spie_hub.run.lock import FlowLock
 from spie_hub.run.records import Mapped, SeenPivots, read_records, reader_for
 from spie_hub.run.summary import RecipientCounts, RunSummary
 from spie_hub.store import audit_head, deliveries, runs
+from spie_hub.store.withdrawal_order import PublicationGate, withdrawal_mark
 
 log = logging.getLogger("spie_hub.run")
 BATCH = 1000
@@ -216,6 +218,8 @@ class FlowRun:
             self.summary.message = "Ce fichier a déjà été livré à tous les destinataires : aucune nouvelle livraison."
             archive_input(self.ctx, self.run_id, self.claimed.path)
             return self._finish()
+        # Before the first consent is read: every withdrawal above this mark may be missing from the decisions.
+        self.withdrawal_mark = withdrawal_mark(self.ctx.engine)
         decider = Decider(self.flow, active, ConsentIndex(self.ctx.engine), self.ctx.pseudonymiser, self.ctx.today)
         staged = StagedDeliveries(self.flow, active, self.staging, self.spool, self.summary,
                                   self.ctx.pseudonymiser.key.secret, self.claimed.sha256)
@@ -247,7 +251,8 @@ class FlowRun:
             signed = sign_manifest(manifest, self.ctx.signer)
             deliver.staged_manifest(self.staging, rid).write_text(json.dumps(signed, ensure_ascii=False, indent=2),
                                                                   encoding="utf-8")
-        state = self.summary.to_dict() | {"date_decision": self.ctx.today.isoformat()}
+        state = self.summary.to_dict() | {"date_decision": self.ctx.today.isoformat(),
+                                          "marque_retraits": self.withdrawal_mark}
         (self.staging / PUBLICATION_STATE).write_text(json.dumps(state), encoding="utf-8")
         self.ctx.lock.ensure_held()
         set_status(self.ctx.engine, self.run_id, "publication")
@@ -322,15 +327,23 @@ def publish_staged(ctx: RunContext, run_id: str, staging: Path, summary: RunSumm
             continue
         if rid in recipients:
             ctx.lock.ensure_held(publishing=True)
-            if decision_stale(ctx, run_id, staging):
-                raise DecisionStale(f"Exécution {run_id} : un retrait ou une opposition a été enregistré depuis la "
-                                    "décision ; la part non livrée sera décidée à nouveau (reprise au prochain passage)")
-            # Each recipient on its own: one unusable drop (full, read-only, a name taken) never holds back another.
-            try:
-                summary.destinataires[rid].fichier = deliver.publish(ctx.engine, ctx.home, ctx.flow, recipients[rid],
-                                                                     staging, run_id, names.input_sha)
-            except (HubError, OSError) as error:
-                failures.append(f"{rid} : {error if isinstance(error, HubError) else StorageError.from_os(error, staging)}")
+            # From the last staleness check to the delivery row, no withdrawal propagation reads who received what:
+            # a withdrawal committed before the check sends this part back for a new decision; one committed after
+            # it is propagated once the delivery row is there, with its deletion notice (store/withdrawal_order.py).
+            with PublicationGate(ctx.engine, ctx.home).shared():
+                if decision_stale(ctx, run_id, staging):
+                    raise DecisionStale(f"Exécution {run_id} : un retrait ou une opposition a été enregistré depuis la "
+                                        "décision ; la part non livrée sera décidée à nouveau (reprise au prochain "
+                                        "passage)")
+                # Each recipient on its own: one unusable drop (full, read-only, a name taken) never holds back
+                # another.
+                try:
+                    summary.destinataires[rid].fichier = deliver.publish(ctx.engine, ctx.home, ctx.flow,
+                                                                         recipients[rid], staging, run_id,
+                                                                         names.input_sha)
+                except (HubError, OSError) as error:
+                    failures.append(f"{rid} : "
+                                    f"{error if isinstance(error, HubError) else StorageError.from_os(error, staging)}")
             failpoint("entre-destinataires")
     if failures:
         raise StorageError("Livraison inachevée (" + " ; ".join(failures) + ") ; les autres destinataires ont reçu la "
@@ -351,19 +364,31 @@ class DecisionStale(RetriableError):
 
 
 def decision_stale(ctx: RunContext, run_id: str, staging: Path | None = None) -> bool:
-    """A withdrawal or an opposition recorded after the run decided, or a decision made on an earlier day (a consent
-    may have ended since, a period begun): what the run staged may no longer go as it is."""
+    """A withdrawal or an opposition recorded after the run took its mark (before its first decision) that concerns
+    one of the flow's recipients, or a decision made on an earlier day (a consent may have ended since, a period
+    begun): what the run staged may no longer go as it is.
+
+    Withdrawals are compared by id with the run's mark, never by time: a withdrawal's time is taken when its import
+    inserts it, and the import may commit after the run started deciding (store/withdrawal_order.py)."""
     from spie_hub.store import revocations
 
-    state = (staging / PUBLICATION_STATE) if staging is not None else None
-    if state is not None and state.exists():
-        decided = json.loads(state.read_text(encoding="utf-8")).get("date_decision")
-        if decided is None or decided < ctx.today.isoformat():
+    state_file = (staging / PUBLICATION_STATE) if staging is not None else None
+    state: dict[str, Any] = {}
+    if state_file is not None and state_file.exists():
+        state = dict(json.loads(state_file.read_text(encoding="utf-8")))
+        decided = state.get("date_decision")
+        if not isinstance(decided, str) or decided < ctx.today.isoformat():
             return True
+    mark = state.get("marque_retraits")
+    recipients = {r.id for r in ctx.flow.destinataires}
     with ctx.engine.connect() as connection:
         started = connection.execute(select(runs.c.started_at).where(runs.c.run_id == run_id)).scalar()
         if started is None or started[:10] < now()[:10]:  # both UTC
             return True
+        if isinstance(mark, int) and not isinstance(mark, bool):
+            later = connection.execute(select(revocations.c.pairs).where(revocations.c.id > mark)).scalars()
+            return any(withdrawal_concerns(pairs, recipients) for pairs in later)
+        # Staged before runs took a mark (or its state is unreadable): the time of the start, the best there is.
         return connection.execute(select(revocations.c.id).where(
             revocations.c.recorded_at >= started).limit(1)).first() is not None
 

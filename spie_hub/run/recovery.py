@@ -25,6 +25,7 @@ from connectors.formats.registry import load_output
 from connectors.transports.base import FileExists, Transport, safe_name, sha256_stream
 from connectors.transports.local import clean_scratch
 from connectors.transports.registry import open_transport
+from consent.revocation import reopen_withdrawals
 from spie_hub.audit.chain import seal
 from spie_hub.audit.log import AuditEvent, AuditLog, AuditSpool, now
 from spie_hub.core.errors import FatalInputError, HubError, StorageError
@@ -41,6 +42,7 @@ from spie_hub.run.flow_run import (
 )
 from spie_hub.run.summary import RecipientCounts, RunSummary
 from spie_hub.store import deliveries, runs
+from spie_hub.store.withdrawal_order import PublicationGate
 
 CLAIM_FILE = "prise.json"
 log = logging.getLogger("spie_hub.run")
@@ -208,10 +210,16 @@ def _placed_by(drop: Transport, manifest_name: str, data_name: str, run_id: str,
 def _record_delivery(ctx: RunContext, rid: str, run_id: str, input_sha: str, drop: Transport, manifest_name: str) -> None:
     with drop.open(manifest_name) as handle:
         manifest = json.loads(handle.read(1 << 20))
-    with ctx.engine.begin() as connection:
-        connection.execute(insert(deliveries).values(
-            flow=ctx.flow.id, recipient=rid, input_sha256=input_sha, run_id=run_id, file_name=manifest["fichier"],
-            file_sha256=manifest["sha256"], records=int(manifest.get("enregistrements", 0)), delivered_at=now()))
+    # Under the publication gate, like a live run's row: a withdrawal propagated since this run started could not
+    # see this delivery, so it is propagated again once the row is there (only the missing notices are sent).
+    with PublicationGate(ctx.engine, ctx.home).shared():
+        with ctx.engine.begin() as connection:
+            connection.execute(insert(deliveries).values(
+                flow=ctx.flow.id, recipient=rid, input_sha256=input_sha, run_id=run_id, file_name=manifest["fichier"],
+                file_sha256=manifest["sha256"], records=int(manifest.get("enregistrements", 0)), delivered_at=now()))
+            started = connection.execute(select(runs.c.started_at).where(runs.c.run_id == run_id)).scalar()
+        if started is not None:
+            reopen_withdrawals(ctx.engine, started)
 
 
 def _undelivered(ctx: RunContext, run_id: str, private: Path) -> bool:
