@@ -322,24 +322,25 @@ def purge_stores(engine: Engine, home: HubHome, flows: dict[str, Flow], now: dt.
     out = StorePurge()
     audit_days = int(organisation().get("conservation_journal_jours", AUDIT_RETENTION_DAYS))
     runs_days = max(settings.executions, audit_days)
+    # Files first (they cannot be rolled back), then the rows and the audit entry saying it all, in one transaction:
+    # a purge interrupted there leaves the rows and no entry, never rows gone without their entry.
+    exports_cutoff = now - dt.timedelta(days=settings.exports)
+    out.exports = sum(_purge_folder(home.root / name, exports_cutoff, lambda _p: None, out) for name in ("exports", "rapports"))
+    out.preparations = _purge_folder(home.staging, now - dt.timedelta(days=settings.preparation),
+                                     _staging_keeper(engine, flows), out)
     with engine.begin() as connection:
         _purge_consents(connection, (now - dt.timedelta(days=settings.consentements)).date(), out)
         out.retraits = connection.execute(delete(revocations).where(
             revocations.c.propagated_at.is_not(None),
             revocations.c.propagated_at < (now - dt.timedelta(days=settings.retraits)).isoformat())).rowcount or 0
         _purge_runs_with_floor(connection, flows, now, runs_days, out)
-    # Files: outside the transaction (they cannot be rolled back); audited below with the rest.
-    exports_cutoff = now - dt.timedelta(days=settings.exports)
-    out.exports = sum(_purge_folder(home.root / name, exports_cutoff, lambda _p: None, out) for name in ("exports", "rapports"))
-    out.preparations = _purge_folder(home.staging, now - dt.timedelta(days=settings.preparation),
-                                     _staging_keeper(engine, flows), out)
-    AuditLog(engine).append([AuditEvent("purge-stockage", {
-        **{k: v for k, v in asdict(out).items() if k != "gardes"},
-        "conservation_jours": {**asdict(settings), "executions": runs_days},
-        "limites": {"consentements": (now - dt.timedelta(days=settings.consentements)).date().isoformat(),
-                    "retraits": (now - dt.timedelta(days=settings.retraits)).isoformat()[:19],
-                    "executions": (now - dt.timedelta(days=runs_days)).isoformat()[:19]},
-        "gardes": out.gardes})])
+        AuditLog(engine).append([AuditEvent("purge-stockage", {
+            **{k: v for k, v in asdict(out).items() if k != "gardes"},
+            "conservation_jours": {**asdict(settings), "executions": runs_days},
+            "limites": {"consentements": (now - dt.timedelta(days=settings.consentements)).date().isoformat(),
+                        "retraits": (now - dt.timedelta(days=settings.retraits)).isoformat()[:19],
+                        "executions": (now - dt.timedelta(days=runs_days)).isoformat()[:19]},
+            "gardes": out.gardes})], connection=connection)
     return out
 
 
