@@ -239,3 +239,37 @@ def test_the_fingerprint_is_keyed_and_never_shows_the_secret(hub_home: Path) -> 
     secret = b"k" * 32
     assert fingerprint not in json.dumps([base64.b64encode(secret).decode(), hashlib.sha256(secret).hexdigest(),
                                           secret.hex()])
+
+
+def test_the_registry_of_used_keys_cannot_be_deleted_or_rewritten_even_by_the_owner(
+        database_url: str, hub_home: Path) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    home = HubHome.from_env().ensure()
+    engine = open_store(database_url)
+    load_pseudonymiser(home, engine)
+    for statement in ("DELETE FROM pseudo_keys", "UPDATE pseudo_keys SET fingerprint = 'x'",
+                      "UPDATE pseudo_keys SET kid = 'autre'"):
+        with pytest.raises(DBAPIError, match="registre des clés"), engine.begin() as c:
+            c.exec_driver_sql(statement)
+    with engine.begin() as c:  # retirement is the one change allowed
+        c.exec_driver_sql("UPDATE pseudo_keys SET retired_at = '2026-12-01'")
+    if engine.dialect.name == "postgresql":
+        with pytest.raises(DBAPIError, match="registre des clés"), engine.begin() as c:
+            c.exec_driver_sql("TRUNCATE pseudo_keys")
+    engine.dispose()
+
+
+def test_a_key_retired_from_the_environment_is_removed_by_the_operator_and_then_stays_out(
+        hub_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    home = HubHome.from_env().ensure()
+    monkeypatch.setenv("SPIE_HUB_PSEUDO_KEY", f"t2:{_b64(b'n')},t1:{_b64(b'k')}")
+    load_pseudonymiser(home)
+    assert main(["cles", "retirer", "--kid", "t1"]) == 0
+    assert "SPIE_HUB_PSEUDO_KEY" in capsys.readouterr().out
+    monkeypatch.setenv("SPIE_HUB_PSEUDO_KEY", f"t2:{_b64(b'n')}")
+    assert load_pseudonymiser(home).kids == ("t2",)
+    assert main(["cles", "retirer", "--kid", "t1"]) == 2  # already retired
+    monkeypatch.setenv("SPIE_HUB_PSEUDO_KEY", f"t3:{_b64(b'm')},t1:{_b64(b'w')}")  # the retired id, another secret
+    with pytest.raises(ConfigurationError, match="t1"):
+        load_pseudonymiser(home)

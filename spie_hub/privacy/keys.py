@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import re
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
 
 from spie_hub.core.errors import ConfigurationError, HubError
 from spie_hub.core.home import HubHome
@@ -318,10 +320,28 @@ def _rotation_elsewhere(source: KeySource, ring: KeyRing | None, kid: str) -> st
             "nouvelle clé à sa première utilisation.")
 
 
+@contextmanager
+def _ring_lock(home: HubHome | None) -> Iterator[None]:
+    """Two key operations at once (rotation, retirement) must not each rewrite the ring from what it read."""
+    folder = (home or HubHome.from_env()).keys
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".verrou-trousseau", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def rotate_hub_key(engine: Engine, kid: str, home: HubHome | None = None) -> KeyRing:
     """Make a new random key current in the hub's own key file; the previous ones stay in the ring. Refused when
     the key in service comes from anywhere else, when the file is not what the hub has been running with, or when
     ``kid`` was ever used."""
+    with _ring_lock(home):
+        return _rotate(engine, kid, home)
+
+
+def _rotate(engine: Engine, kid: str, home: HubHome | None) -> KeyRing:
     source = key_source(home)
     ring = load_keyring_from(source)
     if not source.hub_file:
@@ -333,20 +353,26 @@ def rotate_hub_key(engine: Engine, kid: str, home: HubHome | None = None) -> Key
             f"rotation refusée : {error} (si les exécutions du hub lisent leur clé ailleurs — variable "
             f"d'environnement {ENV_KEY}, Variable Airflow {AIRFLOW_VARIABLE} —, faites la rotation là)") from None
     new = PseudonymisationKey(kid, secrets.token_bytes(32))
-    with engine.begin() as connection:
+    with engine.connect() as connection:
         used = connection.execute(select(pseudo_keys).where(pseudo_keys.c.kid == kid)).first()
-        if used is not None or kid in {k.kid for k in ring.keys}:
-            since = f" depuis le {_day(used.first_seen_at)}" if used is not None else ""
-            raise ConfigurationError(
-                f"l'identifiant de clé « {kid} » est déjà utilisé{since} : un identifiant ne désigne jamais deux "
-                "secrets (les pseudonymes et consentements enregistrés sous cet identifiant deviendraient ambigus). "
-                "Choisissez un identifiant nouveau (ex. « k" + dt.date.today().strftime("%Y%m") + " »).")
-        try:
-            connection.execute(insert(pseudo_keys).values(kid=kid, fingerprint=fingerprint(new), first_seen_at=_now()))
-        except IntegrityError:
-            raise ConfigurationError(f"l'identifiant de clé « {kid} » vient d'être pris par une autre rotation") from None
+    if used is not None or kid in {k.kid for k in ring.keys}:
+        since = f" depuis le {_day(used.first_seen_at)}" if used is not None else ""
+        raise ConfigurationError(
+            f"l'identifiant de clé « {kid} » est déjà utilisé{since} : un identifiant ne désigne jamais deux "
+            "secrets (les pseudonymes et consentements enregistrés sous cet identifiant deviendraient ambigus). "
+            "Choisissez un identifiant nouveau (ex. « k" + dt.date.today().strftime("%Y%m") + " »).")
     rotated = KeyRing(new, ring.keys)
-    rotated.write(source.value)  # type: ignore[arg-type]  # hub_file: a path
+    # The file first, then the registry: a key recorded but never written would be "a known key missing" and stop
+    # every run; a run that reads the new file in between records the same fingerprint, which is fine.
+    path: Path = source.value  # type: ignore[assignment]  # hub_file: a path
+    rotated.write(path)
+    with engine.begin() as connection:
+        _claim(connection, new)
+        winner = connection.execute(select(pseudo_keys.c.fingerprint).where(pseudo_keys.c.kid == kid)).scalar_one()
+    if not hmac.compare_digest(winner, fingerprint(new)):  # another rotation took the id meanwhile
+        ring.write(path)
+        raise ConfigurationError(f"l'identifiant de clé « {kid} » vient d'être pris par une autre rotation ; "
+                                 "trousseau inchangé")
     return rotated
 
 
@@ -430,6 +456,11 @@ class Retirement:
 def retire_hub_key(engine: Engine, kid: str, home: HubHome | None = None) -> Retirement:
     """Retire ``kid`` once nothing stored depends on it: marked retired in the registry (its id stays used
     forever) and removed from the hub's own key file; in any other source, the operator removes it."""
+    with _ring_lock(home):
+        return _retire(engine, kid, home)
+
+
+def _retire(engine: Engine, kid: str, home: HubHome | None) -> Retirement:
     source = key_source(home)
     ring = load_keyring_from(source)
     if kid == ring.current.kid:

@@ -9,7 +9,8 @@ Whoever owns the database can still drop a trigger: that is what the signed chec
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import ProgrammingError
 
 _PG = [
     """CREATE OR REPLACE FUNCTION spie_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -52,9 +53,52 @@ _SQLITE = [
 ]
 
 
+#: The registry of used pseudonymisation keys (``pseudo_keys``): a row is never deleted and its id, fingerprint and
+#: first use never change, so a key id is never given to another secret; only the retirement date is set.
+_PG_KEYS = """CREATE OR REPLACE FUNCTION spie_keys_registry_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF TG_OP = 'UPDATE' AND NEW.kid = OLD.kid AND NEW.fingerprint = OLD.fingerprint
+         AND NEW.first_seen_at = OLD.first_seen_at THEN
+        RETURN NEW;
+      END IF;
+      RAISE EXCEPTION 'registre des clés de pseudonymisation : % refusé (un identifiant de clé utilisé le reste, '
+        'avec son empreinte)', TG_OP USING ERRCODE = 'insufficient_privilege';
+    END $$"""
+_SQLITE_KEYS = [
+    """CREATE TRIGGER IF NOT EXISTS spie_keys_no_delete BEFORE DELETE ON pseudo_keys
+       BEGIN SELECT RAISE(ABORT, 'registre des clés de pseudonymisation : DELETE refusé'); END""",
+    """CREATE TRIGGER IF NOT EXISTS spie_keys_no_rewrite BEFORE UPDATE OF kid, fingerprint, first_seen_at ON pseudo_keys
+       WHEN NEW.kid IS NOT OLD.kid OR NEW.fingerprint IS NOT OLD.fingerprint OR NEW.first_seen_at IS NOT OLD.first_seen_at
+       BEGIN SELECT RAISE(ABORT, 'registre des clés de pseudonymisation : identifiant ou empreinte non modifiables'); END""",
+]
+
+
+def _install_pg_keys_guard(connection: Connection) -> None:
+    present = connection.execute(text(
+        "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        "WHERE t.tgname IN ('spie_keys_guard', 'spie_keys_no_truncate') AND t.tgenabled <> 'D' "
+        "AND c.relname = 'pseudo_keys'")).scalar_one()
+    if present == 2:
+        return
+    try:
+        with connection.begin_nested():
+            connection.execute(text(_PG_KEYS))
+            connection.execute(text("DROP TRIGGER IF EXISTS spie_keys_guard ON pseudo_keys"))
+            connection.execute(text("CREATE TRIGGER spie_keys_guard BEFORE UPDATE OR DELETE ON pseudo_keys "
+                                    "FOR EACH ROW EXECUTE FUNCTION spie_keys_registry_guard()"))
+            connection.execute(text("DROP TRIGGER IF EXISTS spie_keys_no_truncate ON pseudo_keys"))
+            connection.execute(text("CREATE TRIGGER spie_keys_no_truncate BEFORE TRUNCATE ON pseudo_keys "
+                                    "FOR EACH STATEMENT EXECUTE FUNCTION spie_keys_registry_guard()"))
+    except ProgrammingError:
+        # A hardened role opening a store created before this guard existed: it may not create triggers, and its
+        # privileges already forbid the deletion (spie-hub base durcir, run by the owner, installs the trigger).
+        pass
+
+
 def install_guards(engine: Engine) -> None:
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
+            _install_pg_keys_guard(connection)
             # Installed once by whoever creates the tables; a hardened application role (no DDL rights) then
             # finds them in place and changes nothing. An attacker who dropped one gets it back on the next open.
             present = connection.execute(text(
@@ -72,7 +116,7 @@ def install_guards(engine: Engine) -> None:
                 connection.execute(text(f"CREATE TRIGGER spie_no_truncate BEFORE TRUNCATE ON {table} "
                                         "FOR EACH STATEMENT EXECUTE FUNCTION spie_audit_append_only()"))
         elif engine.dialect.name == "sqlite":
-            for statement in _SQLITE:
+            for statement in _SQLITE + _SQLITE_KEYS:
                 connection.exec_driver_sql(statement)
 
 
@@ -110,6 +154,7 @@ def harden_privileges(engine: Engine, role: str) -> list[str]:
         raise ValueError("les privilèges ne s'appliquent qu'à PostgreSQL")
     from spie_hub.store import metadata
 
+    install_guards(engine)  # as the owner: a store created before a guard existed gets it now
     quoted = engine.dialect.identifier_preparer.quote(role)
     work = [t.name for t in metadata.sorted_tables if t.name not in _AUDIT_GRANTS]
     with engine.begin() as connection:
