@@ -359,7 +359,9 @@ def test_a_delivery_receipt_verifies_and_any_change_to_the_file_or_manifest_is_r
     assert main(["cles", "publier", "--sortie", str(key)]) == 0
     assert main(["recu", "verifier", str(manifest), "--cle-publique", str(key)]) == 0
     receipt = json.loads(manifest.read_text(encoding="utf-8"))
-    assert receipt["journal"]["entree"] > 0 and receipt["signature"]["algorithme"] == "Ed25519"
+    # The audit head by hash only (a number would count others' decisions: docs/divulgation.md).
+    assert len(receipt["journal"]["point_de_controle"]) == 64 and "entree" not in receipt["journal"]
+    assert receipt["signature"]["algorithme"] == "Ed25519"
     delivered.write_bytes(delivered.read_bytes() + b"x;y\r\n")  # a row added after delivery
     assert main(["recu", "verifier", str(manifest), "--cle-publique", str(key)]) == 1
     assert "ne correspond pas au manifeste signé" in capsys.readouterr().out
@@ -383,4 +385,5 @@ def test_each_run_ends_with_a_signed_checkpoint_over_the_head(hub_home, tmp_path
         head = c.exec_driver_sql("SELECT seq, hash FROM audit_head").one()
         last = c.execute(select(audit_checkpoints).order_by(audit_checkpoints.c.seq.desc())).first()
     assert (last.seq, last.hash) == tuple(head) and last.kid == "s1"
-    assert verify(engine).ok and verify(engine).checkpoints == 1
+    # Two: the head the delivery receipts name (sealed at the write-ahead), and the end of the run.
+    assert verify(engine).ok and verify(engine).checkpoints == 2

@@ -156,7 +156,7 @@ def test_the_purge_deletes_what_is_past_retention_keeps_the_rest_and_is_audited(
 
 
 @pytest.mark.parametrize(("cells", "expected"), [
-    ({"livres": 120, "retenus": 3}, {"livres": "< 11", "retenus": "< 11"}),
+    ({"livres": 120, "retenus": 3}, {"livres": "≥ 11", "retenus": "< 11"}),  # the complement is never misstated
     ({"livres": 120, "retenus": 0}, {"livres": 120, "retenus": 0}),
     ({"livres": 40, "retenus": 12}, {"livres": 40, "retenus": 12}),
     ({"a": 2, "b": 5, "c": 50}, {"a": "< 11", "b": "< 11", "c": 50}),
@@ -174,7 +174,5 @@ def test_the_senders_receipt_hides_small_withheld_counts(hub_home: Path, tmp_pat
     assert receipt["enregistrements_lus"] == summary.lus
     small = [rid for rid, c in summary.destinataires.items() if 0 < c.retenus < 11]
     assert small, "a file of 4 households has small withheld counts"
-    for rid in small:
-        counts, shown = summary.destinataires[rid], receipt["destinataires"][rid]
-        assert shown["retenus"] == "< 11"
-        assert shown["livres"] == ("< 11" if counts.livres else 0)  # or retenus = lus - rejetes - livres
+    # Not only the small ones: no delivered or withheld count per recipient at all (docs/divulgation.md).
+    assert receipt["destinataires"] == {rid: "livré" for rid in summary.destinataires}

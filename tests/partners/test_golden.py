@@ -7,8 +7,8 @@ file name matches the source's ``motif``):
 * records: the run's own read loop (``spie_hub.run.records.read_records`` with ``reader_for(flow.format, mapping)``)
   with a fixed test key gives the shared records, pinned as JSON (``<sample>.json``; rejected records, if any, in
   ``<sample>.rejets.json``);
-* writers: each recipient's output format (``load_output(sortie).open(stream).write(…)``) writes the records the
-  flow hands that recipient (inside the flow's perimeter, with the categories it requires), once with every
+* writers: each recipient's output format (``load_output(sortie)``, through the run's keyed row order
+  ``spie_hub.run.deliver.shuffled_writer``) writes the records the flow hands that recipient (inside the flow's perimeter, with the categories it requires), once with every
   category allowed (``….tout.csv``) and once with only the categories the recipient has on a legal basis
   (``….legal.csv``): the bytes of the file a recipient receives, pinned;
 * the whole run (``run_flow``): without any consent, each recipient's delivered file is byte for byte the
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import fnmatch
+import hashlib
 import io
 import json
 import os
@@ -44,6 +45,7 @@ from spie_hub.privacy.keys import PseudonymisationKey
 from spie_hub.privacy.pseudonym import Pseudonymiser
 from spie_hub.registry import Flow, Recipient, load_flows
 from spie_hub.run.decide import outside_perimeter, present_categories
+from spie_hub.run.deliver import shuffled_writer
 from spie_hub.run.lifecycle import run_flow
 from spie_hub.run.records import Mapped, Rejected, SeenPivots, read_records, reader_for
 from spie_hub.store import open_store
@@ -142,15 +144,19 @@ def handed_to(flow: Flow, recipient: Recipient, mapped: Mapped, allowed: frozens
 
 
 def write_delivery(case: Case, flow: Flow, recipient: Recipient, variant: str) -> bytes:
-    """The recipient's file, written by its output format exactly as the run's delivery stage calls it."""
+    """The recipient's file, written by its output format exactly as the run's delivery stage calls it: through the
+    run's own keyed row order for this recipient and this input (spie_hub/run/deliver.py, docs/divulgation.md)."""
     allowed = EVERY_CATEGORY if variant == "tout" else legal_categories(recipient)
     pseudonymiser = Pseudonymiser(TEST_KEY)
     stream = io.BytesIO()
-    writer = load_output(recipient.sortie).open(stream)
-    for mapped in read(case.fixture, flow.id).mapped:
-        if handed_to(flow, recipient, mapped, allowed):
-            writer.write(mapped.record, pseudonymiser.for_recipient(mapped.pivot, recipient.id), allowed)
-    writer.close()
+    input_sha = hashlib.sha256(case.fixture.read_bytes()).hexdigest()
+    with tempfile.TemporaryDirectory() as scratch:
+        writer = shuffled_writer(load_output(recipient.sortie), stream, TEST_KEY.secret, flow.id, recipient.id, input_sha,
+                                 Path(scratch) / "ordre.sqlite3")
+        for mapped in read(case.fixture, flow.id).mapped:
+            if handed_to(flow, recipient, mapped, allowed):
+                writer.write(mapped.record, pseudonymiser.for_recipient(mapped.pivot, recipient.id), allowed)
+        writer.close()
     return stream.getvalue()
 
 
