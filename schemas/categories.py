@@ -6,7 +6,11 @@ record's decision permits its category.
 
 from __future__ import annotations
 
-from schemas.codes import LabelledEnum
+from schemas.codes import Frein, LabelledEnum
+
+#: Values that are health data wherever they appear (classification by value, RGPD art. 9): a record built with one
+#: of them in an ordinary block has it moved to the ``sante_handicap`` block (``schemas/spie_v1.py``).
+FREINS_PARTICULIERS: frozenset[Frein] = frozenset({Frein.SANTE})
 
 
 class CategorieDonnees(LabelledEnum):
@@ -39,4 +43,5 @@ CATEGORIE_DU_BLOC: dict[str, CategorieDonnees] = {
     "contrats": CategorieDonnees.CONTRATS,
     "sortie": CategorieDonnees.SORTIES,
     "inscription_ft": CategorieDonnees.ORIENTATION_PARCOURS,
+    "sante_handicap": CategorieDonnees.SANTE_HANDICAP,
 }

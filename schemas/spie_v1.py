@@ -10,8 +10,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from schemas.categories import FREINS_PARTICULIERS
 from schemas.codes import (
     EtatDroitRSA,
     EvenementFranceTravail,
@@ -29,7 +30,7 @@ from schemas.codes import (
     cnaf_labels,
 )
 
-SCHEMA_VERSION = "1.1.0"
+SCHEMA_VERSION = "1.2.0"
 
 Pseudonyme = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,16}\.[0-9a-f]{32}$")]
 CodeInsee = Annotated[str, StringConstraints(pattern=r"^(\d{5}|2[AB]\d{3})$")]
@@ -162,6 +163,29 @@ class InscriptionFranceTravail(_Model):
     agence: str | None = Field(None, description="Agence France Travail (ALE) de rattachement")
 
 
+class SanteHandicap(_Model):
+    """Health and disability (special category, RGPD art. 9): leaves the hub only under the person's explicit consent
+    for ``sante-handicap``, never under a legal basis. Health values found in ordinary blocks (a health barrier in
+    ``diagnostic``, a health action in ``actions``) are moved here when a record is built, so that no ordinary
+    category ever carries them."""
+
+    rqth: bool | None = Field(None, description="Reconnaissance de la qualité de travailleur handicapé (RQTH)")
+    date_fin_rqth: dt.date | None = None
+    handicap: bool | None = Field(None, description="Situation de handicap déclarée (AAH, invalidité, hors RQTH)")
+    freins: list[FreinDiagnostique] = Field(default_factory=list, description="Freins de santé du diagnostic")
+    actions: list[Action] = Field(default_factory=list, description="Actions d'accompagnement liées à la santé")
+
+    @field_validator("freins")
+    @classmethod
+    def _health_barriers_only(cls, value: list[FreinDiagnostique]) -> list[FreinDiagnostique]:
+        if any(f.frein not in FREINS_PARTICULIERS for f in value):
+            raise ValueError("seuls les freins de santé relèvent de la catégorie sante-handicap")
+        return value
+
+    def __bool__(self) -> bool:
+        return any((self.rqth is not None, self.date_fin_rqth, self.handicap is not None, self.freins, self.actions))
+
+
 class Provenance(_Model):
     partenaire: str
     format: str
@@ -185,4 +209,27 @@ class PersonneSPIE(_Model):
     actions: list[Action] = Field(default_factory=list)
     sortie: Sortie | None = None
     inscription_ft: InscriptionFranceTravail | None = None
+    sante_handicap: SanteHandicap | None = None
     provenance: Provenance
+
+    @model_validator(mode="after")
+    def _separate_special_categories(self) -> PersonneSPIE:
+        """Move every health value out of the ordinary blocks into ``sante_handicap`` (classification by value):
+        the decision and every output writer then see it only under its own category."""
+        health_barriers = [f for f in self.diagnostic.freins if f.frein in FREINS_PARTICULIERS] if self.diagnostic else []
+        health_actions = [a for a in self.actions if a.theme in FREINS_PARTICULIERS]
+        if health_barriers and self.diagnostic is not None:
+            kept = [f for f in self.diagnostic.freins if f.frein not in FREINS_PARTICULIERS]
+            # A dated diagnostic without barriers is an ordinary outcome (people assessed with none); without a date
+            # either, nothing is left and the block goes.
+            self.diagnostic = (self.diagnostic.model_copy(update={"freins": kept})
+                               if kept or self.diagnostic.date is not None else None)
+        if health_actions:
+            self.actions = [a for a in self.actions if a.theme not in FREINS_PARTICULIERS]
+        if health_barriers or health_actions:
+            block = self.sante_handicap or SanteHandicap()
+            self.sante_handicap = block.model_copy(update={"freins": [*block.freins, *health_barriers],
+                                                           "actions": [*block.actions, *health_actions]})
+        if self.sante_handicap is not None and not self.sante_handicap:
+            self.sante_handicap = None  # an empty block is no data: the category is not present
+        return self
