@@ -45,3 +45,16 @@ CATEGORIE_DU_BLOC: dict[str, CategorieDonnees] = {
     "inscription_ft": CategorieDonnees.ORIENTATION_PARCOURS,
     "sante_handicap": CategorieDonnees.SANTE_HANDICAP,
 }
+
+#: Household fields: values every member of a household shares and that identify the household (its numbers, the
+#: dates of its RSA file). Two recipients holding them could join their rows, so each goes only to a recipient whose
+#: policy declares it (``champs_foyer`` in flows.yaml); name → (block, attribute, identifier system or None).
+CHAMPS_FOYER: dict[str, tuple[str, str, str | None]] = {
+    "numero-allocataire": ("identite", "identifiants", "cnaf-matricule"),
+    "numero-demande-rsa": ("identite", "identifiants", "cnaf-numero-demande-rsa"),
+    "date-demande-rsa": ("droit_rsa", "date_demande", None),
+    "date-origine-droit": ("droit_rsa", "date_origine_droit", None),
+    "date-cloture": ("droit_rsa", "date_cloture", None),
+    "suspensions-versement": ("droit_rsa", "suspensions_versement", None),
+    "suspensions-droit": ("droit_rsa", "suspensions_droit", None),
+}

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from connectors.formats import registry as formats
 from connectors.transports import registry as transports
 from connectors.transports.base import TransportOptions
-from schemas.categories import CategorieDonnees
+from schemas.categories import CHAMPS_FOYER, CategorieDonnees
 from schemas.spie_v1 import SCHEMA_VERSION, PersonneSPIE
 from spie_hub.core import home as _home
 from spie_hub.core.errors import ConfigurationError
@@ -58,6 +58,9 @@ class Recipient:
     transport: TransportOptions
     politique: dict[CategorieDonnees, Base]
     categories_requises: tuple[CategorieDonnees, ...]
+    #: Household fields (``schemas.categories.CHAMPS_FOYER``) the recipient needs; all others are withheld from it,
+    #: so that two recipients cannot join their rows by what the members of a household share.
+    champs_foyer: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ class RecipientSpec(_Block):
     transport: dict[str, Any]
     politique: dict[str, RuleSpec] = Field(default_factory=dict)
     categories_requises: list[str] = Field(default_factory=list)
+    champs_foyer: list[str] = Field(default_factory=list)
 
 
 class FlowSpec(_Block):
@@ -373,7 +377,11 @@ def _recipient(where: str, rid: str, spec: RecipientSpec, outputs_dir: Path | No
                                      "consentement exprès requis")
         politique[cat] = Base(rule.base, rule.article, rule.opposable)
     requises = tuple(_category(c, f"{where}, categories_requises") for c in spec.categories_requises)
-    return Recipient(rid, spec.libelle or rid, spec.sortie, transport, politique, requises)
+    unknown = [name for name in spec.champs_foyer if name not in CHAMPS_FOYER]
+    if unknown:
+        raise ConfigurationError(f"{where} : clé « champs_foyer » : champ de foyer inconnu {unknown[0]!r} "
+                                 f"(connus : {', '.join(CHAMPS_FOYER)})")
+    return Recipient(rid, spec.libelle or rid, spec.sortie, transport, politique, requises, frozenset(spec.champs_foyer))
 
 
 def _flow(label: str, flow_id: Any, data: Any, mappings_dir: Path, outputs_dir: Path | None) -> Flow:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from consent.decision import CategoryDecision, ConsentIndex, ConsentVersion, RecordDecision, decide
-from schemas.categories import CATEGORIE_DU_BLOC, CategorieDonnees
+from schemas.categories import CATEGORIE_DU_BLOC, CHAMPS_FOYER, CategorieDonnees
 from schemas.spie_v1 import PersonneSPIE
 from spie_hub.audit.log import canonical
 from spie_hub.privacy.pseudonym import Pseudonymiser
@@ -68,6 +68,26 @@ def without_nir(recipient: Recipient, decision: RecordDecision) -> RecordDecisio
                           "catégorie requise non permise : " + ", ".join(c.value for c in missing))
 
 
+def without_household_fields(record: PersonneSPIE, keep: frozenset[str]) -> PersonneSPIE:
+    """The record without the household fields the recipient does not declare (``champs_foyer``): the same object
+    when there is nothing to remove, a copy otherwise (the shared record stays whole for the other recipients)."""
+    updates: dict[str, dict[str, Any]] = {}
+    for name, (block_name, attribute, system) in CHAMPS_FOYER.items():
+        block = getattr(record, block_name)
+        if name in keep or block is None:
+            continue
+        current = updates.get(block_name, {}).get(attribute, getattr(block, attribute))
+        if system is not None:
+            kept = [i for i in current if i.systeme != system]
+            if len(kept) != len(current):
+                updates.setdefault(block_name, {})[attribute] = kept
+        elif current:
+            updates.setdefault(block_name, {})[attribute] = [] if isinstance(current, list) else None
+    if not updates:
+        return record
+    return record.model_copy(update={b: getattr(record, b).model_copy(update=u) for b, u in updates.items()})
+
+
 def outside_perimeter(record: PersonneSPIE, perimetre: tuple[Condition, ...]) -> str | None:
     for condition in perimetre:
         value: Any = record
@@ -121,7 +141,11 @@ class Decider:
             for recipient in self.recipients:
                 decision, text, stat = self._decision(recipient, outside, present, consents_found, pivot.repli)
                 self.stats[recipient.id][stat] += 1
-                yield recipient, self.pseudonymiser.for_recipient(pivot, recipient.id), decision, text, mapped
+                own = mapped
+                if decision.livre and (stripped := without_household_fields(mapped.record, recipient.champs_foyer)) \
+                        is not mapped.record:
+                    own = Mapped(stripped, pivot, mapped.position)
+                yield recipient, self.pseudonymiser.for_recipient(pivot, recipient.id), decision, text, own
 
     def fold_into(self, counts: dict[str, RecipientCounts]) -> None:
         """Add the decisions' statistics (withheld by reason, grounds by category) to the summary."""
