@@ -385,12 +385,13 @@ def decision_stale(ctx: RunContext, run_id: str, staging: Path | None = None) ->
         started = connection.execute(select(runs.c.started_at).where(runs.c.run_id == run_id)).scalar()
         if started is None or started[:10] < now()[:10]:  # both UTC
             return True
+        # The time of the start as well: a run staged before runs took a mark, and on SQLite an id freed by the
+        # retention purge of the highest withdrawal may be drawn again (a withdrawal recorded since the start).
+        later = revocations.c.recorded_at >= started
         if isinstance(mark, int) and not isinstance(mark, bool):
-            later = connection.execute(select(revocations.c.pairs).where(revocations.c.id > mark)).scalars()
-            return any(withdrawal_concerns(pairs, recipients) for pairs in later)
-        # Staged before runs took a mark (or its state is unreadable): the time of the start, the best there is.
-        return connection.execute(select(revocations.c.id).where(
-            revocations.c.recorded_at >= started).limit(1)).first() is not None
+            later = later | (revocations.c.id > mark)
+        pairs = connection.execute(select(revocations.c.pairs).where(later)).scalars()
+        return any(withdrawal_concerns(p, recipients) for p in pairs)
 
 
 def _best_effort(summary: RunSummary, what: str, write: Callable[[], object]) -> None:
