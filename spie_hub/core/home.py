@@ -62,32 +62,47 @@ def _fchmod(path: Path, kind: int, target: int) -> bool:
         os.close(fd)
 
 
-def _secure(folder: Path, shared: bool) -> tuple[int, bool]:
-    """Tighten ``folder`` and what it holds; returns (entries changed, whether a shared drop lies inside).
+def _secure(root: Path) -> tuple[int, bool]:
+    """Tighten what ``root`` holds; returns (files changed, whether a shared drop lies inside).
 
     Inside a shared drop (setgid folder) only others lose their rights and the group its write; elsewhere group
-    and others lose everything. A folder above a shared drop keeps ``--x`` for others (traverse, never list)."""
-    changed, holds_shared = 0, False
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return 0, False
-    for entry in entries:
+    and others lose everything. A folder above a shared drop keeps ``--x`` for others (traverse, never list). A
+    file with several names (a staged delivery linked into a group's drop, an archived input) only loses what
+    others had: its other name may be that drop's. Walked with an explicit stack (a partner's deep nesting in an
+    inbox is no recursion limit), links never followed."""
+    changed, inbox = 0, root / "inbox"
+    holds: dict[Path, bool] = {}
+    # (folder, inside a shared drop, children done): a folder's own mode is set once what it holds is known.
+    stack: list[tuple[Path, bool, int, bool]] = [(root, False, 0, False)]
+    while stack:
+        folder, shared, mode, done = stack.pop()
+        if done:
+            if folder != root:
+                below = holds.pop(folder, False)
+                _fchmod(folder, stat.S_IFDIR, _folder_mode(mode, shared, below))
+                holds[folder.parent] = holds.get(folder.parent, False) or shared or below
+            continue
+        stack.append((folder, shared, mode, True))
         try:
-            info = entry.stat(follow_symlinks=False)
+            entries = list(os.scandir(folder))
         except OSError:
             continue
-        mode = stat.S_IMODE(info.st_mode)
-        if stat.S_ISDIR(info.st_mode):
-            inside_shared = shared or bool(mode & stat.S_ISGID)
-            count, below = _secure(Path(entry.path), inside_shared)
-            changed += count
-            holds_shared = holds_shared or inside_shared or below
-            changed += _fchmod(Path(entry.path), stat.S_IFDIR, _folder_mode(mode, inside_shared, below))
-        elif stat.S_ISREG(info.st_mode):
-            changed += _fchmod(Path(entry.path), stat.S_IFREG, mode & ~(0o027 if shared else 0o077))
-        # links, sockets, pipes: never followed nor changed (a link's own mode means nothing on Linux)
-    return changed, holds_shared
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            bits = stat.S_IMODE(info.st_mode)
+            if stat.S_ISDIR(info.st_mode):
+                stack.append((Path(entry.path), shared or bool(bits & stat.S_ISGID), bits, False))
+            elif stat.S_ISREG(info.st_mode):
+                mask = 0o027 if shared or info.st_nlink > 1 else 0o077
+                tightened = _fchmod(Path(entry.path), stat.S_IFREG, bits & ~mask)
+                # Said for the hub's own files only: a partner's deposit in an inbox comes with the partner's modes
+                # every time (tightened all the same, until the run takes it), and a folder reveals no content.
+                changed += tightened and inbox not in Path(entry.path).parents
+            # links, sockets, pipes: never followed nor changed (a link's own mode means nothing on Linux)
+    return changed, holds.get(root, False)
 
 
 def _folder_mode(mode: int, shared: bool, holds_shared: bool) -> int:
@@ -99,13 +114,15 @@ def _folder_mode(mode: int, shared: bool, holds_shared: bool) -> int:
 
 
 def secure_tree(root: Path) -> int:
-    """Tighten the modes under ``root`` (and ``root`` itself); the number of entries changed."""
-    changed, holds_shared = _secure(root, False)
+    """Tighten the modes under ``root`` (and ``root`` itself); the number of the hub's files that others could
+    read (folders and a partner's deposits are tightened without being counted)."""
+    changed, holds_shared = _secure(root)
     try:
         mode = stat.S_IMODE(os.lstat(root).st_mode)
     except OSError:
         return changed
-    return changed + _fchmod(root, stat.S_IFDIR, _folder_mode(mode, False, holds_shared))
+    _fchmod(root, stat.S_IFDIR, _folder_mode(mode, False, holds_shared))
+    return changed
 
 
 @dataclass(frozen=True)
@@ -146,14 +163,18 @@ class HubHome:
         private_umask()
         for folder in (self.root, self.keys, self.inbox, self.outbox, self.quarantine, self.staging):
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if folder.stat().st_mode & stat.S_ISGID:
+                # Inherited from a collaborative parent folder: the setgid bit marks a declared drop here, and these
+                # folders never are one.
+                folder.chmod(stat.S_IMODE(folder.stat().st_mode) & ~stat.S_ISGID)
         self.keys.chmod(0o700)
         if self.root not in _SECURED:
             if self.root in (Path("/"), Path.home().resolve()):
                 # A home set to / or to a user's own folder: never walked and tightened (it is not the hub's alone).
                 log.warning("SPIE_HUB_HOME vaut %s : dossier non réservé au hub, droits d'accès non vérifiés", self.root)
             elif changed := secure_tree(self.root):
-                log.warning("Droits d'accès resserrés sur %d fichier(s) ou dossier(s) de %s : ils étaient lisibles par "
-                            "d'autres utilisateurs (le hub les garde privés : dossiers 0700, fichiers 0600)",
+                log.warning("Droits d'accès resserrés sur %d fichier(s) de %s : ils étaient lisibles par d'autres "
+                            "utilisateurs (le hub les garde privés : dossiers 0700, fichiers 0600)",
                             changed, self.root)
             _SECURED.add(self.root)
         return self

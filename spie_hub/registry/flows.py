@@ -493,7 +493,28 @@ def _load(path: Path, stamp: tuple[int, int], mappings_dir: Path | None, registr
     outputs = mappings_dir / "sorties" if mappings_dir else None
     flows = {flow_id: _flow(path.name, flow_id, spec, mappings, outputs) for flow_id, spec in (document.flux or {}).items()}
     _no_shared_inbox(path.name, flows)
+    _one_mode_per_folder(path.name, flows)
     return flows
+
+
+def _one_mode_per_folder(label: str, flows: dict[str, Flow]) -> None:
+    """One folder used by several flows (the Département's drop receives two) must be declared alike: a ``groupe``
+    on one declaration only would open and close the drop in turn, run after run."""
+    seen: dict[tuple[str, str], tuple[str, tuple[object, object]]] = {}
+    for flow in flows.values():
+        places = [("source", flow.transport), ("retour", flow.retour),
+                  *((f"destinataire {r.id}", r.transport) for r in flow.destinataires)]
+        for where, options in places:
+            folder = getattr(options, "dossier", None)
+            if options is None or folder is None:
+                continue
+            mode = (getattr(options, "groupe", None), getattr(options, "acces_groupe", None))
+            key = (options.type, str(folder))
+            first = seen.setdefault(key, (f"flux {flow.id}, {where}", mode))
+            if first[1] != mode:
+                raise ConfigurationError(
+                    f"{label}, flux {flow.id}, {where} : le dossier {folder} est déclaré avec d'autres droits "
+                    f"(groupe, acces_groupe) que dans {first[0]} ; les déclarer à l'identique")
 
 
 def _no_shared_inbox(label: str, flows: dict[str, Flow]) -> None:
