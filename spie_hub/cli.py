@@ -133,6 +133,7 @@ def _date(text: str) -> dt.date:
 
 
 def cmd_dpo_report(args: argparse.Namespace) -> int:
+    from spie_hub.dpo.french import date_fr
     from spie_hub.dpo.report import write_report
     from spie_hub.store import open_store
 
@@ -140,10 +141,15 @@ def cmd_dpo_report(args: argparse.Namespace) -> int:
         _err("La date de fin (--au) précède la date de début (--du).")
         return 2
     output = Path(args.sortie)
-    data = write_report(open_store(HubHome.from_env().database_url), args.du, args.au, output)
-    print(f"Rapport DPO du {args.du} au {args.au} écrit : {output.resolve()}")
-    print(f"  {data.runs} exécution(s), {data.lus} enregistrement(s) lus, {len(data.retraits)} retrait(s) ; "
-          f"journal d'audit {'intègre' if data.audit.ok else 'ALTÉRÉ'}")
+    pdf = Path(args.pdf) if args.pdf else None
+    data = write_report(open_store(HubHome.from_env().database_url), args.du, args.au, output, flux=args.flux,
+                        destinataire=args.destinataire, pdf=pdf)
+    scope = "".join([f", flux {args.flux}" if args.flux else "", f", destinataire {args.destinataire}" if args.destinataire else ""])
+    print(f"Rapport DPO du {date_fr(args.du)} au {date_fr(args.au)}{scope} écrit : {output.resolve()}")
+    if pdf is not None:
+        print(f"  PDF (impression du navigateur) : {pdf.resolve()}")
+    print(f"  {data.runs} exécution(s), {data.lus} enregistrement(s) lus, {len(data.retraits)} retrait(s), refus ou "
+          f"opposition(s) ; journal d'audit {'intègre' if data.audit.ok else 'ALTÉRÉ'}")
     return 0 if data.audit.ok else 1
 
 
@@ -669,6 +675,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--du", type=_date, required=True, help="début de période (AAAA-MM-JJ)")
     report.add_argument("--au", type=_date, required=True, help="fin de période incluse (AAAA-MM-JJ)")
     report.add_argument("--sortie", required=True, help="fichier HTML à écrire")
+    report.add_argument("--flux", help="seulement ce flux (identifiant du registre)")
+    report.add_argument("--destinataire", help="seulement ce destinataire (identifiant du registre)")
+    report.add_argument("--pdf", metavar="FICHIER", help="écrire aussi le rapport en PDF (impression par Chromium)")
     report.set_defaults(func=cmd_dpo_report)
     reg = dpo_sub.add_parser("registre", help="registre des activités de traitement (RGPD art. 30), en Markdown")
     reg.add_argument("--sortie", help="fichier à écrire (sinon : sortie standard)")

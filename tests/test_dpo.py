@@ -90,7 +90,7 @@ def test_the_cli_writes_the_report_for_a_period(hub, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "spie_hub.cli", "dpo", "rapport", "--du", "2026-01-01", "--au",
                              TODAY.isoformat(), "--sortie", str(out)], capture_output=True, text=True, env=os.environ.copy())
     assert result.returncode == 0, result.stderr
-    assert out.is_file() and "Rapport DPO du 2026-01-01" in result.stdout
+    assert out.is_file() and "Rapport DPO du 1er janvier 2026" in result.stdout
     bad = subprocess.run([sys.executable, "-m", "spie_hub.cli", "dpo", "rapport", "--du", "hier", "--au", "2026-01-01",
                           "--sortie", str(out)], capture_output=True, text=True)
     assert bad.returncode == 2 and "AAAA-MM-JJ" in bad.stderr
