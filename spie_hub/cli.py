@@ -142,6 +142,9 @@ def cmd_dpo_report(args: argparse.Namespace) -> int:
         return 2
     output = Path(args.sortie)
     pdf = Path(args.pdf) if args.pdf else None
+    if pdf is not None and pdf.resolve() == output.resolve():
+        _err("--pdf et --sortie désignent le même fichier : le PDF remplacerait le rapport HTML.")
+        return 2
     data = write_report(open_store(HubHome.from_env().database_url), args.du, args.au, output, flux=args.flux,
                         destinataire=args.destinataire, pdf=pdf)
     scope = "".join([f", flux {args.flux}" if args.flux else "", f", destinataire {args.destinataire}" if args.destinataire else ""])

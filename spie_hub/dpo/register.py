@@ -45,8 +45,18 @@ def fiche(flow: Flow) -> Fiche:
         personnes=flow.personnes_concernees, source=f"{flow.partenaire} (format {flow.format})",
         categories=list(categories), destinataires=recipients, transferts=flow.transferts_hors_ue,
         conservation=f"{flow.conservation_jours} jours après livraison (fichiers reçus, livrés et mis en quarantaine), "
-                     "puis purge automatique journalisée",
+                     f"puis purge automatique journalisée ; {_stores()}",
     )
+
+
+def _stores() -> str:
+    """The retention of what the hub keeps besides the flow's files (registry ``organisation``, or defaults)."""
+    from spie_hub.run.retention import store_retention
+
+    r = store_retention()
+    return (f"consentements {r.consentements} jours après leur fin ou leur retrait (une opposition sans fin est "
+            f"conservée), retraits {r.retraits} jours après leur propagation, exécutions et métadonnées de livraison "
+            f"{r.executions} jours, exports du journal et rapports {r.exports} jours")
 
 
 def register() -> tuple[dict[str, str], list[Fiche]]:

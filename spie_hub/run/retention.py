@@ -233,17 +233,23 @@ def _purge_consents(connection: Connection, cutoff: dt.date, out: StorePurge) ->
     # The consents of a person with a withdrawal still to propagate stay: the propagation decides from them.
     needed = select(revocations.c.id).where(pending, (revocations.c.subject == consents.c.subject)
                                             | revocations.c.aliases.contains(consents.c.subject)).exists()
-    latest: dict[tuple[str, str], Any] = {}
-    ids: dict[tuple[str, str], list[int]] = {}
-    for row in connection.execute(select(consents.c.id, consents.c.emetteur, consents.c.consent_id, consents.c.version,
-                                         consents.c.status, consents.c.rules, consents.c.period_end,
-                                         consents.c.imported_at)).yield_per(5000):
-        key = (row.emetteur, row.consent_id)
-        ids.setdefault(key, []).append(row.id)
-        if key not in latest or row.version > latest[key].version:
-            latest[key] = row
-    doomed = [i for key, row in latest.items() if (end := _consent_ended(row)) is not None and end < cutoff
-              for i in ids[key]]
+    # One consent at a time (versions in order), so memory holds the ids to delete, never the registry.
+    doomed: list[int] = []
+    group: list[Any] = []
+
+    def settle() -> None:
+        if group and (end := _consent_ended(group[-1])) is not None and end < cutoff:
+            doomed.extend(r.id for r in group)
+
+    query = (select(consents.c.id, consents.c.emetteur, consents.c.consent_id, consents.c.version, consents.c.status,
+                    consents.c.rules, consents.c.period_end, consents.c.imported_at)
+             .order_by(consents.c.emetteur, consents.c.consent_id, consents.c.version))
+    for row in connection.execute(query).yield_per(5000):
+        if group and (group[-1].emetteur, group[-1].consent_id) != (row.emetteur, row.consent_id):
+            settle()
+            group = []
+        group.append(row)
+    settle()
     for start in range(0, len(doomed), 1000):
         out.consentements += connection.execute(
             delete(consents).where(consents.c.id.in_(doomed[start:start + 1000]), not_(needed))).rowcount or 0
@@ -377,6 +383,8 @@ def purge_all(engine: Engine, home: HubHome, flows: dict[str, Flow], now: dt.dat
         # A withdrawal still to propagate finds who received the person's data in the audit: it is kept until then.
         if waiting is None:
             dropped = purge_audit(engine, signer, now - dt.timedelta(days=audit_days))
+        else:
+            stored.gardes.append("journal d'audit non purgé : retrait en attente de propagation")
     return reports, stored, dropped
 
 
