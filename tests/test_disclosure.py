@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import io
 import json
 import tracemalloc
 from pathlib import Path
@@ -179,37 +178,45 @@ def test_the_audit_names_the_line_each_delivered_row_ends_up_on(one_run) -> None
         assert files[rid][payload["ligne"] - 1].split(";")[0] == pseudonym
 
 
-def test_the_sort_goes_through_a_file_and_python_memory_stays_flat(tmp_path: Path) -> None:
+def test_the_sort_goes_through_a_file_and_python_memory_stays_flat(tmp_path: Path, monkeypatch) -> None:
     from schemas.categories import CategorieDonnees
+    from spie_hub.privacy.disclosure import row_sort_key
     from spie_hub.run.deliver import ShuffledRows
 
+    monkeypatch.setattr(ShuffledRows, "BUFFER_BYTES", 256 * 1024)  # many sorted runs to merge, on a small file
     output = load_output("csv_plateforme")
 
     class Row:  # what the CSV output reads: a record whose blocks are all empty, only the pseudonym varies
         def __getattr__(self, name: str) -> None:
             return None
 
-    rows, scratch = 40_000, tmp_path / "ordre.sqlite3"
-    target = io.BytesIO()
+    rows, scratch, key = 40_000, tmp_path / "ordre.tri", b"k" * 32
+    delivered, noted = tmp_path / "livraison.csv", {}
+    target = delivered.open("wb")
     tracemalloc.start()
-    writer = ShuffledRows(output, target, b"k" * 32, scratch)
+    writer = ShuffledRows(output, target, key, scratch, on_row=lambda line, note: noted.setdefault(note, line))
     for n in range(rows):
-        writer.write(Row(), f"t1.{n:032x}" + "x" * 200, frozenset(CategorieDonnees))  # type: ignore[arg-type]
-    _, peak_before_close = tracemalloc.get_traced_memory()
-    assert scratch.exists()
+        writer.write_noted(Row(), f"t1.{n:032x}" + "x" * 200, frozenset(CategorieDonnees),  # type: ignore[arg-type]
+                           str(n) if n % 7 == 0 else None)
+    assert scratch.exists() and scratch.stat().st_size > 8_000_000  # the rows went to the file
     writer.close()
+    _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    target.close()
     assert not scratch.exists()
-    lines = target.getvalue().decode("utf-8-sig").splitlines()
+    lines = delivered.read_text(encoding="utf-8-sig").splitlines()
     assert len(lines) == rows + 1 and lines[0].startswith("Pseudonyme;")
-    assert sorted(lines[1:]) != lines[1:]  # not in pseudonym order: in keyed order
-    # 40,000 rows of ~230 bytes held in a list would be over 9 MB; a batch is 2,000 rows.
-    assert peak_before_close < 3 * 1024 * 1024, peak_before_close
+    pseudonyms = [line.split(";")[0] for line in lines[1:]]
+    assert pseudonyms == sorted(pseudonyms, key=lambda p: row_sort_key(key, p)) != sorted(pseudonyms)
+    assert all(pseudonyms[line - 2] == f"t1.{int(n):032x}" + "x" * 200 for n, line in noted.items())
+    assert len(noted) == len(range(0, rows, 7))
+    # Rows held in a list would be over 9 MB: the writer stays within its buffer and a small read buffer per run.
+    assert peak < 3 * 1024 * 1024, peak
 
 
 def test_no_sort_file_is_left_in_the_home_after_a_run(one_run) -> None:
     home, _, _ = one_run
-    assert not list(home.root.rglob("*.ordre.sqlite3"))
+    assert not list(home.root.rglob("*.ordre.tri"))
 
 
 def test_the_order_comes_from_the_hubs_secret(one_run, tmp_path: Path, monkeypatch) -> None:
