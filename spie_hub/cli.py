@@ -98,18 +98,57 @@ def _print_propagation(report: object) -> None:
               "retrait-propage)")
 
 
+def _print_consent_report(report: object, indent: str = "") -> None:
+    from consent.fhir_import import ImportReport
+
+    assert isinstance(report, ImportReport)
+    print(f"{indent}Consentements importés : {report.importes} ; inchangés : {report.inchanges} ; retraits ou "
+          f"oppositions : {report.retraits} ; restreints : {len(report.restrictions)} ; erreurs : {len(report.erreurs)}")
+    for label, lines in (("restriction", report.restrictions), ("erreur", report.erreurs)):
+        for line in lines[:50]:
+            print(f"{indent}  - {label} : {line}")
+        if len(lines) > 50:
+            print(f"{indent}  … et {len(lines) - 50} autre(s)")
+
+
 def cmd_consent_import(args: argparse.Namespace) -> int:
+    """The operator's import of a file it holds (a migration): the issuer, when named, must be declared, and its
+    authority applies; partners' files come through their consent inbox (``consent importer``)."""
     from consent.fhir_import import import_consents
+    from spie_hub.registry import consent_registry
+    from spie_hub.run.withdrawals import propagate
+
+    issuer = None
+    if args.emetteur != "hub":
+        registry = consent_registry()
+        issuer = registry.emetteurs.get(args.emetteur)
+        if issuer is None:
+            _err(f"Émetteur de consentements non déclaré : {args.emetteur} (section « consentements » de flows.yaml ; "
+                 f"déclarés : {', '.join(sorted(registry.emetteurs)) or 'aucun'})")
+            return 2
+    home, engine, pseudonymiser = _store_and_key()
+    report = import_consents(Path(args.fichier), engine, pseudonymiser, emetteur=args.emetteur,  # type: ignore[arg-type]
+                             issuer=issuer)
+    _print_consent_report(report)
+    engine.dispose()  # type: ignore[attr-defined]
+    _print_propagation(propagate(home))
+    return 1 if report.erreurs else 0
+
+
+def cmd_consent_inbox(args: argparse.Namespace) -> int:
+    from spie_hub.run.consent_inbox import import_consent_inboxes
     from spie_hub.run.withdrawals import propagate
 
     home, engine, pseudonymiser = _store_and_key()
-    report = import_consents(Path(args.fichier), engine, pseudonymiser, emetteur=args.emetteur)  # type: ignore[arg-type]
-    print(f"Consentements importés : {report.importes} ; inchangés : {report.inchanges} ; retraits ou oppositions : "
-          f"{report.retraits} ; erreurs : {len(report.erreurs)}")
-    for error in report.erreurs[:50]:
-        print(f"  - {error}")
-    if len(report.erreurs) > 50:
-        print(f"  … et {len(report.erreurs) - 50} autre(s)")
+    report = import_consent_inboxes(home, engine, pseudonymiser, emetteur=args.emetteur)  # type: ignore[arg-type]
+    if not report.fichiers:
+        print("Aucun fichier en attente dans les boîtes de consentements.")
+    for item in report.fichiers:
+        print(f"{item.emetteur} : {item.nom}")
+        if item.motif is not None:
+            print(f"  non importé : {item.motif}")
+        elif item.rapport is not None:
+            _print_consent_report(item.rapport, "  ")
     engine.dispose()  # type: ignore[attr-defined]
     _print_propagation(propagate(home))
     return 1 if report.erreurs else 0
@@ -665,9 +704,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     consent = sub.add_parser("consent", help="registre des consentements")
     consent_sub = consent.add_subparsers(dest="action", required=True, metavar="ACTION")
-    imp = consent_sub.add_parser("import", help="importer des consentements (Bundle FHIR JSON ou CSV du hub)")
+    inbox = consent_sub.add_parser("importer", help="importer les fichiers des boîtes de consentements des émetteurs "
+                                   "déclarés (l'émetteur est la boîte d'arrivée)")
+    inbox.add_argument("--emetteur", help="une seule boîte : celle de cet émetteur déclaré")
+    inbox.set_defaults(func=cmd_consent_inbox)
+    imp = consent_sub.add_parser("import", help="importer un fichier détenu par l'opérateur (migration) ; les "
+                                 "partenaires passent par leur boîte (consent importer)")
     imp.add_argument("fichier")
-    imp.add_argument("--emetteur", default="hub", help="partenaire émetteur (les identifiants de Consent sont propres à lui)")
+    imp.add_argument("--emetteur", default="hub", help="émetteur déclaré dans flows.yaml (son autorité s'applique)")
     imp.set_defaults(func=cmd_consent_import)
     consent_sub.add_parser("propager", help="déposer les avis de suppression des retraits en attente").set_defaults(
         func=cmd_consent_propagate)
