@@ -134,7 +134,9 @@ def _runs(data: ReportData, engine: Engine, flows: dict[str, Flow]) -> None:
         rows = connection.execute(query).all()
     for row in rows:
         summary = json.loads(row.summary or "{}")
-        if data.destinataire and not isinstance(summary.get(data.destinataire), dict) and row.status not in ("quarantaine", "refuse"):
+        flow = flows.get(row.flow)
+        if data.destinataire and not isinstance(summary.get(data.destinataire), dict) and (
+                flow is None or data.destinataire not in {r.id for r in flow.destinataires}):
             continue  # a run of a flow that does not deliver to the chosen recipient
         data.runs += 1
         data.statuts[row.status] += 1
@@ -142,7 +144,6 @@ def _runs(data: ReportData, engine: Engine, flows: dict[str, Flow]) -> None:
         data.rejetes += summary.get("rejetes", 0)
         day = row.started_at[:10]
         per_day = data.par_jour.setdefault(day, Counter())
-        flow = flows.get(row.flow)
         for rid, counts in summary.items():
             if not isinstance(counts, dict) or (data.destinataire and rid != data.destinataire):
                 continue

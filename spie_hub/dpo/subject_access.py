@@ -153,7 +153,8 @@ def subject_access(engine: Engine, pseudonymiser: Pseudonymiser, nir: str | None
         try:
             pivot = pseudonymiser.pivot_from_nir(normaliser_nir(nir))
         except NirInvalide as error:
-            raise HubError(f"NIR invalide : {error}") from None
+            reason = str(error)  # never the NIR itself: normaliser_nir names what is wrong, not the value
+            raise HubError(reason if reason.startswith("NIR invalide") else f"NIR invalide : {reason}") from None
     fallbacks = _fallback_pivots(pseudonymiser, flows, repli)
     recipients = sorted({r.id for f in flows.values() for r in f.destinataires})
     # Under every key of the ring: old pseudonyms stay resolvable.
