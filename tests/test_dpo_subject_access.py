@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,30 @@ def test_the_cli_reads_the_nir_from_standard_input_only(two_flows) -> None:
     assert nothing.returncode == 2 and "NIR" in nothing.stderr
     bad = _cli(stdin="repli flux-inconnu : a | b\n")
     assert bad.returncode == 2 and "flux-inconnu" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_household_columns_a_recipient_does_not_declare_are_not_listed(hub_home: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = (Path(__file__).resolve().parent.parent / "flows.yaml").read_text(encoding="utf-8")
+    stripped = re.sub(r"\n\s*champs_foyer: \[[^\]]*\]", "", registry)
+    assert stripped != registry
+    (tmp_path / "flows.yaml").write_text(stripped, encoding="utf-8")
+    monkeypatch.setenv("SPIE_HUB_FLOWS", str(tmp_path / "flows.yaml"))
+    home, engine, pseudonymiser, flux, _bundle, _summary = first_delivery(tmp_path, 30, seed=7)
+    try:
+        nirs = [p["NIR"] for p in people_of(flux) if p["NIR"] and p["NIR"][3:5] != "13"]
+        checked = 0
+        for nir in nirs[:10]:
+            report = subject_access(engine, pseudonymiser, nir, load_flows(), demandeur="dpo", motif="test")
+            pseudonym = pseudonymiser.for_recipient(pseudonymiser.pivot_from_nir(nir[:13]), DEPT)
+            for e in report.echanges:
+                if e.evenement == "decision" and e.destinataire == DEPT and e.decision == "livre":
+                    header, rows = _delivered_rows(home.root, e.fichier)
+                    cells = dict(zip(header, next(r for r in rows if r[0] == pseudonym), strict=True))
+                    assert "N° allocataire" not in e.champs and "Date de demande RSA" not in e.champs
+                    assert not cells["N° allocataire"] and not cells["Date de demande RSA"]
+                    assert "État du droit RSA" in e.champs and cells["État du droit RSA"]
+                    checked += 1
+        assert checked
+    finally:
+        engine.dispose()

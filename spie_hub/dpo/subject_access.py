@@ -23,8 +23,9 @@ from typing import Any
 import yaml
 from sqlalchemy import Engine, select
 
-from connectors.formats.registry import load_output
+from connectors.formats.registry import load_output, output_spec
 from consent.decision import version_from_row
+from schemas.categories import CHAMPS_FOYER
 from spie_hub.audit.log import AuditEvent, AuditLog
 from spie_hub.core import home as hub_home
 from spie_hub.core.errors import ConfigurationError, HubError
@@ -75,16 +76,30 @@ def fallback_identifiers(flow: Flow) -> list[str]:
     return [str(p).removeprefix("foyer:") for p in parts]
 
 
+def _household_field(spec: dict[str, Any]) -> str | None:
+    """The household field (``CHAMPS_FOYER``) an output column reads, if any."""
+    path = str(spec.get("champ", "")).split(".")
+    for name, (block, attribute, system) in CHAMPS_FOYER.items():
+        if path[:2] == [block, attribute] and (system is None or spec.get("identifiant") == system):
+            return name
+    return None
+
+
 def _fields(flows: dict[str, Flow]) -> dict[tuple[str, str], list[tuple[str | None, str]]]:
-    """(flow, recipient) → that flow's output columns for that recipient, in file order: (category, header).
+    """(flow, recipient) → the columns of that flow's output for that recipient, in file order: (category, header).
 
     Keyed by flow as well: a recipient of two flows receives two different files (the Département gets the CAF
-    file and the France Travail file), and a column belongs to the file that carries it."""
+    file and the France Travail file), and a column belongs to the file that carries it. A household field the
+    recipient does not declare (``champs_foyer``) is always empty in its file: not listed."""
     out: dict[tuple[str, str], list[tuple[str | None, str]]] = {}
     for flow in flows.values():
         for recipient in flow.destinataires:
-            out[(flow.id, recipient.id)] = [(column.category.value if column.category else None, column.entete)
-                                            for column in load_output(recipient.sortie).columns]
+            specs = {str(c.get("entete")): c for c in output_spec(recipient.sortie).get("colonnes", [])}
+            declared = getattr(recipient, "champs_foyer", frozenset())
+            out[(flow.id, recipient.id)] = [
+                (column.category.value if column.category else None, column.entete)
+                for column in load_output(recipient.sortie).columns
+                if (household := _household_field(specs.get(column.entete, {}))) is None or household in declared]
     return out
 
 
