@@ -273,3 +273,17 @@ def test_a_key_retired_from_the_environment_is_removed_by_the_operator_and_then_
     monkeypatch.setenv("SPIE_HUB_PSEUDO_KEY", f"t3:{_b64(b'm')},t1:{_b64(b'w')}")  # the retired id, another secret
     with pytest.raises(ConfigurationError, match="t1"):
         load_pseudonymiser(home)
+
+
+def test_a_refused_ring_records_none_of_its_new_keys(hub_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = HubHome.from_env().ensure()
+    load_pseudonymiser(home)  # t1 in use
+    monkeypatch.setenv("SPIE_HUB_PSEUDO_KEY", f"t2:{_b64(b'n')},t1:{_b64(b'x')}")  # t1's secret changed
+    with pytest.raises(ConfigurationError, match="t1"):
+        load_pseudonymiser(home)
+    engine = open_store(home.database_url)
+    with engine.connect() as c:
+        assert c.execute(select(pseudo_keys.c.kid)).scalars().all() == ["t1"]
+    engine.dispose()
+    monkeypatch.setenv("SPIE_HUB_PSEUDO_KEY", f"t1:{_b64(b'k')}")  # the operator puts the right secret back
+    assert load_pseudonymiser(home).kids == ("t1",)

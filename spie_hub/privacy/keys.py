@@ -29,8 +29,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Row, func, insert, or_, select, update
 
 from spie_hub.core.errors import ConfigurationError, HubError
 from spie_hub.core.home import HubHome
@@ -254,16 +255,24 @@ def check_keyring(engine: Engine, ring: KeyRing, origin: str) -> None:
     """Refuse a ring that would make stored consents, oppositions or withdrawals stop matching, with a French
     error naming the key id: a secret changed behind a known id (a used id given to a new secret included), or a key
     the hub used and never retired missing from the ring. Keys seen for the first time are recorded."""
-    with engine.begin() as connection:
+    with engine.connect() as connection:
         known = {row.kid: row for row in connection.execute(select(pseudo_keys))}
-        new = [key for key in ring.keys if key.kid not in known]
-        for key in new:
-            _claim(connection, key)
-        if new:  # re-read: another process may have recorded the same id first, with another secret
+    # Everything known checked before anything is recorded: a refused ring leaves no trace in the registry.
+    _compare(ring, known, origin)
+    new = [key for key in ring.keys if key.kid not in known]
+    if new:
+        with engine.begin() as connection:
+            for key in new:
+                _claim(connection, key)
+            # Re-read: another process may have recorded the same id first, with another secret.
             known = {row.kid: row for row in connection.execute(select(pseudo_keys))}
+        _compare(ring, known, origin)
+
+
+def _compare(ring: KeyRing, known: dict[str, Row[Any]], origin: str) -> None:
     for key in ring.keys:
-        row = known[key.kid]
-        if not hmac.compare_digest(row.fingerprint, fingerprint(key)):
+        row = known.get(key.kid)
+        if row is not None and not hmac.compare_digest(row.fingerprint, fingerprint(key)):
             retired = f", retirée le {_day(row.retired_at)}" if row.retired_at else ""
             raise ConfigurationError(
                 f"la clé de pseudonymisation « {key.kid} » lue dans {origin} n'a pas le secret sous lequel le hub "
