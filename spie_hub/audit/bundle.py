@@ -104,8 +104,11 @@ def verify_bundle(folder: Path, public_keys_pem: list[Path] | None = None, recei
             head = receipt.get("journal") or {}
             if "entree" in head:  # a receipt issued before receipts stopped carrying a position
                 checker.attest(int(head["entree"]), str(head["empreinte"]))
+            elif isinstance(head.get("point_de_controle"), str):
+                checker.attest_digest(head["point_de_controle"])
             else:
-                checker.attest_digest(str(head["point_de_controle"]))
+                return BundleVerdict(VerifyResult(False, 0, None, f"reçu {path.name} : ne nomme aucune tête du journal"),
+                                     notes)
         result = checker.run(_jsonl(folder / ENTRIES))
     except _BadLine as error:
         return BundleVerdict(VerifyResult(False, 0, None, f"ligne {error.line} illisible (JSON altéré)"), notes)

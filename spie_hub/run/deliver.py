@@ -444,13 +444,13 @@ def write_rejections(transport: Transport, names: Names, rejections: list[tuple[
 
 def write_acknowledgement(transport: Transport, names: Names, flow: Flow, summary: RunSummary) -> None:
     """The sender's processing receipt: what it already knows about its own file (records read, records rejected,
-    whose reasons it gets in its rejection report) and which recipients the file was processed for. No count of
-    delivered or withheld records, exact or banded: a sender that knows its file would difference them across
-    recipients and across padded files to learn who objected (docs/divulgation.md)."""
+    whose reasons it gets in its rejection report) and the flow's recipients as the registry declares them. No count
+    of delivered or withheld records, exact or banded: a sender that knows its file would difference them across
+    recipients and across padded files to learn who objected. No per-recipient status either: "already delivered"
+    for one recipient and not another would tell that a withdrawal sent part of the run back (docs/divulgation.md)."""
     receipt = {"flux": flow.id, "fichier_sha256": names.input_sha, "execution": summary.run_id, "traite_le": now(),
                "enregistrements_lus": summary.lus, "enregistrements_rejetes": summary.rejetes,
-               "destinataires": {rid: "déjà livré auparavant" if c.deja_livre else "livré"
-                                 for rid, c in sorted(summary.destinataires.items())},
+               "destinataires": sorted(r.id for r in flow.destinataires),
                "note": "Le nombre d'enregistrements livrés ou retenus pour chaque destinataire n'est pas communiqué : "
                        "il révélerait les personnes qui se sont opposées ou n'ont pas consenti. Les enregistrements "
                        "rejetés et leurs motifs figurent dans le rapport de rejets."}
