@@ -90,10 +90,11 @@ class PublicationGate:
                 try:
                     yield
                 finally:
-                    # The server releases it with the session anyway: a failure here changes nothing.
-                    with contextlib.suppress(Exception):
+                    try:
                         connection.execute(text(f"SELECT pg_advisory_unlock{suffix}(:k)"), {"k": _GATE_KEY})
                         connection.commit()
+                    except Exception:  # noqa: BLE001 - never back to the pool holding it: the session is closed
+                        connection.invalidate()
             return
         folder = self.home.root / "verrous"
         try:
