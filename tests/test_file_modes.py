@@ -190,6 +190,24 @@ def test_a_recipient_in_the_declared_group_reads_its_own_drop_and_nothing_else(u
     assert readable_by(OTHER_USER, entries) == []
 
 
+def test_a_sender_in_the_group_of_its_return_folder_reads_its_acknowledgements_and_rejections_only(
+        users: None, home: Path) -> None:
+    text = (REPO / "flows.yaml").read_text(encoding="utf-8").replace(
+        'transport: {type: dossier-local, dossier: inbox/caf-msa, motif: "*.xml"}',
+        'transport: {type: dossier-local, dossier: inbox/caf-msa, motif: "*.xml"}\n'
+        f'      retour: {{type: dossier-local, dossier: outbox/caf-msa, groupe: {RECIPIENT_GROUP}}}')
+    (home.parent / "flows.yaml").write_text(text, encoding="utf-8")
+    drop(home, "RSABEM.xml", "RSABEI_invalid.xml")
+    run = spie_hub("run", "--flux", "caf-vers-departement", env={"SPIE_HUB_FLOWS": str(home.parent / "flows.yaml")})
+    assert run.returncode == 1, run.stderr
+    returns = home / "outbox" / "caf-msa"
+    sent = [p for p in every_entry(returns) if p.is_file()]
+    assert {p.parent.name for p in sent} == {"accuses", "rejets"}
+    for folder in (returns, returns / "accuses", returns / "rejets"):
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o2750 and os.stat(folder).st_gid == _gid(RECIPIENT_GROUP)
+    assert {Path(p) for p in readable_by(RECIPIENT_USER, every_entry(home))} == set(every_entry(returns))
+
+
 def test_a_group_removed_from_the_registry_makes_its_drop_private_again_at_the_next_delivery(
         users: None, home: Path) -> None:
     drop(home, "RSABEM.xml")

@@ -125,6 +125,13 @@ def secure_tree(root: Path) -> int:
     return changed
 
 
+def _user_home() -> Path | None:
+    try:
+        return Path.home().resolve()
+    except (RuntimeError, KeyError, OSError):  # no HOME and no passwd entry (a container's arbitrary uid)
+        return None
+
+
 @dataclass(frozen=True)
 class HubHome:
     root: Path
@@ -169,7 +176,7 @@ class HubHome:
                 folder.chmod(stat.S_IMODE(folder.stat().st_mode) & ~stat.S_ISGID)
         self.keys.chmod(0o700)
         if self.root not in _SECURED:
-            if self.root in (Path("/"), Path.home().resolve()):
+            if self.root in (Path("/"), _user_home()):
                 # A home set to / or to a user's own folder: never walked and tightened (it is not the hub's alone).
                 log.warning("SPIE_HUB_HOME vaut %s : dossier non réservé au hub, droits d'accès non vérifiés", self.root)
             elif changed := secure_tree(self.root):
