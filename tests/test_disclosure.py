@@ -137,7 +137,7 @@ def test_two_recipients_cannot_line_their_files_up_by_row_order(one_run) -> None
     dep = _people_by_row(home, flux, summary.destinataires[DEP].fichier, DEP)
     platform = _people_by_row(home, flux, summary.destinataires[PLATFORM].fichier, PLATFORM)
     assert set(dep) == set(platform) and len(dep) > 40  # the same people went to both: the files could be linked
-    aligned = sum(a == b for a, b in zip(dep, platform))
+    aligned = sum(a == b for a, b in zip(dep, platform, strict=True))
     assert aligned <= len(dep) // 10, f"{aligned} lignes sur {len(dep)} désignent la même personne au même rang"
     in_input = [p["NIR"] for p in people_of(flux) if p["NIR"] in set(dep)]
     assert dep != in_input and platform != in_input

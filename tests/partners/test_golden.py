@@ -8,9 +8,10 @@ file name matches the source's ``motif``):
   with a fixed test key gives the shared records, pinned as JSON (``<sample>.json``; rejected records, if any, in
   ``<sample>.rejets.json``);
 * writers: each recipient's output format (``load_output(sortie)``, through the run's keyed row order
-  ``spie_hub.run.deliver.shuffled_writer``) writes the records the flow hands that recipient (inside the flow's perimeter, with the categories it requires), once with every
-  category allowed (``….tout.csv``) and once with only the categories the recipient has on a legal basis
-  (``….legal.csv``): the bytes of the file a recipient receives, pinned;
+  ``spie_hub.run.deliver.shuffled_writer``) writes the records the flow hands that recipient (inside the flow's
+  perimeter, with the categories it requires), once with every category allowed (``….tout.csv``) and once with
+  only the categories the recipient has on a legal basis (``….legal.csv``): the bytes of the file a recipient
+  receives, pinned;
 * the whole run (``run_flow``): without any consent, each recipient's delivered file is byte for byte the
   ``legal`` golden file; with every person consenting to every category, it is the ``tout`` golden file.
 
