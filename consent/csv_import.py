@@ -14,7 +14,8 @@ from typing import Any
 from consent.fhir_build import consent
 
 REQUIRED = ("identifiant", "nir", "type", "decision", "statut", "destinataires", "categories")
-OPTIONAL = ("debut", "fin", "finalite", "date_recueil", "recueilli_par", "mode_recueil", "base_reglementaire", "responsable")
+OPTIONAL = ("debut", "fin", "finalite", "date_recueil", "recueilli_par", "mode_recueil", "base_reglementaire", "responsable",
+            "consentement_expres")
 _STATUS = {"actif": "active", "retire": "inactive", "retiré": "inactive", "erreur": "entered-in-error"}
 _DECISION = {"accord": True, "refus": False}
 
@@ -22,27 +23,35 @@ _DECISION = {"accord": True, "refus": False}
 def _row_to_consent(row: dict[str, str]) -> dict[str, Any]:
     kind = row["type"].strip().lower()
     decision = row["decision"].strip().lower()
-    if decision not in _DECISION:
-        raise ValueError("colonne decision : accord ou refus attendu")
-    if kind == "opposition" and _DECISION[decision]:
-        raise ValueError("une opposition est toujours un refus (colonne decision)")
     status = _STATUS.get(row["statut"].strip().lower())
     if status is None:
         raise ValueError("colonne statut : actif, retire ou erreur attendu")
     recipients = [r.strip() for r in row["destinataires"].split("|") if r.strip()]
-    if not recipients:
-        raise ValueError("colonne destinataires vide")
     categories = [c.strip() for c in row["categories"].split("|") if c.strip()]
     blanket = categories == ["toutes"]
-    if not categories:
-        raise ValueError("colonne categories vide (ou « toutes » pour un refus général)")
-    return consent(
-        row["identifiant"].strip(), row["nir"].strip(), grant=_DECISION[decision], kind=kind, status=status,
-        recipients=recipients, categories=[] if blanket else categories, blanket=blanket,
+    explicit = (row.get("consentement_expres") or "").strip().lower() in ("oui", "o", "1", "vrai")
+    common: dict[str, Any] = dict(
         start=row.get("debut") or None, end=row.get("fin") or None,
         date=row.get("date_recueil") or "1970-01-01", controller=row.get("responsable") or None,
         collected_by=row.get("recueilli_par") or None, method=row.get("mode_recueil") or None,
         regulatory_basis=row.get("base_reglementaire") or None, purpose=row.get("finalite") or None,
+    )
+    if status != "active" and (not recipients or not categories or blanket or decision not in _DECISION):
+        # A withdrawal (or an entry in error) takes effect whatever it leaves empty: it ends the consent of the same
+        # identifier, or refuses everything to the recipients it names (to the issuer's when it names none).
+        return consent(row["identifiant"].strip(), row["nir"].strip(), grant=False, kind=kind, status=status,
+                       recipients=recipients, categories=[], blanket=True, **common)
+    if decision not in _DECISION:
+        raise ValueError("colonne decision : accord ou refus attendu")
+    if kind == "opposition" and _DECISION[decision]:
+        raise ValueError("une opposition est toujours un refus (colonne decision)")
+    if _DECISION[decision] and not recipients:
+        raise ValueError("colonne destinataires vide (un accord nomme ses destinataires)")
+    if not categories:
+        raise ValueError("colonne categories vide (ou « toutes » pour un refus général)")
+    return consent(
+        row["identifiant"].strip(), row["nir"].strip(), grant=_DECISION[decision], kind=kind, status=status,
+        recipients=recipients, categories=[] if blanket else categories, blanket=blanket, explicit=explicit, **common,
     )
 
 

@@ -276,3 +276,39 @@ def test_an_unreadable_update_of_a_permit_ends_it(engine) -> None:
     report = _import(engine, update)
     assert "entrée 1" in report.erreurs[0]
     assert (DEP, "identite") not in _pairs(engine)
+
+
+# -- the CSV layout: a withdrawal row of any shape, explicit consent ----------------------------------------------
+
+CSV_HEADER = "identifiant;nir;type;decision;statut;destinataires;categories;consentement_expres\n"
+
+
+def _csv(engine, tmp_path: Path, *rows: str) -> ImportReport:
+    from consent.fhir_import import import_consents
+
+    path = tmp_path / "c.csv"
+    path.write_text(CSV_HEADER + "".join(r + "\n" for r in rows), encoding="utf-8")
+    return import_consents(path, engine, P, emetteur=DEP, today=TODAY)
+
+
+@pytest.mark.parametrize("row", [f"c1;{NIR};consentement;;retire;;", f"c1;{NIR};consentement;accord;retire;;identite",
+                                 f"c1;{NIR};consentement;n-importe;erreur;{DEP};"])
+def test_a_csv_withdrawal_row_of_any_shape_ends_the_permit(engine, tmp_path, row: str) -> None:
+    _csv(engine, tmp_path, f"c1;{NIR};consentement;accord;actif;{DEP};identite")
+    assert (DEP, "identite") in _pairs(engine)
+    report = _csv(engine, tmp_path, row)
+    assert report.erreurs == [] and report.retraits == 1
+    assert (DEP, "identite") not in _pairs(engine)
+
+
+def test_a_csv_general_refusal_naming_no_recipient_refuses_everything(engine, tmp_path) -> None:
+    _csv(engine, tmp_path, f"c1;{NIR};consentement;accord;actif;{DEP}|{PLAT};identite")
+    assert _csv(engine, tmp_path, f"r1;{NIR};opposition;refus;actif;;toutes").erreurs == []
+    assert _pairs(engine) == set() and _denied(engine, PLAT, "droits-rsa")
+
+
+def test_the_csv_explicit_consent_column_lets_a_permit_cover_health(engine, tmp_path) -> None:
+    report = _csv(engine, tmp_path, f"c1;{NIR};consentement;accord;actif;{DEP};sante-handicap;non",
+                  f"c2;{NIR};consentement;accord;actif;{DEP};sante-handicap|identite;oui")
+    assert "art. 9" in report.erreurs[0] and report.erreurs[0].startswith("ligne 2")
+    assert _pairs(engine) == {(DEP, "identite"), (DEP, "sante-handicap")}

@@ -225,3 +225,211 @@ def test_no_field_reaches_a_recipient_without_a_permit_and_revocations_apply_on_
         assert summary.statut == "termine" and summary.accounted()
         _check_outputs(summary, policy, after, by_pseudonym)
         engine.dispose()
+
+
+# -- the import itself: resources of every shape, from issuers with and without authority ------------------------
+#
+# The oracle reads the raw JSON resources (sharing no code with the import): a (recipient, category) pair may be
+# permitted only when the last resource of some (issuer, id) is an active, non-opposition base-deny Consent with a
+# provision that fully covers it: every criterion it states matches, the issuer may grant it, a special category
+# carries the explicit-consent marker, the period (partial dates read as whole months or years) holds today.
+
+import calendar  # noqa: E402 - the section's own imports
+import tempfile as _tempfile  # noqa: E402
+
+from consent.decision import ConsentIndex as _Index  # noqa: E402
+from consent.decision import permitted_pairs  # noqa: E402
+from consent.fhir_build import (  # noqa: E402
+    CATEGORY_SYSTEM,
+    CONSENT_ACTION,
+    EXPLICIT_CODE,
+    EXPLICIT_SYSTEM,
+    KIND_SYSTEM,
+    PARTICIPATION,
+    PARTNER_SYSTEM,
+    PURPOSE_SYSTEM,
+)
+from consent.fhir_import import import_resources  # noqa: E402
+from spie_hub.privacy.keys import PseudonymisationKey  # noqa: E402
+from spie_hub.registry import consent_registry  # noqa: E402
+
+PROP_NIR = "2820251108030"
+PROP_DAY = dt.date(2026, 11, 21)
+PROP_KEY = Pseudonymiser(PseudonymisationKey("t1", b"p" * 32))
+HUB_PURPOSES = {"accompagnement-insertion", "insertion"}
+ISSUERS = ("departement-052", "france-travail", "partenaire-non-declare")
+ALL_CATS = [c.value for c in C]
+
+
+def _org(rid: str, how: str) -> dict[str, Any]:
+    if how == "reference":
+        return {"reference": f"Organization/{rid}"}
+    if how == "praticien":
+        return {"reference": "Practitioner/42"}
+    if how == "systeme-inconnu":
+        return {"identifier": {"system": "urn:annuaire-inconnu", "value": rid}}
+    return {"identifier": {"system": PARTNER_SYSTEM, "value": rid}}
+
+
+def _coded(system: str, code: str) -> dict[str, Any]:
+    return {"coding": [{"system": system, "code": code}]}
+
+
+dates = st.sampled_from([None, None, None, "2026", "2026-11", "2026-10", "2026-12", "2025-01-01", "2026-11-21", "2026-11-20",
+                         "2026-11-20T23:30:00-05:00", "2026-11-21T00:30:00+02:00", "2099-12-31"])
+period_st = st.one_of(st.none(), st.none(), st.builds(lambda s, e: {k: v for k, v in (("start", s), ("end", e)) if v}, dates, dates))
+actor_st = st.builds(
+    lambda rid, how, role: {**({"role": _coded(PARTICIPATION, role)} if role else {}), "reference": _org(rid, how)},
+    st.sampled_from(RECIPIENTS),
+    st.sampled_from(["identifiant", "identifiant", "identifiant", "reference", "praticien", "systeme-inconnu"]),
+    st.sampled_from([None, None, "IRCP", "IRCP", "PRCP", "AUT"]))
+provision_st = st.builds(
+    lambda actors, action, purpose, codes, period, data_period, nested: {k: v for k, v in {
+        "actor": actors or None,
+        "action": [_coded(CONSENT_ACTION, action)] if action else None,
+        "purpose": [{"system": PURPOSE_SYSTEM, "code": purpose}] if purpose else None,
+        "code": [_coded(CATEGORY_SYSTEM, c) for c in codes] or None,
+        "period": period,
+        "dataPeriod": {"start": "2020-01-01"} if data_period else None,
+        "provision": [{"code": [_coded(CATEGORY_SYSTEM, "identite")]}] if nested else None,
+    }.items() if v is not None},
+    st.lists(actor_st, max_size=2), st.sampled_from([None, None, None, "disclose", "disclose", "access"]),
+    st.sampled_from([None, None, None, "accompagnement-insertion", "accompagnement-insertion", "prospection"]),
+    st.lists(st.sampled_from(["identite", "contact", "sante-handicap", "droits-rsa", "inconnue"]), min_size=1,
+             max_size=3, unique=True), period_st,
+    st.sampled_from([False] * 5 + [True]), st.sampled_from([False] * 5 + [True]))
+resource_st = st.builds(
+    lambda cid, issuer, status, decision, kinds, explicit, grantees, provisions, period: (issuer, {k: v for k, v in {
+        "resourceType": "Consent", "id": cid, "status": status, "decision": decision,
+        "category": ([_coded(KIND_SYSTEM, k) for k in kinds] + ([_coded(EXPLICIT_SYSTEM, EXPLICIT_CODE)] if explicit else []))
+        or None,
+        "subject": {"identifier": {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": PROP_NIR}},
+        "grantee": [_org(rid, how) for rid, how in grantees] or None,
+        "provision": provisions or None,
+        "period": period,
+    }.items() if v is not None}),
+    st.sampled_from(["a", "b", "c"]), st.sampled_from(ISSUERS),
+    st.sampled_from(["active"] * 5 + ["inactive", "entered-in-error", "draft"]),
+    st.sampled_from(["deny"] * 5 + ["permit", None]),
+    st.sampled_from([[], [], ["consentement"], ["consentement"], ["opposition"], ["consentement", "opposition"]]),
+    st.booleans(),
+    st.lists(st.tuples(st.sampled_from(RECIPIENTS), st.sampled_from(["identifiant", "reference", "praticien"])),
+             max_size=2),
+    st.lists(provision_st, min_size=1, max_size=2) | st.just([]), period_st)
+
+
+def _range(text: str | None, *, end: bool) -> dt.date | None:
+    if text is None:
+        return None
+    if "T" in text:
+        moment = dt.datetime.fromisoformat(text)
+        from zoneinfo import ZoneInfo
+
+        return moment.astimezone(ZoneInfo("Europe/Paris")).date()
+    parts = [int(p) for p in text.split("-")]
+    if len(parts) == 3:
+        return dt.date(*parts)
+    year, month = parts[0], parts[1] if len(parts) == 2 else (12 if end else 1)
+    return dt.date(year, month, calendar.monthrange(year, month)[1] if end else 1)
+
+
+def _holds(period: dict[str, str] | None) -> bool:
+    period = period or {}
+    start, end = _range(period.get("start"), end=False), _range(period.get("end"), end=True)
+    return (start is None or start <= PROP_DAY) and (end is None or PROP_DAY <= end)
+
+
+def _recipient_of(actor: dict[str, Any]) -> str | None:
+    ref, role = actor["reference"], actor.get("role")
+    if role and role["coding"][0]["code"] not in ("IRCP", "PRCP"):
+        return None
+    if ref.get("reference", "").startswith("Organization/"):
+        return ref["reference"].split("/", 1)[1]
+    ident = ref.get("identifier", {})
+    return ident.get("value") if ident.get("system") == PARTNER_SYSTEM else None
+
+
+def _justified(issuer: str, r: dict[str, Any], authority: dict[str, Any]) -> set[tuple[str, str]]:
+    """What one resource, the last of its (issuer, id), may grant on PROP_DAY."""
+    kinds = {c["coding"][0]["code"] for c in r.get("category", []) if c["coding"][0]["system"] == KIND_SYSTEM}
+    if r["status"] != "active" or r.get("decision") != "deny" or "opposition" in kinds:
+        return set()
+    explicit = any(c["coding"][0] == {"system": EXPLICIT_SYSTEM, "code": EXPLICIT_CODE} for c in r.get("category", []))
+    grantees = {g["identifier"]["value"] if "identifier" in g and g["identifier"]["system"] == PARTNER_SYSTEM else
+                g.get("reference", "").removeprefix("Organization/") for g in r.get("grantee", [])}
+    out: set[tuple[str, str]] = set()
+    for p in r.get("provision", []):
+        if p.get("provision") or p.get("dataPeriod"):
+            continue
+        if "action" in p and not any(a["coding"][0]["code"] == "disclose" for a in p["action"]):
+            continue
+        if "purpose" in p and not any(x["code"] in HUB_PURPOSES for x in p["purpose"]):
+            continue
+        if not _holds(p.get("period") or r.get("period")):
+            continue
+        recipients = {_recipient_of(a) for a in p["actor"]} - {None} if "actor" in p else grantees
+        for rid in recipients:
+            for code in (c["coding"][0]["code"] for c in p.get("code", [])):
+                if code == "sante-handicap" and not explicit:
+                    continue
+                declared = authority.get(issuer)
+                if declared is not None and not declared.may_permit(rid, code):
+                    continue
+                out.add((rid, code))
+    return out
+
+
+def _import_all(engine, sequence: list[tuple[str, dict[str, Any]]]) -> None:
+    for issuer, resource in sequence:
+        import_resources([("entrée 1", resource)], engine, PROP_KEY, emetteur=issuer, today=PROP_DAY)
+
+
+def _permitted(engine) -> set[tuple[str, str]]:
+    pivot = PROP_KEY.pivot_from_nir(PROP_NIR).pseudonyme
+    return permitted_pairs(_Index(engine).lookup([pivot]).get(pivot, []), PROP_DAY)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sequence=st.lists(resource_st, min_size=1, max_size=6), withdrawal=st.sampled_from(
+    ["nue", "sans-decision", "imbriquee", "saisie-erronee", "refus-general", "opposition"]))
+def test_no_pair_is_permitted_without_a_permit_that_fully_covers_it_and_every_withdrawal_shape_ends_it(
+        sequence, withdrawal) -> None:
+    authority = consent_registry().emetteurs
+    with _tempfile.TemporaryDirectory(prefix="spie-prop-") as tmp:
+        engine = open_store(f"sqlite:///{tmp}/hub.sqlite3")
+        _import_all(engine, sequence)
+        last: dict[tuple[str, str], dict[str, Any]] = {}
+        for issuer, resource in sequence:
+            last[(issuer, resource["id"])] = resource
+        justified = set().union(*(_justified(i, r, authority) for (i, _), r in last.items()))
+        permitted = _permitted(engine)
+        assert permitted <= justified, permitted - justified
+
+        # Then each issuer takes every consent back, in one of the shapes partners use: nothing stays permitted.
+        takebacks = []
+        for issuer, cid in last:
+            base = {"resourceType": "Consent", "id": cid,
+                    "subject": {"identifier": {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": PROP_NIR}}}
+            if withdrawal == "nue":
+                takebacks.append((issuer, base | {"status": "inactive", "decision": "deny"}))
+            elif withdrawal == "sans-decision":
+                takebacks.append((issuer, base | {"status": "inactive"}))
+            elif withdrawal == "imbriquee":
+                takebacks.append((issuer, base | {"status": "inactive", "decision": "deny", "provision": [
+                    {"provision": [{"code": [_coded(CATEGORY_SYSTEM, "identite")]}]}]}))
+            elif withdrawal == "saisie-erronee":
+                takebacks.append((issuer, base | {"status": "entered-in-error", "decision": "permit"}))
+            elif withdrawal == "refus-general":
+                takebacks.append((issuer, base | {"id": f"{cid}-refus", "status": "active", "decision": "deny"}))
+            else:
+                takebacks.append((issuer, base | {"id": f"{cid}-opp", "status": "active", "decision": "permit",
+                                                  "category": [_coded(KIND_SYSTEM, "opposition")]}))
+        _import_all(engine, takebacks)
+        if withdrawal == "opposition":
+            # An opposition naming nobody blocks every recipient of its issuer (every recipient for an issuer the
+            # registry does not declare): a permit may survive only for a recipient none of them reaches.
+            reach = set().union(*(authority[i].destinataires if i in authority else set(RECIPIENTS) for i, _ in last))
+            assert not {p for p in _permitted(engine) if p[0] in reach}
+        else:
+            assert _permitted(engine) == set()
+        engine.dispose()
