@@ -173,6 +173,7 @@ class _Reader:
     def __init__(self, resource: Consent, ctx: _Context) -> None:
         self.resource, self.ctx = resource, ctx
         self.notes: list[str] = []
+        self.outside_registry = False
         self.kind = "consentement"
         self.decision = resource.decision
         self.explicit = any(c.system == EXPLICIT_SYSTEM and c.code == EXPLICIT_CODE
@@ -180,12 +181,22 @@ class _Reader:
 
     # recipients --------------------------------------------------------------------------------------------------
 
+    def _known(self, partner: str | None) -> str | None:
+        """A partner the registry knows as a recipient; any other name (free text from the partner's file, which
+        could be anything, a NIR included) is never stored, audited nor reported."""
+        if partner is not None and partner not in self.ctx.recipients:
+            self.outside_registry = True
+            return None
+        return partner
+
     def _grantees(self) -> tuple[list[str], bool]:
         named = [_partner(ref) for ref in self.resource.grantee or []]
-        return sorted({g for g in named if g}), any(g is None for g in named)
+        unknown = any(g is None for g in named)
+        return sorted({k for g in named if (k := self._known(g))}), unknown
 
     def _actors(self, prov: Any) -> tuple[list[str], bool]:
-        """Recipients a provision names, and whether it names someone the hub cannot identify as a recipient."""
+        """Recipients a provision names, and whether it names someone the hub cannot identify as a recipient
+        (a Practitioner, an identifier of another system, a role other than recipient)."""
         found: set[str] = set()
         unknown = False
         for actor in prov.actor or []:
@@ -193,8 +204,8 @@ class _Reader:
             partner = _partner(actor.reference)
             if partner is None or (actor.role is not None and not roles & RECIPIENT_ROLES):
                 unknown = True
-            else:
-                found.add(partner)
+            elif known := self._known(partner):
+                found.add(known)
         return sorted(found), unknown
 
     # provisions --------------------------------------------------------------------------------------------------
@@ -203,7 +214,7 @@ class _Reader:
         """A refusal, widened by what the hub cannot evaluate (never narrowed)."""
         actors, unknown_actor = self._actors(prov)
         if prov.actor:
-            recipients = [ALL_RECIPIENTS] if unknown_actor else actors
+            recipients = [ALL_RECIPIENTS] if unknown_actor or not actors else actors
         else:
             grantees, unknown_grantee = self._grantees()
             recipients = grantees if grantees and not unknown_grantee else [ALL_RECIPIENTS]
@@ -246,6 +257,9 @@ class _Reader:
             recipients, unknown = self._grantees()
             if unknown:
                 self.notes.append(f"{where} : bénéficiaire ('grantee') non identifiable : non retenu")
+        if self.outside_registry:
+            self.notes.append(f"{where} : destinataire inconnu du registre des flux : non retenu")
+            self.outside_registry = False
         if not recipients:
             self.notes.append(f"{where} : aucun destinataire identifiable (actor ou grantee) : autorisation non retenue")
             return []

@@ -312,3 +312,16 @@ def test_the_csv_explicit_consent_column_lets_a_permit_cover_health(engine, tmp_
                   f"c2;{NIR};consentement;accord;actif;{DEP};sante-handicap|identite;oui")
     assert "art. 9" in report.erreurs[0] and report.erreurs[0].startswith("ligne 2")
     assert _pairs(engine) == {(DEP, "identite"), (DEP, "sante-handicap")}
+
+
+def test_a_recipient_name_the_registry_does_not_know_is_never_stored_audited_nor_reported(engine) -> None:
+    resource = _grant("c1", recipients=[DEP, NIR])  # a partner's free text where a recipient id goes
+    refusal = consent("r1", NIR, grant=False, recipients=[NIR], categories=["contact"])
+    report = _import(engine, resource, refusal)
+    assert _pairs(engine) == {(DEP, "identite")}
+    assert _denied(engine, PLAT, "contact")  # the refusal names no recipient the hub knows: it refuses to every one
+    with engine.connect() as c:
+        stored = " ".join(" ".join(map(str, row)) for row in c.execute(select(consents.c.rules, consents.c.grantees)))
+        payloads = " ".join(c.execute(select(audit_log.c.payload)).scalars())
+    assert NIR not in stored + payloads + " ".join(report.erreurs + report.restrictions)
+    assert "inconnu du registre" in report.restrictions[0]
