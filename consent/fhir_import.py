@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo
 
 from fhir.resources.consent import Consent
 from pydantic import ValidationError
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, insert, select, text, update
 
 from consent.decision import (
     ALL_RECIPIENTS,
@@ -65,7 +65,7 @@ from spie_hub.core.failpoints import failpoint
 from spie_hub.core.nir import NirInvalide, normaliser_nir
 from spie_hub.privacy.pseudonym import Pseudonymiser
 from spie_hub.registry import ConsentIssuer, ConsentRegistry, consent_registry
-from spie_hub.store import consents, revocations
+from spie_hub.store import audit_head, consents, revocations
 
 __all__ = ["CATEGORY_SYSTEM", "INS_NIR", "PARTNER_SYSTEM", "ImportReport", "hub_reference", "import_consents",
            "import_resources"]
@@ -540,6 +540,21 @@ class _Importer:
                                       subject=pivot))
 
 
+#: "SPIEHUB" + 3: consent import batches, one at a time (the store's creation is + 1, the publication gate + 2).
+_IMPORT_LOCK_KEY = 0x5350_4945_4855_4203
+
+
+def _one_import_at_a_time(connection: Connection) -> None:
+    """Two imports at once (two inboxes, a CLI beside the DAG) would both read "no version yet" for one consent and
+    both write version 1. Each batch first takes a lock held until its commit: a transaction advisory lock on
+    PostgreSQL; on SQLite a write as first statement, which takes the database's single write lock before any read
+    (a read first would leave a stale snapshot that cannot be upgraded to a write)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _IMPORT_LOCK_KEY})
+    else:
+        connection.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq))
+
+
 def import_resources(entries: Iterable[tuple[str, Any]], engine: Engine, pseudonymiser: Pseudonymiser, *,
                      emetteur: str = "hub", today: dt.date | None = None, batch: int = 1000,
                      issuer: ConsentIssuer | None = None, registry: ConsentRegistry | None = None) -> ImportReport:
@@ -564,6 +579,7 @@ def import_resources(entries: Iterable[tuple[str, Any]], engine: Engine, pseudon
             break
         seen += len(chunk)
         with engine.begin() as connection:
+            _one_import_at_a_time(connection)
             for where, raw in chunk:
                 importer.add(connection, where, raw)
             failpoint("consentements-lot")  # stored, not yet audited: a kill here must leave neither

@@ -221,3 +221,22 @@ def test_a_consent_import_killed_between_storing_and_auditing_leaves_neither(dat
     assert again.returncode == 0 and again.stdout.split() == ["150", "0"], again.stderr[-2000:]
     assert counts() == (250, 250)
     engine.dispose()
+
+
+def test_two_imports_of_the_same_bundle_at_once_store_each_version_once_and_both_finish(database_url, tmp_path) -> None:
+    path = _late_type_bundle(tmp_path / "b.json", 300)
+    open_store(database_url).dispose()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    children = [subprocess.Popen([sys.executable, "-c", _CHILD, database_url, str(path)], env=env, cwd=REPO,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [child.communicate(timeout=600) for child in children]
+    assert [child.returncode for child in children] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert sorted(int(out.split()[0]) for out, _ in outputs) == [0, 300] or \
+        sum(int(out.split()[0]) for out, _ in outputs) == 300  # batches may interleave: each stored once
+    engine = open_store(database_url)
+    with engine.connect() as c:
+        versions = c.execute(select(consents.c.consent_id, func.count()).group_by(consents.c.consent_id)).all()
+        audited = c.execute(select(func.count()).select_from(audit_log)
+                            .where(audit_log.c.event == "consentement-importe")).scalar_one()
+    assert len(versions) == 300 and {n for _, n in versions} == {1} and audited == 300
+    engine.dispose()
