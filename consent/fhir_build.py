@@ -7,6 +7,9 @@ R5 reads a Consent as a base ``decision`` plus ``provision`` exceptions to it. T
 * refus or opposition (opt-out): ``decision = permit`` with provisions naming what is *not* shared, or
   ``decision = deny`` without provisions to refuse everything to the ``grantee`` organisations.
 
+A permit covering the special category ``sante-handicap`` (RGPD art. 9) needs the explicit-consent marker: a
+``category`` coding ``EXPLICIT_SYSTEM#EXPLICIT_CODE`` (``explicit=True``); the import drops that category otherwise.
+
 CSV imports, the demo generator and the tests all build their resources here, so every Consent the hub writes
 goes through ``fhir.resources`` validation and parses back to the same rules (see tests/test_consent_fhir.py).
 """
