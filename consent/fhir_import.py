@@ -405,6 +405,10 @@ def _blocking(row: dict[str, Any], ctx: _Context, named: list[str]) -> None:
                grantees=json.dumps(sorted(set(recipients))), categories=json.dumps(ALL_CATEGORIES))
 
 
+def _is_block(row: Any) -> bool:
+    return "retrait_sans_consentement_connu" in json.loads(row.source or "{}")
+
+
 class _Importer:
     def __init__(self, engine: Engine, pseudonymiser: Pseudonymiser, ctx: _Context, today: dt.date) -> None:
         self.engine, self.pseudonymiser, self.ctx, self.today = engine, pseudonymiser, ctx, today
@@ -479,7 +483,8 @@ class _Importer:
         if latest is not None and latest.subject not in subjects:
             raise _Refused("identifiant de consentement déjà utilisé par cet émetteur pour une autre personne : "
                            "refusé (jamais une nouvelle version du consentement d'autrui)")
-        if row["status"] in WITHDRAWN and latest is None:
+        if row["status"] in WITHDRAWN and (latest is None or _is_block(latest)):
+            # Re-sent, the same withdrawal must stay the block it became (not lift it as a "new version").
             _blocking(row, self.ctx, json.loads(row["grantees"]))
         row["resource_sha256"] = hashlib.sha256(canonical(row).encode()).hexdigest()
         if latest is not None and latest.resource_sha256 == row["resource_sha256"]:
@@ -607,7 +612,7 @@ def import_consents(path: Path, engine: Engine, pseudonymiser: Pseudonymiser, *,
         report.erreurs[:0] = row_errors
         return report
     try:
-        handle = path.open(encoding="utf-8")
+        handle = path.open(encoding="utf-8-sig")  # a byte order mark (Windows tools) is not content
     except OSError as error:
         return ImportReport(erreurs=[f"{path.name} : fichier illisible ({type(error).__name__})"])
     with handle:

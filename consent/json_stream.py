@@ -32,6 +32,7 @@ MAX_MEMBER_CHARS = 1 << 16
 MAX_DEPTH = 64
 
 _WHITESPACE = " \t\n\r"
+_DECODER = json.JSONDecoder()
 _STRUCTURE = re.compile(r'["\[\]{}]')
 _IN_STRING = re.compile(r'["\\]')
 _PRIMITIVE_END = re.compile(r"[,\]}\s\[{\":]")
@@ -89,6 +90,18 @@ class _Reader:
         first = self.peek()
         if first == "":
             raise ValueError("JSON invalide ou tronqué : valeur attendue")
+        if first in "[{" and limit > 0:
+            # Fast path: the C decoder, once, on what is already buffered (bounded by the chunk size, so linear
+            # overall). A value not complete in the buffer, too deep for the decoder or too large falls back to
+            # the scan below, which gives the reason.
+            try:
+                value, end = _DECODER.raw_decode(self.text, self.pos)
+            except (json.JSONDecodeError, RecursionError):
+                pass
+            else:
+                if end - self.pos <= limit:
+                    self.pos = end
+                    return value
         pieces: list[str] = []
         budget = _Budget(limit)
         if first in "[{":

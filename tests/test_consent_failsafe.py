@@ -325,3 +325,12 @@ def test_a_recipient_name_the_registry_does_not_know_is_never_stored_audited_nor
         payloads = " ".join(c.execute(select(audit_log.c.payload)).scalars())
     assert NIR not in stored + payloads + " ".join(report.erreurs + report.restrictions)
     assert "inconnu du registre" in report.restrictions[0]
+
+
+def test_a_withdrawal_of_an_unknown_consent_sent_again_stays_a_block(engine) -> None:
+    _import(engine, _grant("c1"))
+    withdrawal = _grant("inconnu", status="inactive", recipients=[DEP])
+    _import(engine, withdrawal)
+    again = _import(engine, withdrawal)
+    assert (again.importes, again.inchanges) == (0, 1)
+    assert (DEP, "identite") not in _pairs(engine) and _denied(engine, DEP, "identite")

@@ -240,3 +240,9 @@ def test_two_imports_of_the_same_bundle_at_once_store_each_version_once_and_both
                             .where(audit_log.c.event == "consentement-importe")).scalar_one()
     assert len(versions) == 300 and {n for _, n in versions} == {1} and audited == 300
     engine.dispose()
+
+
+def test_a_bundle_with_a_byte_order_mark_is_read(engine, tmp_path) -> None:
+    path = tmp_path / "b.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(bundle([consent("c1", NIR)])).encode())
+    assert import_consents(path, engine, P, today=TODAY).importes == 1
