@@ -109,3 +109,15 @@ def test_the_consentements_section_is_validated_with_french_errors(registry_file
     with pytest.raises(ConfigurationError) as caught:
         consent_registry(registry_file(change))
     assert message in str(caught.value) and "consentements" in str(caught.value)
+
+
+def test_a_consent_import_killed_after_claiming_a_file_gives_it_back_on_the_next_pass(hub_home: Path) -> None:
+    _drop(hub_home, "departement-052", "a.json", consent_resource("c1", NIR, grantees=("departement-052",)))
+    killed = subprocess.run([sys.executable, "-m", "spie_hub.cli", "consent", "importer"], capture_output=True,
+                            text=True, env={**os.environ, "SPIE_HUB_FAILPOINT": "consentements-boite"}, timeout=300)
+    assert killed.returncode == -9
+    assert list((hub_home / "inbox" / "consentements" / "departement-052").iterdir()) == []  # claimed, then killed
+    again = spie_hub("consent", "importer")
+    assert again.returncode == 0 and "importés : 1" in again.stdout, again.stdout + again.stderr
+    assert list((hub_home / "staging" / "consentements").iterdir()) == []
+    assert len(list((hub_home / "archive" / "consentements" / "departement-052").iterdir())) == 1

@@ -4,15 +4,19 @@ Each declared issuer (``consentements.emetteurs`` in flows.yaml) has its inbox. 
 inputs are (``run/claim.py``: regular file only, stable, copied once into a private folder and hashed while
 copied, taken from the inbox only if unchanged), imported from that private copy with the issuer's authority, then
 archived under an opaque name (the partner's file name may hold anything). A file of another type is refused and
-left in place; a claim lost to a concurrent import is skipped (exactly one import takes a file).
+left in place; a claim lost to a concurrent import is skipped (exactly one import takes a file). A file claimed by
+an import that was killed is given back to its inbox by the next pass (its private folder is locked while alive).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +27,11 @@ from spie_hub.core.errors import ConfigurationError
 from spie_hub.core.home import HubHome
 from spie_hub.privacy.pseudonym import Pseudonymiser
 from spie_hub.registry import ConsentIssuer, ConsentRegistry, consent_registry
-from spie_hub.run.claim import Gone, NotReady, Refused, claim_from
+from spie_hub.core.failpoints import failpoint
+from spie_hub.run.claim import INPUT_NAME, Gone, NotReady, Refused, claim_from
 
 SUFFIXES = (".json", ".csv")
+LOCK_NAME = ".verrou"
 
 
 @dataclass
@@ -76,12 +82,60 @@ def _give_back(transport: object, name: str, copy: Path, suffix: str) -> None:
             continue
 
 
+@contextmanager
+def _held(private: Path) -> Iterator[None]:
+    """The private folder of one file being imported, locked for as long as its process lives (a killed process
+    releases it): another pass never takes back a file still being imported."""
+    private.mkdir(parents=True, mode=0o700)
+    fd = os.open(private / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _recover(home: HubHome, registry: ConsentRegistry) -> list[str]:
+    """Files a killed import had claimed (taken from the inbox, copied, not archived): given back to their inbox
+    under a new name, so this pass imports them (what was committed is recognised as unchanged)."""
+    root = home.staging / "consentements"
+    recovered: list[str] = []
+    if not root.is_dir():
+        return recovered
+    for private in sorted(root.iterdir()):
+        issuer_id, _, rest = private.name.partition("_")
+        suffix = "." + rest.partition("_")[0]
+        issuer = registry.emetteurs.get(issuer_id)
+        if issuer is None or suffix not in SUFFIXES or not private.is_dir() or private.is_symlink():
+            continue
+        try:
+            fd = os.open(private / LOCK_NAME, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:
+            continue  # being created by a live import, or not ours
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live import holds it
+            copies = [p for p in (private / f"{INPUT_NAME}{suffix}", private / INPUT_NAME) if p.is_file()
+                      and not p.is_symlink()]
+            if copies:
+                name = f"repris-{uuid.uuid4().hex[:12]}{suffix}"
+                _give_back(open_transport(issuer.boite, home), name, copies[0], suffix)
+                recovered.append(name)
+            shutil.rmtree(private, ignore_errors=True)
+        finally:
+            os.close(fd)
+    return recovered
+
+
 def import_consent_inboxes(home: HubHome, engine: object, pseudonymiser: Pseudonymiser, *,
                            emetteur: str | None = None, registry: ConsentRegistry | None = None,
                            today: dt.date | None = None) -> InboxReport:
     """Import every file waiting in the consent inbox of each declared issuer (or of ``emetteur`` only)."""
     registry = registry if registry is not None else consent_registry()
     report = InboxReport()
+    _recover(home, registry)
     for issuer in _issuers(registry, emetteur):
         transport = open_transport(issuer.boite, home)
         for entry in transport.list(issuer.boite.motif):
@@ -91,28 +145,26 @@ def import_consent_inboxes(home: HubHome, engine: object, pseudonymiser: Pseudon
             if suffix not in SUFFIXES:
                 item.motif = "type de fichier non pris en charge (.json FHIR ou .csv du hub attendu) : laissé en place"
                 continue
-            private = home.staging / "consentements" / uuid.uuid4().hex
-            try:
-                claimed = claim_from(transport, entry.name, private, stability=issuer.boite.stabilite_secondes)
-            except (NotReady, Gone) as error:
-                item.motif = str(error)
-                shutil.rmtree(private, ignore_errors=True)
-                continue
-            except Refused as error:
-                item.motif = str(error)
-                shutil.rmtree(private, ignore_errors=True)
-                continue
-            copy = claimed.path.with_suffix(suffix)
-            try:
-                os.replace(claimed.path, copy)
-                item.rapport = import_consents(copy, engine, pseudonymiser, emetteur=issuer.id,  # type: ignore[arg-type]
-                                               issuer=issuer, registry=registry, today=today)
-                item.archive = str(_archive(home, issuer.id, copy, claimed.sha256, suffix))
-            except BaseException:
-                # Interrupted or the store failed: the file goes back to the inbox (re-importing what was already
-                # committed changes nothing: same versions are recognised), never lost with the private copy.
-                _give_back(transport, entry.name, copy if copy.exists() else claimed.path, suffix)
-                raise
-            finally:
-                shutil.rmtree(private, ignore_errors=True)
+            private = home.staging / "consentements" / f"{issuer.id}_{suffix[1:]}_{uuid.uuid4().hex}"
+            with _held(private):
+                try:
+                    claimed = claim_from(transport, entry.name, private, stability=issuer.boite.stabilite_secondes)
+                except (NotReady, Gone, Refused) as error:
+                    item.motif = str(error)
+                    shutil.rmtree(private, ignore_errors=True)
+                    continue
+                failpoint("consentements-boite")  # claimed, not yet imported: the next pass gives it back
+                copy = claimed.path.with_suffix(suffix)
+                try:
+                    os.replace(claimed.path, copy)
+                    item.rapport = import_consents(copy, engine, pseudonymiser,  # type: ignore[arg-type]
+                                                   emetteur=issuer.id, issuer=issuer, registry=registry, today=today)
+                    item.archive = str(_archive(home, issuer.id, copy, claimed.sha256, suffix))
+                except BaseException:
+                    # Interrupted or the store failed: the file goes back to the inbox (re-importing what was
+                    # already committed changes nothing: same versions are recognised), never lost with the copy.
+                    _give_back(transport, entry.name, copy if copy.exists() else claimed.path, suffix)
+                    raise
+                finally:
+                    shutil.rmtree(private, ignore_errors=True)
     return report
