@@ -27,6 +27,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import islice
@@ -405,6 +406,15 @@ def _blocking(row: dict[str, Any], ctx: _Context, named: list[str]) -> None:
                grantees=json.dumps(sorted(set(recipients))), categories=json.dumps(ALL_CATEGORIES))
 
 
+def _field(part: Any) -> str:
+    """A validation error's location as the report shows it: FHIR element names and positions only; a key the
+    partner made up (which could be a NIR) is shown as '?'."""
+    if isinstance(part, int) or (isinstance(part, str) and re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,40}", part)
+                                 and sum(c.isdigit() for c in part) < 4):
+        return str(part)
+    return "?"
+
+
 def _is_block(row: Any) -> bool:
     return "retrait_sans_consentement_connu" in json.loads(row.source or "{}")
 
@@ -441,7 +451,7 @@ class _Importer:
         try:
             prepared = self._prepare(connection, raw)
         except ValidationError as error:
-            fields = sorted({".".join(str(p) for p in e["loc"]) for e in error.errors()})
+            fields = sorted({".".join(_field(p) for p in e["loc"]) for e in error.errors()})
             self._refuse(connection, raw, where, f"ressource Consent invalide (champs : {', '.join(fields)})")
             return
         except _Refused as error:

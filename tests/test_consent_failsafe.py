@@ -334,3 +334,10 @@ def test_a_withdrawal_of_an_unknown_consent_sent_again_stays_a_block(engine) -> 
     again = _import(engine, withdrawal)
     assert (again.importes, again.inchanges) == (0, 1)
     assert (DEP, "identite") not in _pairs(engine) and _denied(engine, DEP, "identite")
+
+
+def test_a_made_up_key_in_an_invalid_resource_is_never_echoed_in_the_report(engine) -> None:
+    resource = _grant("c1")
+    resource["provision"][0][NIR] = "x"  # an element that does not exist, named by the person's NIR
+    report = _import(engine, resource)
+    assert report.erreurs and NIR not in " ".join(report.erreurs)
