@@ -59,9 +59,11 @@ from consent.fhir_build import (
     PARTNER_SYSTEM,
     PURPOSE_SYSTEM,
 )
+from connectors.transports.local import LocalFolderOptions
 from consent.json_stream import TooLarge, bundle_entries
 from schemas.categories import CategorieDonnees
 from spie_hub.audit.log import AuditEvent, AuditLog, canonical, now
+from spie_hub.core.errors import ConfigurationError
 from spie_hub.core.failpoints import failpoint
 from spie_hub.core.nir import NirInvalide, normaliser_nir
 from spie_hub.privacy.pseudonym import Pseudonymiser
@@ -107,6 +109,7 @@ class _Context:
     finalites: frozenset[str]
     #: every recipient the registry knows: what a refusal of "every recipient" means for withdrawal propagation
     recipients: frozenset[str]
+    registry_unreadable: bool = False
 
     @property
     def own_recipients(self) -> list[str]:
@@ -372,10 +375,16 @@ class _Reader:
 def _context(emetteur: str, issuer: ConsentIssuer | None = None, registry: ConsentRegistry | None = None) -> _Context:
     from spie_hub.registry import load_flows
 
-    registry = registry if registry is not None else consent_registry()
+    try:
+        registry = registry if registry is not None else consent_registry()
+        recipients = frozenset(r.id for flow in load_flows().values() for r in flow.destinataires)
+    except ConfigurationError:
+        # The registry cannot be read: nobody's authority nor any recipient can be checked. Fail safe: no permit
+        # is kept (no recipient is known), refusals and withdrawals still apply, to every recipient.
+        nobody = ConsentIssuer(emetteur, LocalFolderOptions(type="dossier-local", dossier="inbox"), {}, frozenset())
+        return _Context(emetteur, nobody, frozenset(), frozenset(), registry_unreadable=True)
     if issuer is None:
         issuer = registry.emetteurs.get(emetteur)
-    recipients = frozenset(r.id for flow in load_flows().values() for r in flow.destinataires)
     return _Context(emetteur, issuer, registry.finalites, recipients)
 
 
@@ -580,6 +589,9 @@ def import_resources(entries: Iterable[tuple[str, Any]], engine: Engine, pseudon
     API that way; files from partners come through ``spie-hub consent importer``, which reads declared inboxes.
     """
     importer = _Importer(engine, pseudonymiser, _context(emetteur, issuer, registry), today or dt.date.today())
+    if importer.ctx.registry_unreadable:
+        importer.report.restrictions.append("registre des flux illisible : aucun accord retenu, seuls les refus, "
+                                            "oppositions et retraits s'appliquent (à tous les destinataires)")
     iterator, seen = iter(entries), 0
     while True:
         try:

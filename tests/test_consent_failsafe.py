@@ -341,3 +341,20 @@ def test_a_made_up_key_in_an_invalid_resource_is_never_echoed_in_the_report(engi
     resource["provision"][0][NIR] = "x"  # an element that does not exist, named by the person's NIR
     report = _import(engine, resource)
     assert report.erreurs and NIR not in " ".join(report.erreurs)
+
+
+def test_with_an_unreadable_registry_no_permit_is_kept_and_refusals_still_apply(engine, tmp_path, monkeypatch) -> None:
+    from spie_hub.registry import clear_cache
+
+    _import(engine, _grant("c1"))
+    broken = tmp_path / "flows.yaml"
+    broken.write_text("flux: [pas, un, dictionnaire]\n", encoding="utf-8")
+    monkeypatch.setenv("SPIE_HUB_FLOWS", str(broken))
+    clear_cache()
+    try:
+        report = _import(engine, _grant("c2", categories=["contact"]), _bare("r1", "active", decision="deny"))
+    finally:
+        monkeypatch.delenv("SPIE_HUB_FLOWS")
+        clear_cache()
+    assert "illisible" in report.restrictions[0]
+    assert _pairs(engine) == set() and _denied(engine, PLAT, "droits-rsa")
