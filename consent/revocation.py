@@ -205,7 +205,7 @@ def _propagate(engine: Engine, home: HubHome, pseudonymiser: Pseudonymiser, flow
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     plan = {"jeton": token, "journalise": False, "sujet": pending[0].subject, "faits": done,
             "retraits": report.retraits, "avis": report.avis, "paires_ignorees": report.paires_ignorees,
-            "fichiers": {rid: {"nom": f"avis-suppression_{rid}_{stamp}_{pending[0].id}.csv", "lignes": rows}
+            "fichiers": {rid: {"nom": f"avis-suppression_{rid}_{stamp}_{token[:12]}.csv", "lignes": rows}
                          for rid, rows in sorted(lines.items())}}
     # A plan first (private), so that an interruption anywhere below is finished as planned, never done twice.
     _write_plan(plan_path, plan)

@@ -45,6 +45,7 @@ from spie_hub.run import deliver
 from spie_hub.run.claim import ClaimedInput
 from spie_hub.run.decide import Decider
 from spie_hub.run.deliver import Names, StagedDeliveries
+from spie_hub.run.interrupt import raise_if_interrupted
 from spie_hub.run.lock import FlowLock
 from spie_hub.run.records import Mapped, SeenPivots, read_records, reader_for
 from spie_hub.run.summary import RecipientCounts, RunSummary
@@ -255,6 +256,7 @@ class FlowRun:
                                           "marque_retraits": self.withdrawal_mark}
         (self.staging / PUBLICATION_STATE).write_text(json.dumps(state), encoding="utf-8")
         self.ctx.lock.ensure_held()
+        raise_if_interrupted()  # a SIGTERM whose exception a finaliser swallowed still rolls the run back
         set_status(self.ctx.engine, self.run_id, "publication")
         failpoint("publication")
         publish_staged(self.ctx, self.run_id, self.staging, self.summary, self.names)

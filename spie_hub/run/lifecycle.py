@@ -14,12 +14,9 @@ import json
 import logging
 import os
 import shutil
-import signal
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 
 from sqlalchemy import Engine, select
 
@@ -33,6 +30,7 @@ from spie_hub.privacy.pseudonym import load_pseudonymiser
 from spie_hub.registry import Flow, get_flow
 from spie_hub.run.claim import ClaimedInput, Gone, NotReady, Refused, claim_from, claim_path, input_ref
 from spie_hub.run.flow_run import FlowRun, ProgressCallback, RunContext, new_run_id, preflight
+from spie_hub.run.interrupt import Interrupted, sigterm_as_interrupt
 from spie_hub.run.lock import FlowBusy, FlowLock
 from spie_hub.run.recovery import CLAIM_FILE, RecoveryReport, recover_flow, rollback
 from spie_hub.run.summary import RunSummary
@@ -43,28 +41,6 @@ log = logging.getLogger("spie_hub.run")
 
 #: An input whose delivery to some recipient waits for its drop to be repaired (the run stays in publication).
 PENDING = "livraison-en-attente"
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM (what Airflow, systemd and Docker send), handled like SIGINT."""
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into ``Interrupted`` while a run holds its input, so that it rolls back instead of dying."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise Interrupted("SIGTERM")
-
-    signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def source_transport(flow: Flow, home: HubHome) -> Transport:
