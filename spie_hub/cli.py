@@ -595,6 +595,7 @@ def cmd_keys_publish(args: argparse.Namespace) -> int:
     out = Path(args.sortie)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(signer.public_pem, encoding="utf-8")
+    out.chmod(0o644)  # a public key, meant to be read by anyone: the hub's private umask must not close it
     print(f"Clé publique de signature {signer.kid} (Ed25519) écrite : {out.resolve()} — à publier avec la documentation")
     return 0
 

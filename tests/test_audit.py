@@ -357,6 +357,7 @@ def test_a_delivery_receipt_verifies_and_any_change_to_the_file_or_manifest_is_r
     manifest = delivered.with_name(delivered.name.removesuffix(".csv") + ".manifest.json")
     key = tmp_path / "cle.pem"
     assert main(["cles", "publier", "--sortie", str(key)]) == 0
+    assert key.stat().st_mode & 0o777 == 0o644, "a published public key is readable by anyone"
     assert main(["recu", "verifier", str(manifest), "--cle-publique", str(key)]) == 0
     receipt = json.loads(manifest.read_text(encoding="utf-8"))
     # The audit head by hash only (a number would count others' decisions: docs/divulgation.md).
