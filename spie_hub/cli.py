@@ -7,6 +7,7 @@ Exit codes (``sysexits.h`` where one fits):
   74   EX_IOERR: the hub could not read or write one of its folders (disk full, read-only, permission), a delivery
        waits for a recipient's broken drop, or ``reprise`` left something it could not settle
   75   EX_TEMPFAIL: try again later (a file still being written, the flow busy with another run)
+  77   EX_NOPERM: the database refused the operation to the hub's role (a role restricted by `base durcir`)
   130  interrupted by SIGINT (Ctrl-C); 143 interrupted by SIGTERM. An interrupted run is rolled back, or completed
        at the next start if it was publishing.
 No traceback is shown for an error of the hub or of the operating system.
@@ -27,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from spie_hub.core.errors import ConfigurationError, HubError, RetriableError, StorageError
 from spie_hub.core.home import HubHome, private_umask
@@ -35,6 +36,7 @@ from spie_hub.core.home import HubHome, private_umask
 VALIDATORS = {"caf-vrsb": "cnaf-vrsb0801"}
 EX_IOERR = 74
 EX_TEMPFAIL = 75
+EX_NOPERM = 77
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
@@ -843,6 +845,20 @@ def _database_error(error: OperationalError) -> tuple[str, int]:
             f"SPIE_HUB_DATABASE_URL) : {type(error.orig).__name__}", 2)
 
 
+def _sqlstate(error: DBAPIError) -> str | None:
+    return getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+
+
+def _refused_by_database(error: DBAPIError) -> str:
+    """The database refused a statement. Never its text: SQLAlchemy's message carries the statement's parameters,
+    which may be pseudonyms or a partner's values."""
+    if _sqlstate(error) == "42501":
+        return ("Droits insuffisants dans la base du hub pour cette opération (rôle restreint par 'spie-hub base "
+                "durcir' ?) : lancez-la avec le rôle propriétaire, ou accordez le droit manquant.")
+    code = _sqlstate(error)
+    return f"Erreur : la base de données a refusé l'opération ({type(error.orig).__name__}{f', code {code}' if code else ''})."
+
+
 #: 128 + SIGPIPE: what a shell reports for a command whose reader went away (``| head``).
 EXIT_SIGPIPE = 128 + signal.SIGPIPE
 
@@ -905,6 +921,9 @@ def _main(argv: list[str] | None) -> int:
         message, code = _database_error(error)
         _err(message)
         return code
+    except DBAPIError as error:
+        _err(_refused_by_database(error))
+        return EX_NOPERM if _sqlstate(error) == "42501" else 1
     except BrokenPipeError:
         raise  # handled by main: not an I/O error of the hub
     except OSError as error:

@@ -105,3 +105,30 @@ def test_after_hardening_the_hub_runs_imports_propagates_and_purges_as_the_restr
     with owner.connect() as c:
         assert c.execute(select(func.count()).select_from(audit_log)).scalar_one() >= 1
     owner.dispose()
+
+
+def test_an_operation_the_database_refuses_to_the_role_ends_in_a_french_message_without_traceback(
+        restricted: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    """A grant missing (a table added by a later version, a DBA's own revoke): exit 77, what to do, no statement
+    text (SQLAlchemy's message carries the statement's parameters)."""
+    owner_url, app_url = restricted
+    role = app_url.split("://", 1)[1].split("@", 1)[0]
+    owner = create_engine(owner_url)
+    with owner.begin() as c:
+        c.exec_driver_sql(f'REVOKE SELECT ON runs FROM "{role}"')
+    owner.dispose()
+    code = main(["executions"])
+    err = capsys.readouterr().err
+    assert code == 77, err
+    assert "Droits insuffisants" in err and "Traceback" not in err and "SELECT" not in err
+
+
+def test_hardening_from_the_restricted_login_is_refused_rather_than_reported_done(
+        restricted: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    """PostgreSQL only warns when a role that owns nothing grants: the hub must not print a hardening it did not do."""
+    _owner_url, app_url = restricted
+    role = app_url.split("://", 1)[1].split("@", 1)[0]
+    code = main(["base", "durcir", "--role", role])
+    out, err = capsys.readouterr()
+    assert code == 2, out + err
+    assert "rôle propriétaire" in err and "lecture et ajout seuls" not in out

@@ -12,6 +12,8 @@ from __future__ import annotations
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import ProgrammingError
 
+from spie_hub.core.errors import ConfigurationError
+
 _PG = [
     """CREATE OR REPLACE FUNCTION spie_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
@@ -154,6 +156,15 @@ def harden_privileges(engine: Engine, role: str) -> list[str]:
         raise ValueError("les privilèges ne s'appliquent qu'à PostgreSQL")
     from spie_hub.store import metadata
 
+    with engine.connect() as connection:
+        # GRANT by a role that owns nothing only warns ("no privileges were granted"): refuse instead of reporting
+        # a hardening that did not happen.
+        owns = connection.execute(text(
+            "SELECT pg_has_role(current_user, tableowner, 'USAGE') FROM pg_tables "
+            "WHERE schemaname = current_schema() AND tablename = 'audit_log'")).scalar()
+    if not owns:
+        raise ConfigurationError("'base durcir' doit être lancé avec le rôle propriétaire des tables du hub "
+                                 "(celui qui a créé la base), pas avec le rôle applicatif")
     install_guards(engine)  # as the owner: a store created before a guard existed gets it now
     quoted = engine.dialect.identifier_preparer.quote(role)
     work = [t.name for t in metadata.sorted_tables if t.name not in _AUDIT_GRANTS]
