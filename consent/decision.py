@@ -29,7 +29,6 @@ from schemas.categories import CategorieDonnees
 from spie_hub.registry import Recipient
 from spie_hub.store import consents
 
-
 #: In a rule's recipients: every recipient (a refusal naming none, or naming one the hub cannot identify).
 ALL_RECIPIENTS = "*"
 
@@ -69,6 +68,11 @@ class Rule:
         # covers its whole month or year (a stored "2026-11" end is not already past on 2026-11-21).
         iso = day.isoformat()
         return (self.start is None or _first_day(self.start) <= iso) and (self.end is None or iso <= _last_day(self.end))
+
+    @property
+    def last_day(self) -> str | None:
+        """The ISO date of the last day the rule covers (a partial end covers its whole month or year)."""
+        return None if self.end is None else _last_day(self.end)
 
     def names(self, recipient: str) -> bool:
         return recipient in self.recipients or (self.effect == "deny" and ALL_RECIPIENTS in self.recipients)

@@ -194,3 +194,25 @@ def test_the_cli_prints_the_report_to_pdf_through_the_browser(hub, tmp_path: Pat
     title = bytes.fromhex(raw.decode()).decode("utf-16") if re.fullmatch(rb"[0-9A-Fa-f]+", raw) else raw.decode("latin-1")
     assert title.startswith("Rapport DPO — hub SPIE — du 1er janvier 2026")
     assert not list(pdf.parent.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(("end", "expiring"), [("2026-12", True), ("2026", True), ("2027", False), ("2026-11", False)])
+def test_a_consent_ending_on_a_partial_date_expires_on_the_last_day_it_covers(hub_home: Path, tmp_path: Path, end: str,
+                                                                             expiring: bool) -> None:
+    """"2026-12" covers the whole of December: active on 1 December and expiring within 30 days, not already past."""
+    from spie_hub.core.home import HubHome
+    from spie_hub.dpo.report_data import gather
+    from spie_hub.privacy.pseudonym import load_pseudonymiser
+    from spie_hub.store import open_store
+
+    home = HubHome.from_env().ensure()
+    engine = open_store(home.database_url)
+    bundle = tmp_path / "c.json"
+    bundle.write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": consent(
+        "c1", "1850578006048", grant=True, recipients=("departement-052",), categories=("identite",),
+        start="2026-01-01", end=end)}]}), encoding="utf-8")
+    report = import_consents(bundle, engine, load_pseudonymiser(home), today=dt.date(2026, 12, 1))
+    assert report.importes == 1, report.erreurs
+    data = gather(engine, load_flows(), dt.date(2026, 11, 1), dt.date(2026, 12, 1))
+    assert sum(data.consentements_actifs.values()) == (1 if end != "2026-11" else 0)
+    assert data.expirant_30j == (1 if expiring else 0)

@@ -210,7 +210,7 @@ def _consents(data: ReportData, engine: Engine, flows: dict[str, Flow]) -> None:
         rules = [r for r in version.rules if scope is None or any(_names(r, rid) for rid in scope)]
         if any(r.in_period(today) for r in rules):
             data.consentements_actifs[(version.emetteur, version.kind)] += 1
-            ends = [r.end[:10] for r in rules if r.end]
+            ends = [r.last_day for r in rules if r.last_day]
             if version.kind == "consentement" and ends and today.isoformat() <= max(ends) <= soon:
                 data.expirant_30j += 1
 
