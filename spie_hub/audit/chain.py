@@ -16,10 +16,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Connection, Engine, insert, select
 
 from spie_hub.audit.log import canonical, entry_hash, now
 from spie_hub.audit.signing import SigningKey, verify_signature
+from spie_hub.core.errors import ConfigurationError
 from spie_hub.store import GENESIS_HASH, audit_checkpoints, audit_head, audit_keys, audit_log
 
 CHECKPOINT_TYPE = "spie-hub/point-de-controle/v1"
@@ -138,9 +139,26 @@ def verify_store(engine: Engine, batch: int = 10_000) -> VerifyResult:
         return checker.run(result.mappings(), head)  # type: ignore[arg-type]
 
 
+def _check_signer(connection: Connection, signer: SigningKey) -> None:
+    known = connection.execute(select(audit_keys.c.public_b64).where(audit_keys.c.kid == signer.kid)).scalar()
+    if known is not None and known != signer.public_b64:
+        raise ConfigurationError(
+            f"La clé de signature « {signer.kid} » n'est plus celle que le journal connaît sous cet identifiant (secret "
+            "remplacé) : ce qu'elle signerait ne se vérifierait plus avec la clé publiée. Remettez la clé d'origine, "
+            "ou signez avec une nouvelle clé sous un nouvel identifiant et publiez-la.")
+
+
+def ensure_signer(engine: Engine, signer: SigningKey) -> None:
+    """Refuse a signing key whose secret changed behind an identifier the audit already knows (checked before a run
+    touches its input, and again at every checkpoint)."""
+    with engine.connect() as connection:
+        _check_signer(connection, signer)
+
+
 def seal(engine: Engine, signer: SigningKey, at: tuple[int, str] | None = None) -> int | None:
     """Sign a checkpoint over the head of the chain (or over ``at``); return its number, None on an empty chain."""
     with engine.begin() as connection:
+        _check_signer(connection, signer)
         seq, digest = at or tuple(connection.execute(select(audit_head.c.seq, audit_head.c.hash)).one())
         if seq == 0:
             return None

@@ -22,6 +22,7 @@ from sqlalchemy import Engine, select
 
 from connectors.transports.base import FileInfo, Transport
 from connectors.transports.registry import open_transport
+from spie_hub.audit.chain import ensure_signer
 from spie_hub.audit.log import AuditEvent, AuditLog
 from spie_hub.audit.signing import load_hub_signer
 from spie_hub.core.errors import HubError, StorageError
@@ -70,6 +71,7 @@ def _run(flow: Flow, home: HubHome, engine: Engine, claim: Callable[[Path], Clai
     # Keys first: a missing key must fail before the input is touched.
     pseudonymiser = load_pseudonymiser(home)
     signer = load_hub_signer(home)
+    ensure_signer(engine, signer)
     mapping = preflight(flow, home)
     with sigterm_as_interrupt(), FlowLock(engine, home, flow.id) as lock:
         ctx = RunContext(flow, home, engine, pseudonymiser, signer, lock, dt.date.today())
@@ -185,6 +187,7 @@ def settle(flow: Flow | str, home: HubHome | None = None) -> RecoveryReport | No
     home = (home or HubHome.from_env()).ensure()
     pseudonymiser, signer = load_pseudonymiser(home), load_hub_signer(home)
     with _store(home) as engine:
+        ensure_signer(engine, signer)
         try:
             with FlowLock(engine, home, flow.id, wait=0) as lock:
                 return recover_flow(RunContext(flow, home, engine, pseudonymiser, signer, lock, dt.date.today()))
