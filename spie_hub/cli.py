@@ -324,10 +324,13 @@ def cmd_purge(_args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     for report in reports:
-        print(f"Flux {report.flux} : {len(report.fichiers)} fichier(s) supprimé(s) au-delà de "
-              f"{flows[report.flux].conservation_jours} jours" + (f" ; {len(report.refus)} dossier(s) refusé(s)" if report.refus else ""))
+        removed = " (flux retiré du registre)" if report.retire else ""
+        print(f"Flux {report.flux}{removed} : {len(report.fichiers)} fichier(s) supprimé(s) au-delà de "
+              f"{report.conservation_jours} jours" + (f" ; {len(report.refus)} dossier(s) refusé(s)" if report.refus else ""))
     print(f"Registre : {stored.consentements} version(s) de consentement (échues depuis plus de {settings.consentements} jours), "
-          f"{stored.retraits} retrait(s) propagé(s) (plus de {settings.retraits} jours)")
+          f"{stored.retraits} retrait(s) propagé(s) (plus de {settings.retraits} jours) ; "
+          f"{stored.consentements_fichiers} fichier(s) de consentements archivé(s) (importés depuis plus de "
+          f"{settings.consentements} jours)")
     print(f"Exécutions : {stored.executions} exécution(s) et {stored.livraisons} ligne(s) de livraison ; "
           f"{stored.preparations} dossier(s) de préparation laissé(s) par une exécution ; "
           f"{stored.exports} export(s) ou rapport(s)")

@@ -5,9 +5,14 @@ Per flow (``conservation_jours``): received files (archive), quarantined files, 
 with their manifests, withdrawal notices, rejection reports and receipts sent back to the sender — deleted and
 written in the audit (names, counts, cut-off date: proof of erasure, as the CNIL's developer guide asks).
 
+A flow removed from the registry: its archive and its quarantined files, past the longest retention of the flows
+still declared (``removed_flow_retention``), in a report that names it "flux retiré du registre". Its drops and the
+sender's folders are no longer known to the hub: what it delivered there is not purged (docs/exploitation.md).
+
 The hub's own stores (durations in ``organisation`` of flows.yaml, defaults in ``StoreRetention``): consents after
-the end of their period or their withdrawal, withdrawals once propagated, runs and delivery metadata, audit exports
-and DPO reports, staging left by crashed runs. Audited as counts only (``purge-stockage``): a purge must not become
+the end of their period or their withdrawal, the consent files the consent inboxes archived (same duration, from
+their import), withdrawals once propagated, runs and delivery metadata, audit exports and DPO reports, staging left
+by crashed runs. Audited as counts only (``purge-stockage``): a purge must not become
 a list of the people it forgot. What is still needed is never purged: an unfinished run and its staging, the
 consents, runs and delivery rows an unpropagated withdrawal will consult, an open-ended opposition.
 """
@@ -15,10 +20,13 @@ consents, runs and delivery rows an unpropagated withdrawal will consult, an ope
 from __future__ import annotations
 
 import calendar
+import contextlib
 import datetime as dt
 import json
 import os
+import re
 import shutil
+import stat
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +54,13 @@ from spie_hub.store.guards import purge_upto
 AUDIT_RETENTION_DAYS = 1095
 
 
+#: The consent inboxes' archive under ``archive/`` (spie_hub/run/consent_inbox.py): never a flow's archive.
+CONSENT_ARCHIVE = "consentements"
+#: The default of a flow's ``conservation_jours`` (registry FlowSpec): a removed flow's files when none is declared.
+DEFAULT_FLOW_RETENTION_DAYS = 730
+_UNFINISHED = ("en-cours", "publication")
+
+
 @dataclass
 class PurgeReport:
     flux: str
@@ -54,6 +69,9 @@ class PurgeReport:
     refus: list[str] = field(default_factory=list)
     #: Runs whose delivery was still waiting for a broken drop past the retention period: given up.
     expirees: list[str] = field(default_factory=list)
+    conservation_jours: int = 0
+    #: A flow no longer in the registry (its archive and quarantine, under ``removed_flow_retention``).
+    retire: bool = False
 
 
 def _label(transport: Transport, name: str) -> str:
@@ -73,7 +91,7 @@ def _older(entry: FileInfo, cutoff: dt.datetime) -> bool:
 
 def purge_flow(engine: Engine, home: HubHome, flow: Flow, now: dt.datetime) -> PurgeReport:
     cutoff = now - dt.timedelta(days=flow.conservation_jours)
-    report = PurgeReport(flow.id, cutoff.date().isoformat())
+    report = PurgeReport(flow.id, cutoff.date().isoformat(), conservation_jours=flow.conservation_jours)
     iso = cutoff.isoformat()
     with engine.connect() as connection:
         old_deliveries = connection.execute(select(deliveries).where(
@@ -111,6 +129,153 @@ def purge_flow(engine: Engine, home: HubHome, flow: Flow, now: dt.datetime) -> P
                                                   "dossiers_refuses": report.refus,
                                                   "livraisons_en_attente_abandonnees": report.expirees}, flow=flow.id)])
     return report
+
+
+def removed_flow_retention(flows: dict[str, Flow]) -> int:
+    """How long the files of a flow removed from the registry are kept: its own duration is gone with its entry, so
+    the longest of the flows still declared (never shorter than any flow's), else the default of ``conservation_jours``."""
+    return max((f.conservation_jours for f in flows.values()), default=DEFAULT_FLOW_RETENTION_DAYS)
+
+
+def _open_dir(name: str | Path, parent: int | None = None) -> int:
+    """A directory opened without following a link (``name`` relative to ``parent`` when given): what is then
+    removed through it cannot be redirected elsewhere by a link swapped in meanwhile."""
+    return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+
+
+def _remove_old_files(folder: int, cutoff: float) -> list[str]:
+    """Remove the non-directory entries of an opened folder last modified before ``cutoff`` (links themselves,
+    never their targets), one entry at a time; returns their names."""
+    removed: list[str] = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(info.st_mode) or info.st_mtime >= cutoff:
+                continue
+            try:
+                os.unlink(entry.name, dir_fd=folder)
+            except FileNotFoundError:
+                continue
+            removed.append(entry.name)
+    return removed
+
+
+def _unfinished_flows(engine: Engine) -> set[str]:
+    with engine.connect() as connection:
+        return {r.flow for r in connection.execute(select(runs.c.flow).where(runs.c.status.in_(_UNFINISHED)).distinct())}
+
+
+def purge_removed_flows(engine: Engine, home: HubHome, flows: dict[str, Flow], now: dt.datetime) -> list[PurgeReport]:
+    """The archive and quarantine of flows no longer in the registry, past ``removed_flow_retention``: one report
+    (and one audited ``purge``) per such flow. A flow with an unfinished run keeps everything (a run in progress of a
+    flow re-added meanwhile, or one recovery must settle)."""
+    days = removed_flow_retention(flows)
+    cutoff = now - dt.timedelta(days=days)
+    limit = cutoff.timestamp()
+    reports: dict[str, PurgeReport] = {}
+    busy = _unfinished_flows(engine)
+
+    def report_of(flow_id: str) -> PurgeReport:
+        if flow_id not in reports:
+            reports[flow_id] = PurgeReport(flow_id, cutoff.date().isoformat(), conservation_jours=days, retire=True)
+        return reports[flow_id]
+
+    def gone(flow_id: str) -> bool:
+        return flow_id not in flows and flow_id != CONSENT_ARCHIVE
+
+    for top in ("archive", "quarantine"):
+        try:
+            root = _open_dir(home.root / top)
+        except OSError:
+            continue  # absent, or a link or a file: each declared flow's purge already says it is refused
+        try:
+            with os.scandir(root) as entries:
+                for entry in entries:
+                    if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                        continue
+                    if top == "archive":
+                        if gone(entry.name):
+                            _purge_removed_archive(root, entry.name, limit, entry.name in busy, report_of(entry.name))
+                    else:
+                        _purge_removed_quarantine(engine, root, entry.name, limit, flows, busy, report_of)
+        finally:
+            os.close(root)
+    audit = AuditLog(engine)
+    for report in reports.values():
+        audit.append([AuditEvent("purge", {"limite": report.limite, "conservation_jours": days, "flux_retire": True,
+                                           "nombre": len(report.fichiers), "fichiers": report.fichiers,
+                                           "dossiers_refuses": report.refus}, flow=report.flux)])
+    return list(reports.values())
+
+
+def _purge_removed_archive(root: int, flow_id: str, limit: float, busy: bool, report: PurgeReport) -> None:
+    if busy:
+        report.refus.append(f"archive/{flow_id} : conservée, exécution non terminée de ce flux")
+        return
+    try:
+        folder = _open_dir(flow_id, root)
+    except OSError as error:
+        report.refus.append(f"archive/{flow_id} : {type(error).__name__}")
+        return
+    try:
+        report.fichiers += [f"archive/{flow_id}/{name}" for name in _remove_old_files(folder, limit)]
+    except OSError as error:
+        report.refus.append(f"archive/{flow_id} : {type(error).__name__}")
+    finally:
+        os.close(folder)
+    with contextlib.suppress(OSError):  # not empty (files still within the retention): kept
+        os.rmdir(flow_id, dir_fd=root)  # emptied: the flow is gone, its folder with it
+
+
+def _purge_removed_quarantine(engine: Engine, root: int, run_id: str, limit: float, flows: dict[str, Flow],
+                              busy: set[str], report_of: Callable[[str], PurgeReport]) -> None:
+    """``quarantine/<run_id>``: the flow is known through the run's row (kept at least as long, see
+    ``_purge_runs_with_floor``); a folder whose run belongs to a declared flow is that flow's purge."""
+    with engine.connect() as connection:
+        row = connection.execute(select(runs.c.flow, runs.c.status).where(runs.c.run_id == run_id)).first()
+    # A run row purged first (a folder modified after its run, restored from a backup): the flow the hub wrote in
+    # the folder's report says whose it is.
+    flow_id = row.flow if row is not None else _quarantined_flow(root, run_id)
+    if flow_id is None or flow_id in flows:
+        return
+    report = report_of(flow_id)
+    if (row is not None and row.status in _UNFINISHED) or flow_id in busy:
+        report.refus.append(f"quarantine/{run_id} : conservée, exécution non terminée de ce flux")
+        return
+    try:
+        folder = _open_dir(run_id, root)
+    except OSError as error:
+        report.refus.append(f"quarantine/{run_id} : {type(error).__name__}")
+        return
+    try:
+        # The whole folder or nothing: its newest entry decides (a report written later keeps the file with it).
+        with os.scandir(folder) as entries:
+            newest = max([os.fstat(folder).st_mtime, *(e.stat(follow_symlinks=False).st_mtime for e in entries)])
+        if newest >= limit:
+            return
+        shutil.rmtree(run_id, dir_fd=root)  # fd-based: never follows a link inside
+        report.fichiers.append(f"quarantine/{run_id}")
+    except OSError as error:
+        report.refus.append(f"quarantine/{run_id} : {type(error).__name__}")
+    finally:
+        os.close(folder)
+
+
+_FLOW_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,79}")
+
+
+def _quarantined_flow(root: int, run_id: str) -> str | None:
+    """The ``Flux :`` line of ``quarantine/<run_id>/rapport.txt`` (written by the hub), read without following links."""
+    try:
+        fd = os.open(f"{run_id}/rapport.txt", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=root)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        head = handle.read(4096).decode("utf-8", "replace")
+    for line in head.splitlines():
+        if line.startswith("Flux : ") and _FLOW_ID.fullmatch(line[7:].strip()):
+            return line[7:].strip()
+    return None
 
 
 def _expire_pending(engine: Engine, home: HubHome, flow: Flow, cutoff_iso: str) -> list[str]:
@@ -191,6 +356,8 @@ class StorePurge:
     """What a store purge removed (counts only) and what it kept on purpose."""
 
     consentements: int = 0  # consent versions
+    #: Consent files the consent inboxes archived (``archive/consentements/<émetteur>/``).
+    consentements_fichiers: int = 0
     retraits: int = 0
     executions: int = 0
     livraisons: int = 0
@@ -299,6 +466,48 @@ def _purge_folder(folder: Path, cutoff: dt.datetime, keep: Callable[[Path], str 
     return removed
 
 
+def _purge_consent_files(home: HubHome, cutoff: dt.datetime, out: StorePurge) -> None:
+    """The consent files archived by the consent inboxes, one issuer folder at a time (declared or not any more):
+    those imported before ``cutoff`` are removed. The registry keeps what they said; the files, full of NIRs, go."""
+    limit = cutoff.timestamp()
+    try:
+        archive = _open_dir(home.root / "archive")
+    except FileNotFoundError:
+        return
+    except OSError:
+        out.gardes.append("archive : n'est pas un dossier ordinaire (lien ou fichier), non purgé")
+        return
+    try:
+        try:
+            root = _open_dir(CONSENT_ARCHIVE, archive)
+        except FileNotFoundError:
+            return
+        except OSError:
+            out.gardes.append(f"archive/{CONSENT_ARCHIVE} : n'est pas un dossier ordinaire (lien ou fichier), non purgé")
+            return
+        try:
+            with os.scandir(root) as issuers:
+                for issuer in issuers:
+                    if issuer.name.startswith("."):
+                        continue
+                    try:
+                        folder = _open_dir(issuer.name, root)
+                    except OSError:
+                        out.gardes.append(f"archive/{CONSENT_ARCHIVE}/{issuer.name} : n'est pas un dossier ordinaire "
+                                          "(lien ou fichier), non purgé")
+                        continue
+                    try:
+                        out.consentements_fichiers += len(_remove_old_files(folder, limit))
+                    except OSError as error:
+                        out.gardes.append(f"archive/{CONSENT_ARCHIVE}/{issuer.name} : {type(error).__name__}")
+                    finally:
+                        os.close(folder)
+        finally:
+            os.close(root)
+    finally:
+        os.close(archive)
+
+
 def _staging_keeper(engine: Engine, flows: dict[str, Flow]) -> Callable[[Path], str | None]:
     with engine.connect() as connection:
         statuses = {r.run_id: r.status for r in connection.execute(select(runs.c.run_id, runs.c.status))}
@@ -334,6 +543,8 @@ def purge_stores(engine: Engine, home: HubHome, flows: dict[str, Flow], now: dt.
     out.exports = sum(_purge_folder(home.root / name, exports_cutoff, lambda _p: None, out) for name in ("exports", "rapports"))
     out.preparations = _purge_folder(home.staging, now - dt.timedelta(days=settings.preparation),
                                      _staging_keeper(engine, flows), out)
+    consent_files_cutoff = now - dt.timedelta(days=settings.consentements)
+    _purge_consent_files(home, consent_files_cutoff, out)
     with engine.begin() as connection:
         _purge_consents(connection, (now - dt.timedelta(days=settings.consentements)).date(), out)
         out.retraits = connection.execute(delete(revocations).where(
@@ -342,8 +553,10 @@ def purge_stores(engine: Engine, home: HubHome, flows: dict[str, Flow], now: dt.
         _purge_runs_with_floor(connection, flows, now, runs_days, out)
         AuditLog(engine).append([AuditEvent("purge-stockage", {
             **{k: v for k, v in asdict(out).items() if k != "gardes"},
-            "conservation_jours": {**asdict(settings), "executions": runs_days},
+            "conservation_jours": {**asdict(settings), "executions": runs_days,
+                                   "consentements_fichiers": settings.consentements},
             "limites": {"consentements": (now - dt.timedelta(days=settings.consentements)).date().isoformat(),
+                        "consentements_fichiers": consent_files_cutoff.isoformat()[:19],
                         "retraits": (now - dt.timedelta(days=settings.retraits)).isoformat()[:19],
                         "executions": (now - dt.timedelta(days=runs_days)).isoformat()[:19]},
             "gardes": out.gardes})], connection=connection)
@@ -356,10 +569,12 @@ def _purge_runs_with_floor(connection: Connection, flows: dict[str, Flow], now: 
         # Propagation finds who received a person's data through these rows: none goes while a withdrawal waits.
         out.gardes.append("exécutions et livraisons conservées : retrait en attente de propagation")
         return
+    removed = removed_flow_retention(flows)
     for flow_id in sorted({r.flow for r in connection.execute(select(runs.c.flow).distinct())}):
         flow = flows.get(flow_id)
-        # Never younger than the flow's retention: the rows describe files that may still be in the drops.
-        limit = (now - dt.timedelta(days=max(days, flow.conservation_jours if flow else 0))).isoformat()
+        # Never younger than the flow's retention: the rows describe files that may still be in the drops (for a
+        # flow removed from the registry, its quarantine is found through them until purge_removed_flows runs).
+        limit = (now - dt.timedelta(days=max(days, flow.conservation_jours if flow else removed))).isoformat()
         finished = and_(runs.c.flow == flow_id, runs.c.status.not_in(("en-cours", "publication")),
                         func.coalesce(runs.c.finished_at, runs.c.started_at) < limit)
         old = select(runs.c.run_id).where(finished)
@@ -375,6 +590,7 @@ def purge_all(engine: Engine, home: HubHome, flows: dict[str, Flow], now: dt.dat
     """Every retention at once: each flow's files, the hub's stores, then the audit (entries dropped)."""
     now = now or dt.datetime.now(dt.timezone.utc)
     reports = [purge_flow(engine, home, flow, now) for flow in flows.values()]
+    reports += purge_removed_flows(engine, home, flows, now)
     stored = purge_stores(engine, home, flows, now, stores or store_retention())
     dropped = 0
     if signer is not None:
