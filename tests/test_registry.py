@@ -377,3 +377,11 @@ def test_two_flows_whose_patterns_overlap_on_one_inbox_are_refused(tmp_path: Pat
 
 def test_two_flows_with_disjoint_patterns_may_share_an_inbox(tmp_path: Path) -> None:
     assert set(load_flows(_two_flows(tmp_path, "*inscriptions*.xml", "*cessations*.xml"))) == {"a", "b"}
+
+
+def test_a_flow_named_like_a_folder_of_the_hub_is_refused(tmp_path: Path) -> None:
+    """archive/consentements holds the consent files the hub imported: a flow of that name would share its archive."""
+    path = tmp_path / "flows.yaml"
+    path.write_text(yaml.safe_dump({"flux": {"consentements": _flow()}}, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigurationError, match="identifiant réservé"):
+        load_flows(path)

@@ -384,9 +384,16 @@ def _recipient(where: str, rid: str, spec: RecipientSpec, outputs_dir: Path | No
     return Recipient(rid, spec.libelle or rid, spec.sortie, transport, politique, requises, frozenset(spec.champs_foyer))
 
 
+#: Folder names the hub uses beside the flows' own (archive/consentements: the consent files it imported).
+RESERVED_FLOW_IDS = frozenset({"consentements"})
+
+
 def _flow(label: str, flow_id: Any, data: Any, mappings_dir: Path, outputs_dir: Path | None) -> Flow:
     _identifier(flow_id, f"{label}, flux")
     where = f"{label}, flux {flow_id}"
+    if flow_id in RESERVED_FLOW_IDS:
+        # archive/<flux> and staging/<flux> are the flows' folders; these names are the hub's own ones there.
+        raise ConfigurationError(f"{where} : identifiant réservé par le hub ({', '.join(sorted(RESERVED_FLOW_IDS))})")
     if isinstance(data, Mapping) and isinstance(data.get("destinataires"), Mapping):
         for rid in data["destinataires"]:
             _identifier(rid, f"{where}, destinataire")
