@@ -55,8 +55,10 @@ def _stores() -> str:
 
     r = store_retention()
     return (f"consentements {r.consentements} jours après leur fin ou leur retrait (une opposition sans fin est "
-            f"conservée), retraits {r.retraits} jours après leur propagation, exécutions et métadonnées de livraison "
-            f"{r.executions} jours, exports du journal et rapports {r.exports} jours")
+            f"conservée), fichiers de consentements reçus {r.consentements} jours après leur import, "
+            f"retraits {r.retraits} jours après leur propagation, exécutions et métadonnées de livraison "
+            f"{r.executions} jours, exports du journal et rapports {r.exports} jours ; archive et quarantaine d'un flux "
+            "retiré du registre : la plus longue durée des flux déclarés")
 
 
 def register() -> tuple[dict[str, str], list[Fiche]]:
