@@ -230,7 +230,7 @@ def _read_person(stream: object) -> tuple[str | None, dict[str, list[str]]]:
         words = head.split()
         if sep and len(words) == 2 and words[0].lower() == "repli":
             if words[1] in repli:
-                raise ValueError(f"ligne {number} : identifiants de repli du flux {words[1]} donnés deux fois")
+                raise ValueError(f"ligne {number} : identifiants de repli d'un même flux donnés deux fois")
             repli[words[1]] = rest.split("|")
         elif sep and head.strip().lower() == "nir" or not sep:
             if nir is not None:
@@ -257,7 +257,9 @@ def cmd_dpo_person(args: argparse.Namespace) -> int:
     flows = load_flows()
     unknown = sorted(set(repli) - set(flows))
     if unknown:
-        _err(f"Flux inconnu dans les identifiants de repli : {', '.join(unknown)} (flux déclarés : {', '.join(sorted(flows))})")
+        # Never the text typed there: it may be an identifier put in the wrong place.
+        _err(f"Flux inconnu dans {len(unknown)} ligne(s) « repli » de l'entrée standard (flux déclarés : "
+             f"{', '.join(sorted(flows))})")
         return 2
     _home, engine, pseudonymiser = _store_and_key()
     report = subject_access(engine, pseudonymiser, nir, flows, demandeur=args.demandeur,  # type: ignore[arg-type]

@@ -140,7 +140,12 @@ def test_the_cli_reads_the_nir_from_standard_input_only(two_flows) -> None:
     nothing = _cli(stdin="\n")
     assert nothing.returncode == 2 and "NIR" in nothing.stderr
     bad = _cli(stdin="repli flux-inconnu : a | b\n")
-    assert bad.returncode == 2 and "flux-inconnu" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "Flux inconnu" in bad.stderr and "Traceback" not in bad.stderr
+    misplaced = _cli(stdin=f"repli {nir} : a | b\n")  # the NIR typed where the flow goes: never echoed
+    assert misplaced.returncode == 2 and "Flux inconnu" in misplaced.stderr
+    assert nir not in misplaced.stdout + misplaced.stderr
+    twice = _cli(stdin=f"repli {nir} : a\nrepli {nir} : b\n")
+    assert twice.returncode == 2 and nir not in twice.stdout + twice.stderr
 
 
 def test_household_columns_a_recipient_does_not_declare_are_not_listed(hub_home: Path, tmp_path: Path,

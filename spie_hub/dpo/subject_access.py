@@ -108,7 +108,8 @@ def _fallback_pivots(pseudonymiser: Pseudonymiser, flows: dict[str, Flow], repli
     for flow_id, parts in repli.items():
         flow = flows.get(flow_id)
         if flow is None:
-            raise ConfigurationError(f"Flux inconnu : {flow_id} (flux déclarés : {', '.join(sorted(flows))})")
+            raise ConfigurationError(f"Flux inconnu dans les identifiants de repli (flux déclarés : "
+                                     f"{', '.join(sorted(flows))})")
         expected = fallback_identifiers(flow)
         if not expected:
             raise HubError(f"Flux {flow_id} : son mapping ne déclare aucun identifiant de repli ; un enregistrement "
