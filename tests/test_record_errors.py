@@ -35,6 +35,19 @@ def test_a_schema_valid_reference_date_with_a_time_zone_rejects_nothing_and_name
     assert not any(c in name for c in "+:Z") and dtref not in name  # never the partner's text in a file name
 
 
+@pytest.mark.parametrize("dtref", ["12026-10-31", "-0001-10-31", "0001-01-01"])
+def test_a_schema_valid_reference_date_no_file_can_be_dated_by_quarantines_the_file_with_a_clear_reason(
+        hub_home: Path, tmp_path: Path, dtref: str) -> None:
+    """xs:date allows years of five digits and negative ones: never a silent file named by the run's day."""
+    flux = tmp_path / "RSABEM-an.xml"
+    flux.write_bytes((CAF_FIXTURES / "RSABEM-ouvert.xml").read_bytes()
+                     .replace(b"<DTREF>2022-02-28</DTREF>", f"<DTREF>{dtref}</DTREF>".encode()))
+    summary = run_flow(FLOW, flux)
+    assert summary.statut == "quarantaine"
+    assert "DTREF" in (summary.message or "") and dtref not in (summary.message or "")
+    assert not list((hub_home / "outbox" / RECIPIENT).glob("*.csv"))
+
+
 def test_an_unexpected_error_while_mapping_one_record_rejects_that_record_alone(
         hub_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = compiler.CompiledMapping.map

@@ -160,9 +160,10 @@ def reference_day(text: str | None) -> str | None:
     if match is None:
         return None
     try:
-        return dt.date.fromisoformat(match.group(1)).isoformat()
+        day = dt.date.fromisoformat(match.group(1))
     except ValueError:
         return None
+    return day.isoformat() if 1900 <= day.year <= 2999 else None
 
 
 def read_foyers(stream: BinaryIO, entete: InputFacts, *, validate: bool = True) -> Iterator[etree._Element]:
@@ -197,7 +198,13 @@ def read_foyers(stream: BinaryIO, entete: InputFacts, *, validate: bool = True) 
                 entete.unites_lues += 1
                 yield element
             elif element.tag == "IdentificationFlux":
-                entete.date_reference = reference_day(element.findtext("DTREF"))
+                stated = element.findtext("DTREF")
+                entete.date_reference = reference_day(stated)
+                if stated and stated.strip() and entete.date_reference is None:
+                    # XSD-valid (xs:date allows 12026-10-31 or -0001-10-31) yet no day the file can be dated by:
+                    # never a silent substitution by the run's day.
+                    raise FatalInputError("Date de référence du fichier (<DTREF>, en-tête) inutilisable : une date "
+                                          "AAAA-MM-JJ d'une année entre 1900 et 2999 est attendue", element="DTREF")
             else:
                 announced = element.findtext("NBTOTDOSRSATRANSM")
                 entete.unites_annoncees = int(announced) if announced and announced.strip().isdigit() else None
