@@ -11,13 +11,17 @@ the publication gate held exclusively for the whole propagation, so that no run 
 and its delivery row meanwhile (spie_hub/store/withdrawal_order.py); a notice line already audited for the same
 withdrawal, recipient, pseudonym and file is never sent again (a withdrawal re-opened by recovery, when it finds a
 delivery a killed run had placed without its row, sends only what is missing); a withdrawal is marked propagated
-once. A notice names the person by pseudonym and the withdrawal by the hub's own reference only: no partner
-identifier (a ``Consent.id``) leaves the consent registry.
+once. A notice names the person by pseudonym and the withdrawal by a reference of that recipient's own: no partner
+identifier (a ``Consent.id``) leaves the consent registry, and nothing in one recipient's notice (reference, file
+name token, version number) appears in another's, so that two colluding recipients cannot match their pseudonyms
+through the notices of one withdrawal. The audit entry of each notice keeps both the hub's reference and the
+recipient's, for the DPO.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import io
 import json
 import os
@@ -119,6 +123,14 @@ def _reason(fondement: str) -> str:
             "consentement": "consentement retiré"}.get(kind, kind if ":" not in fondement else "retrait")
 
 
+def notice_reference(secret: bytes, recipient: str, hub_ref: str) -> str:
+    """The reference one recipient's notice gives a withdrawal: a keyed hash of the recipient and the hub's reference
+    of the consent version (``c-…/vN``). Another recipient's notice of the same withdrawal carries another one, and no
+    version number shows (a recipient would learn that versions it never saw, about others, exist)."""
+    digest = hmac.digest(secret, f"avis|{recipient}|{hub_ref}".encode(), "sha256")
+    return "r-" + digest.hex()[:16]
+
+
 def _noticed(engine: Engine, revocation_id: int, recipient: str, pseudonym: str) -> set[str]:
     """Files a notice line of this withdrawal already named for this recipient and pseudonym (from the audit)."""
     with engine.connect() as connection:
@@ -205,7 +217,9 @@ def _propagate(engine: Engine, home: HubHome, pseudonymiser: Pseudonymiser, flow
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     plan = {"jeton": token, "journalise": False, "sujet": pending[0].subject, "faits": done,
             "retraits": report.retraits, "avis": report.avis, "paires_ignorees": report.paires_ignorees,
-            "fichiers": {rid: {"nom": f"avis-suppression_{rid}_{stamp}_{token[:12]}.csv", "lignes": rows}
+            # Each recipient's file has a random token of its own: a shared one would tell two colluding
+            # recipients that their notices come from one withdrawal (and so link the pseudonyms they list).
+            "fichiers": {rid: {"nom": f"avis-suppression_{rid}_{stamp}_{uuid.uuid4().hex[:12]}.csv", "lignes": rows}
                          for rid, rows in sorted(lines.items())}}
     # A plan first (private), so that an interruption anywhere below is finished as planned, never done twice.
     _write_plan(plan_path, plan)
@@ -246,10 +260,12 @@ def _plan_one(engine: Engine, pseudonymiser: Pseudonymiser, index: ConsentIndex,
             if not to_delete:
                 continue
             files = sorted({f for c in to_delete for f in wanted[c]})
+            reference = notice_reference(pseudonymiser.key.secret, rid, revocation.consent_ref)
             lines[rid].append((pseudonym, " | ".join(to_delete), " | ".join(files),
-                               "retrait ou opposition de la personne : " + " ; ".join(reasons),
-                               revocation.consent_ref, today.isoformat()))
+                               "retrait ou opposition de la personne : " + " ; ".join(sorted(reasons)),
+                               reference, today.isoformat()))
             events.append(AuditEvent("avis-suppression", {"retrait": revocation.id, "consentement": revocation.consent_ref,
+                                                           "reference_avis": reference,
                                                            "categories": to_delete, "fichiers": files},
                                      recipient=rid, subject=pseudonym))
             notices += 1
