@@ -6,11 +6,55 @@ record's decision permits its category.
 
 from __future__ import annotations
 
-from schemas.codes import Frein, LabelledEnum
+from collections.abc import Mapping
+from typing import Any
+
+from schemas.codes import Frein, LabelledEnum, cnaf_labels
 
 #: Values that are health data wherever they appear (classification by value, RGPD art. 9): a record built with one
 #: of them in an ordinary block has it moved to the ``sante_handicap`` block (``schemas/spie_v1.py``).
 FREINS_PARTICULIERS: frozenset[Frein] = frozenset({Frein.SANTE})
+
+#: CNAF codes whose meaning reveals health or disability (classification by value, RGPD art. 9), per code list of
+#: ``code_lists/cnaf.csv``: « Hospitalisation », « Bénéficiaire AAH réduite » (allocation aux adultes handicapés).
+#: Decided and documented in ``schemas/CHANGELOG.md`` (1.2.0): a death (``DG``/``DH``) is not health data; no list
+#: read today carries maternité, maladie, invalidité, incapacité or ALD — such a code, if added, belongs here (a test
+#: checks every label of the lists against these words). Every one of these codes is a household value (the RSA file
+#: of the foyer): it never stays in the ordinary ``droit_rsa`` block (``schemas/spie_v1.py``).
+CODES_CNAF_PARTICULIERS: dict[str, frozenset[str]] = {
+    "MOTISUSVERSRSA": frozenset({"44", "97"}),
+    "MOTIREFURSA": frozenset({"F97"}),
+}
+
+#: Where the ``droit_rsa`` block holds a CNAF code: attribute → code list. A suspension list holds ``Suspension``
+#: items (``motif``, ``libelle``, ``date_debut``); the others hold the code itself.
+MOTIFS_DROIT_RSA: dict[str, str] = {
+    "suspensions_versement": "MOTISUSVERSRSA",
+    "suspensions_droit": "MOTISUSDRORSA",
+    "motif_refus": "MOTIREFURSA",
+    "motif_cloture": "MOTICLORSA",
+}
+
+
+def code_particulier(liste: str, code: object) -> bool:
+    """True when ``code`` of the CNAF list ``liste`` reveals health or disability."""
+    return isinstance(code, str) and code.strip() in CODES_CNAF_PARTICULIERS.get(liste, frozenset())
+
+
+def motifs_sante(droit_rsa: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The health codes a ``droit_rsa`` block (as mapped, a dict) holds, as ``sante_handicap.motifs_droit_rsa``
+    items. Used by the mapping of a one-person household only: a household value cannot say whose health it is."""
+    labels = cnaf_labels()
+    found: list[dict[str, Any]] = []
+    for attribute, liste in MOTIFS_DROIT_RSA.items():
+        value = droit_rsa.get(attribute)
+        items = value if isinstance(value, list) else [{"motif": value}]
+        for item in items:
+            code = item.get("motif") if isinstance(item, Mapping) else None
+            if code_particulier(liste, code):
+                found.append({"liste": liste, "code": code.strip(), "libelle": labels[liste].get(code.strip()),
+                              "date_debut": item.get("date_debut")})
+    return found
 
 
 class CategorieDonnees(LabelledEnum):

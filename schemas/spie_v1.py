@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from schemas.categories import FREINS_PARTICULIERS
+from schemas.categories import FREINS_PARTICULIERS, MOTIFS_DROIT_RSA, code_particulier
 from schemas.codes import (
     EtatDroitRSA,
     EvenementFranceTravail,
@@ -163,6 +163,21 @@ class InscriptionFranceTravail(_Model):
     agence: str | None = Field(None, description="Agence France Travail (ALE) de rattachement")
 
 
+class MotifDroitSante(_Model):
+    """A CNAF code of the RSA right whose meaning reveals health or disability (``CODES_CNAF_PARTICULIERS``)."""
+
+    liste: str = Field(description="Liste de codes CNAF (MOTISUSVERSRSA, MOTISUSDRORSA, MOTIREFURSA, MOTICLORSA)")
+    code: str
+    libelle: str | None = None
+    date_debut: dt.date | None = None
+
+    @model_validator(mode="after")
+    def _health_code_only(self) -> MotifDroitSante:
+        if not code_particulier(self.liste, self.code):
+            raise ValueError(f"le code {self.liste} {self.code!r} ne relève pas de la catégorie sante-handicap")
+        return self
+
+
 class SanteHandicap(_Model):
     """Health and disability (special category, RGPD art. 9): leaves the hub only under the person's explicit consent
     for ``sante-handicap``, never under a legal basis. Health values found in ordinary blocks (a health barrier in
@@ -174,6 +189,11 @@ class SanteHandicap(_Model):
     handicap: bool | None = Field(None, description="Situation de handicap déclarée (AAH, invalidité, hors RQTH)")
     freins: list[FreinDiagnostique] = Field(default_factory=list, description="Freins de santé du diagnostic")
     actions: list[Action] = Field(default_factory=list, description="Actions d'accompagnement liées à la santé")
+    motifs_droit_rsa: list[MotifDroitSante] = Field(
+        default_factory=list, description="Motifs CNAF du droit RSA révélant la santé ou le handicap (hospitalisation, "
+        "AAH) ; valeur de foyer, retenue seulement pour un foyer d'une personne")
+    motif_inscription_ft: str | None = Field(
+        None, description="Motif en texte libre transmis par France Travail (peut porter un motif de santé)")
 
     @field_validator("freins")
     @classmethod
@@ -183,7 +203,8 @@ class SanteHandicap(_Model):
         return value
 
     def __bool__(self) -> bool:
-        return any((self.rqth is not None, self.date_fin_rqth, self.handicap is not None, self.freins, self.actions))
+        return any((self.rqth is not None, self.date_fin_rqth, self.handicap is not None, self.freins, self.actions,
+                    self.motifs_droit_rsa, self.motif_inscription_ft))
 
 
 class Provenance(_Model):
@@ -230,6 +251,31 @@ class PersonneSPIE(_Model):
             block = self.sante_handicap or SanteHandicap()
             self.sante_handicap = block.model_copy(update={"freins": [*block.freins, *health_barriers],
                                                            "actions": [*block.actions, *health_actions]})
+        if self.droit_rsa is not None:
+            # A health code of the RSA right is a household value: whose health it is cannot be told here, so it is
+            # withheld from the ordinary block of every member, never moved to this person's special block (the
+            # mapping of a one-person household puts it there itself, see ``sante_foyer`` in mappings/caf_vrsb.yaml).
+            self.droit_rsa = _without_health_codes(self.droit_rsa)
+        if self.inscription_ft is not None and self.inscription_ft.motif is not None:
+            # Free text from France Travail may carry a health reason (« ARRET MALADIE / INVALIDITE »): fail-safe, it
+            # is the person's own (one row per person) and leaves only under the special category.
+            block = self.sante_handicap or SanteHandicap()
+            self.sante_handicap = block.model_copy(update={"motif_inscription_ft": self.inscription_ft.motif})
+            self.inscription_ft = self.inscription_ft.model_copy(update={"motif": None})
         if self.sante_handicap is not None and not self.sante_handicap:
             self.sante_handicap = None  # an empty block is no data: the category is not present
         return self
+
+
+def _without_health_codes(droit: DroitRSA) -> DroitRSA:
+    """The RSA right without any CNAF code whose meaning reveals health or disability."""
+    update: dict[str, object] = {}
+    for attribute, liste in MOTIFS_DROIT_RSA.items():
+        value = getattr(droit, attribute)
+        if isinstance(value, list):
+            kept = [s for s in value if not code_particulier(liste, s.motif)]
+            if len(kept) != len(value):
+                update[attribute] = kept
+        elif code_particulier(liste, value):
+            update[attribute] = None
+    return droit.model_copy(update=update) if update else droit

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from lxml import etree
 
+from schemas.categories import motifs_sante
 from schemas.codes import cnaf_labels
 from spie_hub.core import home as _home
 from spie_hub.core.errors import ConfigurationError, RecordError
@@ -255,11 +256,16 @@ class CompiledMapping:
     fallback: list[Getter]
     columns: tuple[str, ...] = ()  # CSV: the header the file must carry
     unique_key: tuple[str, ...] = ()  # ("pivot",): a person appears once per file, a repeat is rejected
+    #: ``sante_foyer: personne-seule``: the household's health codes of the RSA right (schemas.categories.
+    #: CODES_CNAF_PARTICULIERS) are the person's own when the household holds one person only; they then go to that
+    #: person's ``sante_handicap`` block. Otherwise (and without the option) they are withheld from every member.
+    health_alone: bool = False
 
     def __post_init__(self) -> None:
         self._parent: Element | None = None
         self._parent_texts: list[str | None] = []
         self._parent_tree: dict[str, Any] = {}
+        self._parent_alone = False
 
     def context(self, record: Element, parent: Element) -> _Context:
         if parent is not self._parent:
@@ -270,6 +276,7 @@ class CompiledMapping:
             for path, getter in self.parent_fields:
                 _place(tree, path, getter(ctx))
             self._parent_tree = tree
+            self._parent_alone = self.health_alone and self.record_tag is not None and len(self.records(parent)) == 1
             self._parent = parent
         return _Context(record, parent, self.record_scope.texts(record), self._parent_texts)
 
@@ -280,6 +287,11 @@ class CompiledMapping:
         out = {block: dict(values) if isinstance(values, dict) else values for block, values in self._parent_tree.items()}
         for path, getter in self.record_fields:
             _place(out, path, getter(ctx))
+        if self._parent_alone and isinstance(droit := out.get("droit_rsa"), dict) and (motifs := motifs_sante(droit)):
+            special = out.get("sante_handicap")
+            special = dict(special) if isinstance(special, dict) else {}
+            special["motifs_droit_rsa"] = [*special.get("motifs_droit_rsa", []), *motifs]
+            out["sante_handicap"] = special
         return out
 
     def fallback_parts(self, record: Element, parent: Element) -> list[str] | None:
@@ -306,10 +318,13 @@ def load_mapping(name: str, directory: Path | None = None) -> CompiledMapping:
     for key, value in spec["champs"].items():
         target = parent_fields if _is_parent_level(value) else record_fields
         target.append((tuple(key.split(".")), compiler.field(key, value)))
+    health = spec.get("sante_foyer")
+    if health not in (None, "personne-seule"):
+        raise ConfigurationError(f"Mapping {name} : sante_foyer inconnu {health!r} (seule valeur : personne-seule)")
     nir = compiler.text(spec["pivot"]["nir"])
     fallback = [compiler.text(p) for p in spec["pivot"].get("repli", [])]
     for scope in (compiler.record, compiler.parent, *compiler.repeats):
         scope.compile()
     return CompiledMapping(spec["mapping"], spec["format"], spec.get("enregistrement"), compiler.record, compiler.parent,
                            parent_fields, record_fields, nir, fallback, tuple(spec.get("colonnes", ())),
-                           tuple(spec.get("cle_unique", ())))
+                           tuple(spec.get("cle_unique", ())), health == "personne-seule")
