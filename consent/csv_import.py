@@ -32,7 +32,8 @@ def _row_to_consent(row: dict[str, str]) -> dict[str, Any]:
     explicit = (row.get("consentement_expres") or "").strip().lower() in ("oui", "o", "1", "vrai")
     common: dict[str, Any] = dict(
         start=row.get("debut") or None, end=row.get("fin") or None,
-        date=row.get("date_recueil") or "1970-01-01", controller=row.get("responsable") or None,
+        # An empty collection date is absent (it was once written 1970-01-01, which reads as a date).
+        date=(row.get("date_recueil") or "").strip() or None, controller=row.get("responsable") or None,
         collected_by=row.get("recueilli_par") or None, method=row.get("mode_recueil") or None,
         regulatory_basis=row.get("base_reglementaire") or None, purpose=row.get("finalite") or None,
     )

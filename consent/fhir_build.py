@@ -57,7 +57,7 @@ def provision(recipients: Iterable[str], categories: Iterable[str], purpose: str
 
 def consent(cid: str, nir: str, *, grant: bool = True, kind: str = "consentement", status: str = "active",
             recipients: Iterable[str] = ("departement-052",), categories: Iterable[str] = ("identite",),
-            start: str | None = "2020-01-01", end: str | None = "2099-12-31", date: str = "2025-01-15",
+            start: str | None = "2020-01-01", end: str | None = "2099-12-31", date: str | None = "2025-01-15",
             controller: str | None = None, collected_by: str | None = None, method: str | None = None,
             regulatory_basis: str | None = None, purpose: str | None = None, blanket: bool = False,
             explicit: bool = False) -> dict[str, Any]:
@@ -69,10 +69,12 @@ def consent(cid: str, nir: str, *, grant: bool = True, kind: str = "consentement
     """
     recipients, categories = list(recipients), list(categories)
     resource: dict[str, Any] = {
-        "resourceType": "Consent", "id": cid, "status": status, "date": date,
+        "resourceType": "Consent", "id": cid, "status": status,
         "category": [{"coding": [{"system": KIND_SYSTEM, "code": kind}]}],
         "subject": {"identifier": {"system": INS_NIR, "value": nir}},
     }
+    if date:
+        resource["date"] = date
     if explicit:
         resource["category"].append({"coding": [{"system": EXPLICIT_SYSTEM, "code": EXPLICIT_CODE}]})
     if recipients:

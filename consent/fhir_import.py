@@ -39,6 +39,7 @@ from fhir.resources.consent import Consent
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, insert, select, text, update
 
+from connectors.transports.local import LocalFolderOptions
 from consent.decision import (
     ALL_RECIPIENTS,
     ConsentIndex,
@@ -47,6 +48,7 @@ from consent.decision import (
     permitted_pairs,
     version_from_row,
 )
+from consent.evidence import controlled_source, registry_terms
 from consent.fhir_build import (
     CATEGORY_SYSTEM,
     CONSENT_ACTION,
@@ -59,7 +61,6 @@ from consent.fhir_build import (
     PARTNER_SYSTEM,
     PURPOSE_SYSTEM,
 )
-from connectors.transports.local import LocalFolderOptions
 from consent.json_stream import TooLarge, bundle_entries
 from schemas.categories import CategorieDonnees
 from spie_hub.audit.log import AuditEvent, AuditLog, canonical, now
@@ -110,6 +111,9 @@ class _Context:
     #: every recipient the registry knows: what a refusal of "every recipient" means for withdrawal propagation
     recipients: frozenset[str]
     registry_unreadable: bool = False
+    #: declared partners and the articles the registry cites: the only values the proof of collection keeps
+    partners: frozenset[str] = frozenset()
+    articles: frozenset[str] = frozenset()
 
     @property
     def own_recipients(self) -> list[str]:
@@ -140,6 +144,20 @@ def _fhir_day(value: Any) -> str | None:
         return value.isoformat()
     text = str(value)
     return text[:10] if len(text) >= 10 else text
+
+
+def _nir13(value: str) -> tuple[str, bool]:
+    """The 13-character NIR and whether its 2-digit key was wrong (the 13 characters themselves being valid)."""
+    try:
+        return normaliser_nir(value), False
+    except NirInvalide as error:
+        compact = re.sub(r"[\s.\-]", "", value)
+        if len(compact) == 15 and compact.isascii() and compact[13:].isdigit():
+            try:
+                return normaliser_nir(compact[:13]), True
+            except NirInvalide:
+                pass
+        raise _Refused(str(error)) from None
 
 
 def _period(period: Any) -> tuple[str | None, str | None]:
@@ -248,10 +266,9 @@ class _Reader:
             if "disclose" not in actions:
                 self.notes.append(f"{where} : action autre que la communication (disclose) : autorisation non retenue")
                 return []
-        if prov.purpose:
-            if not any(p.system == PURPOSE_SYSTEM and p.code in self.ctx.finalites for p in prov.purpose):
-                self.notes.append(f"{where} : finalité différente de celles des flux du hub : autorisation non retenue")
-                return []
+        if prov.purpose and not any(p.system == PURPOSE_SYSTEM and p.code in self.ctx.finalites for p in prov.purpose):
+            self.notes.append(f"{where} : finalité différente de celles des flux du hub : autorisation non retenue")
+            return []
         if prov.actor:
             recipients, unknown = self._actors(prov)
             if unknown:
@@ -337,25 +354,36 @@ class _Reader:
         ident = resource.subject.identifier if resource.subject else None
         if ident is None or ident.system != INS_NIR or not ident.value:
             raise _Refused(f"'subject.identifier' doit porter le NIR (système {INS_NIR})")
-        try:
-            nir13 = normaliser_nir(ident.value)
-        except NirInvalide as error:
-            raise _Refused(str(error)) from None
+        nir13, wrong_key = _nir13(ident.value)
         kinds, _ = _codes(resource.category or [], KIND_SYSTEM)
         if kinds - set(KINDS):
             raise _Refused("type de consentement inconnu (consentement ou opposition attendu)")
         # An opposition coded together with anything else is an opposition: the reading that restricts.
         self.kind = "opposition" if "opposition" in kinds else "consentement"
         rules = self.rules()
+        if wrong_key:
+            # A refusal only restricts: applied to the 13 characters that name the person (a key mistyped must not
+            # deliver someone who objected). A permit with a wrong key is refused whole: it could be anyone's.
+            if resource.status not in WITHDRAWN and (not rules or any(r["effet"] == "permit" for r in rules)):
+                raise _Refused("NIR invalide : la clé de contrôle ne correspond pas")
+            self.notes.append("NIR à clé de contrôle erronée : refus appliqué au NIR sans sa clé (13 caractères)")
         purposes = sorted({c.code for p in resource.provision or [] for c in p.purpose or [] if c.code})
         start, end = _period(resource.period)
-        source = {
+        # The proof of collection, reduced to controlled values (consent/evidence.py): free text there may be anyone's
+        # NIR or name, and the registry keeps no identity.
+        collected: list[Any] = []
+        for ref in resource.sourceReference or []:
+            if ref.reference or ref.identifier:
+                collected.append(_partner(ref))
+            if ref.display:
+                collected.append(ref.display)
+        source = controlled_source({
             "date": str(resource.date) if resource.date else None,
-            "controleur": sorted({p for c in resource.controller or [] if (p := _partner(c))}),
-            "base_reglementaire": [b.text for b in resource.regulatoryBasis or [] if b.text],
-            "recueil": [r.display for r in resource.sourceReference or [] if r.display],
-            "consentement_expres": self.explicit,
-        }
+            "controleur": [_partner(c) for c in resource.controller or []],
+            "base_reglementaire": [b.text or "" for b in resource.regulatoryBasis or []],
+            "recueil": collected,
+        }, self.ctx.partners, self.ctx.articles)
+        source["consentement_expres"] = self.explicit
         return {
             "consent_id": resource.id,
             "nir13": nir13,
@@ -385,7 +413,9 @@ def _context(emetteur: str, issuer: ConsentIssuer | None = None, registry: Conse
         return _Context(emetteur, nobody, frozenset(), frozenset(), registry_unreadable=True)
     if issuer is None:
         issuer = registry.emetteurs.get(emetteur)
-    return _Context(emetteur, issuer, registry.finalites, recipients)
+    partners, articles = registry_terms(load_flows())
+    return _Context(emetteur, issuer, registry.finalites, recipients,
+                    partners=frozenset({*partners, *registry.emetteurs, emetteur}), articles=frozenset(articles))
 
 
 def _parse(resource: Consent, ctx: _Context | None = None) -> dict[str, Any]:

@@ -111,6 +111,6 @@ def test_a_notice_tells_no_recipient_how_many_versions_the_consent_had(hub) -> N
     notices = _notices(home)
     assert len(notices[DEP]) == 1 and len(notices[PLATFORM]) == 1
     for rid, found in notices.items():
-        for name, row in found:
+        for name, _row in found:
             text = (home.outbox / rid / name).read_text(encoding="utf-8-sig")
             assert not re.search(r"/v\d|\bv\d\b|c-[0-9a-f]{16}", text), f"{rid} : {text}"

@@ -25,6 +25,7 @@ from sqlalchemy import Engine, select
 
 from connectors.formats.registry import load_output, output_spec
 from consent.decision import version_from_row
+from consent.evidence import public_source
 from schemas.categories import CHAMPS_FOYER
 from spie_hub.audit.log import AuditEvent, AuditLog
 from spie_hub.core import home as hub_home
@@ -198,7 +199,8 @@ def subject_access(engine: Engine, pseudonymiser: Pseudonymiser, nir: str | None
                 # The hub's reference of the version, never the partner's Consent.id (it may be anything: a NIR).
                 "reference": version_from_row(row).ref, "emetteur": row.emetteur, "version": row.version,
                 "type": row.kind, "statut": row.status, "regles": json.loads(row.rules), "importe_le": row.imported_at,
-                "source": json.loads(row.source or "{}")})
+                # Controlled values only: an older hub stored partners' free text there verbatim (a NIR, a name).
+                "source": public_source(json.loads(row.source or "{}"), flows)})
         rows = connection.execute(select(audit_log).where(
             audit_log.c.subject.in_([*nir_pivots, *fallback_pivots, *found_by])).order_by(audit_log.c.seq)).all()
         run_ids = {r.run_id for r in rows if r.run_id}
