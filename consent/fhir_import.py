@@ -378,7 +378,7 @@ class _Reader:
             if ref.display:
                 collected.append(ref.display)
         source = controlled_source({
-            "date": str(resource.date) if resource.date else None,
+            "date": _fhir_day(resource.date),
             "controleur": [_partner(c) for c in resource.controller or []],
             "base_reglementaire": [b.text or "" for b in resource.regulatoryBasis or []],
             "recueil": collected,
@@ -405,7 +405,8 @@ def _context(emetteur: str, issuer: ConsentIssuer | None = None, registry: Conse
 
     try:
         registry = registry if registry is not None else consent_registry()
-        recipients = frozenset(r.id for flow in load_flows().values() for r in flow.destinataires)
+        flows = load_flows()
+        recipients = frozenset(r.id for flow in flows.values() for r in flow.destinataires)
     except ConfigurationError:
         # The registry cannot be read: nobody's authority nor any recipient can be checked. Fail safe: no permit
         # is kept (no recipient is known), refusals and withdrawals still apply, to every recipient.
@@ -413,7 +414,7 @@ def _context(emetteur: str, issuer: ConsentIssuer | None = None, registry: Conse
         return _Context(emetteur, nobody, frozenset(), frozenset(), registry_unreadable=True)
     if issuer is None:
         issuer = registry.emetteurs.get(emetteur)
-    partners, articles = registry_terms(load_flows())
+    partners, articles = registry_terms(flows)
     return _Context(emetteur, issuer, registry.finalites, recipients,
                     partners=frozenset({*partners, *registry.emetteurs, emetteur}), articles=frozenset(articles))
 

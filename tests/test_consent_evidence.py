@@ -185,3 +185,4 @@ def test_a_permit_whose_nir_key_is_wrong_stays_refused(store, tmp_path) -> None:
     report = import_consents(path, engine, pseudonymiser, emetteur=DEP)
     assert report.importes == 0 and len(report.erreurs) == 1 and "clé de contrôle" in report.erreurs[0]
     assert _sources(engine) == []
+
