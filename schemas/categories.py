@@ -37,8 +37,14 @@ MOTIFS_DROIT_RSA: dict[str, str] = {
 
 
 def code_particulier(liste: str, code: object) -> bool:
-    """True when ``code`` of the CNAF list ``liste`` reveals health or disability."""
-    return isinstance(code, str) and code.strip() in CODES_CNAF_PARTICULIERS.get(liste, frozenset())
+    """True when ``code`` of the CNAF list ``liste`` reveals health or disability — or may: a code the list does not
+    know (a list the CNAF extended since) is treated as special, since the hub cannot tell what it reveals."""
+    if not isinstance(code, str) or not code.strip():
+        return False
+    if code.strip() in CODES_CNAF_PARTICULIERS.get(liste, frozenset()):
+        return True
+    known = cnaf_labels().get(liste)
+    return known is not None and code.strip() not in known
 
 
 def motifs_sante(droit_rsa: Mapping[str, Any]) -> list[dict[str, Any]]:

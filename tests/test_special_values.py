@@ -164,3 +164,14 @@ def test_a_free_text_motif_is_kept_in_the_persons_special_block() -> None:
     assert record.inscription_ft is not None and record.inscription_ft.motif is None
     assert record.sante_handicap is not None
     assert record.sante_handicap.motif_inscription_ft == "ARRET MALADIE / INVALIDITE"
+
+
+def test_a_code_the_cnaf_list_does_not_know_is_withheld_like_a_health_code() -> None:
+    """A list extended since the hub's copy may carry a new health motif: fail safe, never delivered as ordinary."""
+    assert "ZZ" not in cnaf_labels()["MOTISUSVERSRSA"]
+    record = PersonneSPIE.model_validate({
+        "pseudonyme": "t1." + "0" * 32, "provenance": {"partenaire": "x", "format": "y", "position": "p"},
+        "droit_rsa": {"etat": "4", "soumis_droits_devoirs": True, "role": "DEM", "organisme": "CAF",
+                      "departement": "052", "suspensions_versement": [{"motif": "ZZ"}, {"motif": "01"}]}})
+    assert record.droit_rsa is not None
+    assert [s.motif for s in record.droit_rsa.suspensions_versement] == ["01"]
