@@ -131,15 +131,19 @@ class _Reader:
             return
         pieces.append(piece)
 
+    def _keep_rest(self, pieces: list[str], budget: _Budget) -> None:
+        """Keep what is left of the buffer and read on: the end of the file inside a value means a truncated file."""
+        self._keep(pieces, budget, self.text[self.pos:])
+        self.pos = len(self.text)
+        if not self._more():
+            raise ValueError("JSON invalide ou tronqué")
+
     def _scan_string(self, pieces: list[str], budget: _Budget) -> None:
         """From just after an opening quote to just after the closing one."""
         while True:
             match = _IN_STRING.search(self.text, self.pos)
             if match is None:
-                self._keep(pieces, budget, self.text[self.pos:])
-                self.pos = len(self.text)
-                if not self._more():
-                    raise ValueError("JSON invalide ou tronqué")
+                self._keep_rest(pieces, budget)
                 continue
             end = match.end()
             if match.group() == '"':
@@ -163,10 +167,7 @@ class _Reader:
         while True:
             match = _STRUCTURE.search(self.text, self.pos)
             if match is None:
-                self._keep(pieces, budget, self.text[self.pos:])
-                self.pos = len(self.text)
-                if not self._more():
-                    raise ValueError("JSON invalide ou tronqué")
+                self._keep_rest(pieces, budget)
                 continue
             end = match.end()
             self._keep(pieces, budget, self.text[self.pos:end])
