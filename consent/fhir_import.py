@@ -40,6 +40,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, insert, select, text, update
 
 from connectors.transports.local import LocalFolderOptions
+from consent.csv_import import UnreadableRow
 from consent.decision import (
     ALL_RECIPIENTS,
     ConsentIndex,
@@ -356,11 +357,22 @@ class _Reader:
             raise _Refused(f"'subject.identifier' doit porter le NIR (système {INS_NIR})")
         nir13, wrong_key = _nir13(ident.value)
         kinds, _ = _codes(resource.category or [], KIND_SYSTEM)
-        if kinds - set(KINDS):
-            raise _Refused("type de consentement inconnu (consentement ou opposition attendu)")
+        unknown_kinds = bool(kinds - set(KINDS))
         # An opposition coded together with anything else is an opposition: the reading that restricts.
         self.kind = "opposition" if "opposition" in kinds else "consentement"
         rules = self.rules()
+        if unknown_kinds and "opposition" not in kinds and resource.status not in WITHDRAWN:
+            if any(r["effet"] == "permit" for r in rules):
+                # Only what grants is refused for a type the hub does not know.
+                raise _Refused("type de consentement inconnu (consentement ou opposition attendu)")
+            # A refusal of a type the hub does not know is read as an opposition (it refuses everything to the
+            # organisations it names): an odd extra code must never reject a refusal into inaction.
+            self.kind = "opposition"
+            rules = self.rules()
+        if unknown_kinds:
+            self.notes.append("type de consentement inconnu : refus ou retrait lu comme une opposition (tout est "
+                              "refusé aux destinataires nommés, à tous s'il n'en nomme aucun)" if self.kind ==
+                              "opposition" else "type de consentement inconnu ignoré : retrait appliqué")
         if wrong_key:
             # A refusal only restricts: applied to the 13 characters that name the person (a key mistyped must not
             # deliver someone who objected). A permit with a wrong key is refused whole: it could be anyone's.
@@ -446,6 +458,30 @@ def _blocking(row: dict[str, Any], ctx: _Context, named: list[str]) -> None:
                grantees=json.dumps(sorted(set(recipients))), categories=json.dumps(ALL_CATEGORIES))
 
 
+def _own_id(reason: str, emetteur: str, consent_id: str, pivot: str) -> str:
+    """An id of the hub's own for a refusal it could not store under the partner's id (another person's id, no id):
+    deterministic, so the same entry sent again is recognised as unchanged."""
+    digest = hashlib.sha256(f"{reason}|{emetteur}|{consent_id}|{pivot}".encode()).hexdigest()[:24]
+    return f"~{reason}-{digest}"
+
+
+def _named_recipients(grantees: Any, ctx: _Context) -> list[str]:
+    """Recipients a raw (unvalidated) entry names, when every one is a recipient the registry knows; otherwise none
+    (a refusal then applies to the issuer's recipients: what cannot be read widens a refusal)."""
+    if not isinstance(grantees, list) or not grantees:
+        return []
+    found: list[str] = []
+    for grantee in grantees:
+        ref = grantee.get("reference") if isinstance(grantee, dict) else None
+        ident = grantee.get("identifier") if isinstance(grantee, dict) else None
+        name = ref.removeprefix("Organization/") if isinstance(ref, str) and ref.startswith("Organization/") else \
+            ident.get("value") if isinstance(ident, dict) and ident.get("system") == PARTNER_SYSTEM else None
+        if not isinstance(name, str) or name not in ctx.recipients:
+            return []
+        found.append(name)
+    return sorted(set(found))
+
+
 def _field(part: Any) -> str:
     """A validation error's location as the report shows it: FHIR element names and positions only; a key the
     partner made up (which could be a NIR) is shown as '?'."""
@@ -465,11 +501,13 @@ class _Importer:
         self.emetteur = ctx.emetteur
         self.report = ImportReport()
         self.events: list[AuditEvent] = []
+        #: set by ``_prepare`` when a refusal reuses the id of another person's consent (the report's reason)
+        self._reused_id: str | None = None
 
     def _end_previous(self, connection: Connection, raw: Any, reason: str, where: str) -> None:
         """A refused entry that replaces an active consent of this issuer ends it: a partner's new state of a consent,
         even unreadable, makes the old one obsolete (fail safe: a permit never outlives a refused update)."""
-        cid = raw.get("id") if isinstance(raw, dict) else None
+        cid = raw.get("id") if isinstance(raw, dict) else raw.consent_id if isinstance(raw, UnreadableRow) else None
         if not isinstance(cid, str) or not cid or len(cid) > MAX_ID:
             return
         latest = _latest(connection, self.emetteur, cid)
@@ -500,6 +538,11 @@ class _Importer:
         except Exception as error:  # noqa: BLE001 - one entry's unexpected failure must not lose the batch
             self._refuse(connection, raw, where, f"erreur inattendue ({type(error).__name__}) : entrée refusée seule")
             return
+        if self._reused_id is not None:
+            # A refusal or withdrawal naming another person under a known id: ending the consent of that id only
+            # restricts, and the person it names is refused (stored apart, never a version of the other's consent).
+            self.report.erreurs.append(f"{where} : {self._reused_id}")
+            self._end_previous(connection, raw, self._reused_id, where)
         if prepared is None:
             return
         row, latest, subjects, notes = prepared
@@ -511,11 +554,62 @@ class _Importer:
     def _refuse(self, connection: Connection, raw: Any, where: str, reason: str) -> None:
         self.report.erreurs.append(f"{where} : {reason}")
         if reason.startswith("identifiant de consentement déjà utilisé"):
-            return  # another person's consent: never touched
+            return  # a permit naming another person: the other person's consent is never touched
         self._end_previous(connection, raw, reason, where)
+        self._block_refused(connection, raw, where)
+
+    def _block_refused(self, connection: Connection, raw: Any, where: str) -> None:
+        """A refused entry that names a readable NIR and says deny, opposition, inactive or entered-in-error still
+        refuses: the person is blocked, every category, for the recipients it names (the issuer's when it names none
+        or names one the hub cannot identify). A refusal rejected into inaction would deliver who objected."""
+        if not isinstance(raw, dict):
+            return
+        status, decision = raw.get("status"), raw.get("decision")
+        opposition = "opposition" in json.dumps(raw.get("category"), default=str)
+        # decision deny with provisions is a grant (its provisions are the permitted exceptions): not a refusal
+        if not (status in WITHDRAWN or (decision == "deny" and not raw.get("provision")) or opposition):
+            return
+        subject = raw.get("subject")
+        ident = subject.get("identifier") if isinstance(subject, dict) else None
+        value = ident.get("value") if isinstance(ident, dict) else None
+        if not isinstance(value, str) or not isinstance(ident, dict) or ident.get("system") not in (INS_NIR, None):
+            return
+        try:
+            nir13, _wrong_key = _nir13(value)
+        except _Refused:
+            return
+        person = self.pseudonymiser.pivot_from_nir(nir13)
+        subjects = [person.pseudonyme, *person.aliases]
+        cid = raw.get("id")
+        cid = cid if isinstance(cid, str) and cid and len(cid) <= MAX_ID else None
+        latest = _latest(connection, self.emetteur, cid) if cid is not None else None
+        if cid is None or (latest is not None and latest.subject not in subjects):
+            cid = _own_id("refus-illisible", self.emetteur, cid or "", person.pseudonyme)
+            latest = _latest(connection, self.emetteur, cid)
+        named = _named_recipients(raw.get("grantee"), self.ctx)
+        row: dict[str, Any] = {
+            "consent_id": cid, "kind": "opposition" if opposition else "consentement", "subject": person.pseudonyme,
+            "emetteur": self.emetteur, "status": str(status)[:20], "decision": "deny", "purposes": "[]",
+            "period_start": None, "period_end": None, "grantees": "[]", "categories": "[]", "rules": "[]",
+            "source": canonical({"refus_entree_refusee": True}),
+        }
+        _blocking(row, self.ctx, named)
+        row["resource_sha256"] = hashlib.sha256(canonical(row).encode()).hexdigest()
+        if latest is not None and latest.resource_sha256 == row["resource_sha256"]:
+            return
+        row["ref"] = (latest.ref or opaque_ref_fallback(self.emetteur, cid)) if latest is not None \
+            else hub_reference(self.pseudonymiser.key.secret, self.emetteur, cid)
+        self.report.restrictions.append(
+            f"{where} : entrée refusée portant un refus ou un retrait : la personne est bloquée (toutes catégories) "
+            f"pour {', '.join(json.loads(row['grantees'])) or 'tous les destinataires'}")
+        before = self._current(connection, subjects)
+        self._store(connection, row, latest, subjects, before, where)
 
     def _prepare(self, connection: Connection, raw: Any) -> tuple[dict[str, Any], Any, list[str], list[str]] | None:
         """Everything that can fail on the entry's content, before any write (a failure refuses the entry alone)."""
+        self._reused_id = None
+        if isinstance(raw, UnreadableRow):
+            raise _Refused(raw.reason)
         if isinstance(raw, TooLarge):
             raise _Refused(f"entrée trop volumineuse (plus de {raw.limit} caractères)")
         if not isinstance(raw, dict) or raw.get("resourceType") != "Consent":
@@ -531,8 +625,19 @@ class _Importer:
         row["subject"], row["emetteur"] = pivot, self.emetteur
         latest = _latest(connection, self.emetteur, row["consent_id"])
         if latest is not None and latest.subject not in subjects:
-            raise _Refused("identifiant de consentement déjà utilisé par cet émetteur pour une autre personne : "
-                           "refusé (jamais une nouvelle version du consentement d'autrui)")
+            rules = json.loads(row["rules"])
+            if row["status"] not in WITHDRAWN and any(r["effet"] == "permit" for r in rules):
+                raise _Refused("identifiant de consentement déjà utilisé par cet émetteur pour une autre personne : "
+                               "refusé (jamais une nouvelle version du consentement d'autrui)")
+            # A refusal or withdrawal: the consent of that id ends (``add``) and the person named is blocked for the
+            # recipients the entry refuses (the issuer's when it names none), under an id of the hub's own.
+            row["consent_id"] = _own_id("autre-personne", self.emetteur, row["consent_id"], pivot)
+            latest = _latest(connection, self.emetteur, row["consent_id"])
+            named = json.loads(row["grantees"]) if row["status"] in WITHDRAWN else sorted(
+                {g for r in rules if r["effet"] == "deny" for g in r["destinataires"]})
+            _blocking(row, self.ctx, named)
+            self._reused_id = ("identifiant de consentement déjà utilisé par cet émetteur pour une autre personne : le "
+                               "consentement de cet identifiant est terminé et la personne nommée est bloquée")
         if row["status"] in WITHDRAWN and (latest is None or _is_block(latest)):
             # Re-sent, the same withdrawal must stay the block it became (not lift it as a "new version").
             _blocking(row, self.ctx, json.loads(row["grantees"]))

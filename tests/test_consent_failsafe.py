@@ -261,8 +261,9 @@ def test_a_partner_consent_id_never_leaves_the_consent_registry(engine) -> None:
 
 
 def test_the_same_consent_id_for_two_people_is_refused_never_a_version_of_the_other_persons_consent(engine) -> None:
+    # A permit; a withdrawal under another person's id ends it (tests/test_consent_refusal_shapes.py).
     _import(engine, _grant("c1"))
-    report = _import(engine, _grant("c1", nir=OTHER_NIR, status="inactive"))
+    report = _import(engine, _grant("c1", nir=OTHER_NIR))
     assert report.importes == 0 and "autre personne" in report.erreurs[0]
     assert (DEP, "identite") in _pairs(engine)
     with engine.connect() as c:
