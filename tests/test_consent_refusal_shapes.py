@@ -239,3 +239,17 @@ def test_a_run_after_a_withdrawal_naming_another_person_does_not_deliver_either(
     assert "autre personne" in out, out
     delivered = _run_and_read(hub_home, DEP)
     assert NIR not in delivered and other not in delivered
+
+
+def test_a_refusal_refused_for_an_unreadable_field_still_blocks_the_person_it_names(engine) -> None:
+    refusal = _opposition("o1", NIR, "consentement")
+    refusal["period"] = {"end": "fin 2026"}
+    report = _import(engine, refusal)
+    assert report.erreurs and _denied(engine, PLAT) and _denied(engine, DEP)
+    assert _import(engine, refusal).importes == 0  # sent again: the same block, nothing new
+
+
+def test_unreadable_csv_refusals_without_identifier_block_each_person(engine, tmp_path) -> None:
+    _csv(engine, tmp_path, f";{NIR};opposition;refus;actif;;toutes;01/01/2025;;;;;;;",
+         f";{OTHER_NIR};opposition;refus;actif;;toutes;01/01/2025;;;;;;;")
+    assert _denied(engine, PLAT) and _denied(engine, PLAT, nir=OTHER_NIR)
