@@ -4,6 +4,7 @@ the flow, the recipient when there is one, and the key — never the value of a 
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -282,14 +283,16 @@ def test_a_mapping_written_for_another_format_is_refused(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("version", ["2.0.0", "0.9.0"])
 def test_a_mapping_for_another_major_schema_version_is_refused(tmp_path: Path, mappings: Path, version: str) -> None:
-    text = (mappings / "caf_vrsb.yaml").read_text(encoding="utf-8").replace('version_schema: "1.1.0"', f'version_schema: "{version}"')
+    text = (mappings / "caf_vrsb.yaml").read_text(encoding="utf-8")
+    text = re.sub(r'version_schema: "[0-9.]+"', f'version_schema: "{version}"', text)
     (mappings / "caf_futur.yaml").write_text(text, encoding="utf-8")
     message = _refused(tmp_path, _flow(source__mapping="caf_futur"), mappings_dir=mappings)
     assert f"le mapping « caf_futur » vise le schéma SPIE {version}" in message and "version majeure 1 attendue" in message
 
 
 def test_a_mapping_without_a_schema_version_is_refused(tmp_path: Path, mappings: Path) -> None:
-    text = (mappings / "caf_vrsb.yaml").read_text(encoding="utf-8").replace('version_schema: "1.1.0"\n', "")
+    text = (mappings / "caf_vrsb.yaml").read_text(encoding="utf-8")
+    text = re.sub(r'version_schema: "[0-9.]+"\n', "", text)
     (mappings / "caf_sans_version.yaml").write_text(text, encoding="utf-8")
     message = _refused(tmp_path, _flow(source__mapping="caf_sans_version"), mappings_dir=mappings)
     assert "le mapping « caf_sans_version » ne déclare pas « version_schema »" in message
