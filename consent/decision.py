@@ -15,18 +15,19 @@ consent and its version, or the reason of the refusal.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, select
 
 from schemas.categories import CategorieDonnees
-from spie_hub.registry import Recipient
+from spie_hub.registry import ConsentRegistry, Recipient
 from spie_hub.store import consents
 
 #: In a rule's recipients: every recipient (a refusal naming none, or naming one the hub cannot identify).
@@ -158,11 +159,48 @@ class RecordDecision:
         }
 
 
-class ConsentIndex:
-    """Looks consents up by batches of pivot pseudonyms so memory never grows with the input file."""
+#: (issuer, recipient, category) -> whether the registry, as it is now, lets that issuer record permits for it.
+Authority = Callable[[str, str, str], bool]
+#: The issuer of what the operator imports itself (``consent import FICHIER`` without ``--emetteur``).
+OPERATOR_ISSUER = "hub"
 
-    def __init__(self, engine: Engine) -> None:
+
+def registry_authority(registry: ConsentRegistry) -> Authority:
+    """Authority as the registry declares it today. A permit is checked when it is imported *and* each time it is
+    used: an issuer whose authority was narrowed or removed since no longer grants anything outside it."""
+
+    def may(issuer: str, recipient: str, category: str) -> bool:
+        declared = registry.emetteurs.get(issuer)
+        if declared is None:
+            return issuer == OPERATOR_ISSUER
+        return declared.may_permit(recipient, category)
+
+    return may
+
+
+def within_authority(version: ConsentVersion, authority: Authority) -> ConsentVersion:
+    """The version with its permits cut down to what its issuer may grant now (refusals are never cut)."""
+    rules: list[Rule] = []
+    changed = False
+    for rule in version.rules:
+        if rule.effect != "permit":
+            rules.append(rule)
+            continue
+        for recipient in sorted(rule.recipients):
+            allowed = frozenset(c for c in rule.categories if authority(version.emetteur, recipient, c))
+            changed |= allowed != rule.categories or len(rule.recipients) > 1
+            if allowed:
+                rules.append(Rule(rule.effect, frozenset({recipient}), allowed, rule.start, rule.end))
+    return dataclasses.replace(version, rules=tuple(rules)) if changed else version
+
+
+class ConsentIndex:
+    """Looks consents up by batches of pivot pseudonyms so memory never grows with the input file. With an
+    ``authority``, permits are cut down to what their issuer may grant as the registry stands."""
+
+    def __init__(self, engine: Engine, authority: Authority | None = None) -> None:
         self.engine = engine
+        self.authority = authority
 
     @staticmethod
     def latest_versions(versions: Iterable[ConsentVersion]) -> list[ConsentVersion]:
@@ -180,7 +218,10 @@ class ConsentIndex:
             for start in range(0, len(wanted), 500):
                 rows = connection.execute(select(consents).where(consents.c.subject.in_(wanted[start:start + 500])))
                 for row in rows:
-                    rows_by_subject[row.subject].append(version_from_row(row))
+                    version = version_from_row(row)
+                    if self.authority is not None:
+                        version = within_authority(version, self.authority)
+                    rows_by_subject[row.subject].append(version)
         return {subject: self.latest_versions(versions) for subject, versions in rows_by_subject.items()}
 
 

@@ -36,12 +36,12 @@ from sqlalchemy import Engine, Row, select, update
 
 from connectors.formats.reports import write_report
 from connectors.transports.registry import open_transport
-from consent.decision import ConsentIndex, decide
+from consent.decision import ConsentIndex, decide, registry_authority
 from schemas.categories import CategorieDonnees
 from spie_hub.audit.log import AuditEvent, AuditLog, now
 from spie_hub.core.home import HubHome
 from spie_hub.privacy.pseudonym import Pivot, Pseudonymiser
-from spie_hub.registry import Flow, Recipient
+from spie_hub.registry import Flow, Recipient, consent_registry
 from spie_hub.store import audit_log, deliveries, revocations
 from spie_hub.store.withdrawal_order import PublicationGate
 
@@ -203,7 +203,7 @@ def _propagate(engine: Engine, home: HubHome, pseudonymiser: Pseudonymiser, flow
     events: list[AuditEvent] = []
     token = uuid.uuid4().hex
     done: list[tuple[int, int]] = []
-    index = ConsentIndex(engine)
+    index = ConsentIndex(engine, registry_authority(consent_registry()))
     for revocation in pending:
         notices, odd = _plan_one(engine, pseudonymiser, index, known, revocation, today, lines, events)
         events.append(AuditEvent("retrait-propage", {"retrait": revocation.id, "consentement": revocation.consent_ref,

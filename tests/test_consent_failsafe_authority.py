@@ -121,3 +121,28 @@ def test_a_consent_import_killed_after_claiming_a_file_gives_it_back_on_the_next
     assert again.returncode == 0 and "importés : 1" in again.stdout, again.stdout + again.stderr
     assert list((hub_home / "staging" / "consentements").iterdir()) == []
     assert len(list((hub_home / "archive" / "consentements" / "departement-052").iterdir())) == 1
+
+
+@pytest.mark.parametrize("narrowed", ["recueille: {}", "recueille:\n        plateforme-insertion: [identite, contact]"])
+def test_a_permit_stops_granting_once_the_registry_takes_its_issuers_authority_away(
+        hub_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, narrowed: str) -> None:
+    """Authority is the registry's as it stands at each decision, not only at import: a grant recorded while the
+    Département could collect for itself no longer delivers once flows.yaml says it cannot."""
+    _drop(hub_home, "departement-052", "a.json", consent_resource("c1", NIR, grantees=("departement-052",)))
+    assert spie_hub("consent", "importer").returncode == 0
+    granted = spie_hub("run", "--flux", "caf-vers-departement", "--input", str(CAF_FIXTURES / "RSABEM-ouvert.xml"))
+    assert granted.returncode == 0 and f"{NIR};BULLOCK" in _delivered(hub_home), "the grant applies while authorised"
+    text = REGISTRY_PATH.read_text(encoding="utf-8")
+    declared = ("recueille:\n        departement-052: [identite, contact, sante-handicap]\n"
+                "        plateforme-insertion: [identite, contact]")
+    assert declared in text
+    registry = tmp_path / "flows.yaml"
+    registry.write_text(text.replace(declared, narrowed, 1), encoding="utf-8")
+    monkeypatch.setenv("SPIE_HUB_FLOWS", str(registry))
+    for old in (hub_home / "outbox" / "departement-052").glob("*"):
+        old.unlink()
+    changed = tmp_path / "RSABEM-ouvert-bis.xml"
+    changed.write_bytes((CAF_FIXTURES / "RSABEM-ouvert.xml").read_bytes() + b"<!-- autre fichier -->\n")
+    run = spie_hub("run", "--flux", "caf-vers-departement", "--input", str(changed))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"{NIR};BULLOCK" not in _delivered(hub_home)

@@ -28,7 +28,7 @@ from typing import IO, Any
 from sqlalchemy import Engine, insert, select, update
 
 from connectors.formats.base import InputFacts
-from consent.decision import ConsentIndex
+from consent.decision import ConsentIndex, registry_authority
 from consent.revocation import withdrawal_concerns
 from schemas.spie_v1 import SCHEMA_VERSION
 from spie_hub.audit.chain import seal
@@ -40,7 +40,7 @@ from spie_hub.core.failpoints import failpoint
 from spie_hub.core.home import HubHome
 from spie_hub.mapping.compiler import CompiledMapping, load_mapping
 from spie_hub.privacy.pseudonym import Pseudonymiser
-from spie_hub.registry import Flow
+from spie_hub.registry import Flow, consent_registry
 from spie_hub.run import deliver
 from spie_hub.run.claim import ClaimedInput
 from spie_hub.run.decide import Decider
@@ -127,6 +127,7 @@ def preflight(flow: Flow, home: HubHome) -> CompiledMapping:
 
     mapping = load_mapping(flow.mapping)
     reader_for(flow.format, mapping)
+    consent_registry()  # the issuers' authority, read at decision time
     for recipient in flow.destinataires:
         load_output(recipient.sortie)
     return mapping
@@ -221,7 +222,9 @@ class FlowRun:
             return self._finish()
         # Before the first consent is read: every withdrawal above this mark may be missing from the decisions.
         self.withdrawal_mark = withdrawal_mark(self.ctx.engine)
-        decider = Decider(self.flow, active, ConsentIndex(self.ctx.engine), self.ctx.pseudonymiser, self.ctx.today)
+        # Permits count only within their issuer's authority as the registry declares it now (not only at import).
+        consents_now = ConsentIndex(self.ctx.engine, registry_authority(consent_registry()))
+        decider = Decider(self.flow, active, consents_now, self.ctx.pseudonymiser, self.ctx.today)
         staged = StagedDeliveries(self.flow, active, self.staging, self.spool, self.summary,
                                   self.ctx.pseudonymiser.key.secret, self.claimed.sha256)
         try:
