@@ -304,7 +304,7 @@ class _Reader:
             issuer = self.ctx.issuer
             if issuer is not None:
                 outside = [c for c in allowed if not issuer.may_permit(recipient, c)]
-                if outside:
+                if outside and self.resource.status == "active":  # a withdrawal grants nothing: nothing refused
                     self.notes.append(f"{where} : hors de l'autorité de l'émetteur {self.ctx.emetteur} pour "
                                       f"{recipient} ({', '.join(outside)}) : autorisation refusée")
                 allowed = [c for c in allowed if c not in outside]

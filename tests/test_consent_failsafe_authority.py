@@ -146,3 +146,11 @@ def test_a_permit_stops_granting_once_the_registry_takes_its_issuers_authority_a
     run = spie_hub("run", "--flux", "caf-vers-departement", "--input", str(changed))
     assert run.returncode == 0, run.stdout + run.stderr
     assert f"{NIR};BULLOCK" not in _delivered(hub_home)
+
+
+def test_a_withdrawal_outside_the_issuers_authority_is_not_reported_as_a_refused_grant(hub_home: Path) -> None:
+    _drop(hub_home, "france-travail", "w.json",
+          consent_resource("w1", NIR, status="inactive", grantees=("departement-052",)))
+    imported = spie_hub("consent", "importer")
+    assert "autorisation refusée" not in imported.stdout, imported.stdout
+    assert NIR not in imported.stdout + imported.stderr and "Traceback" not in imported.stderr
