@@ -235,7 +235,9 @@ def _consent_to_everything(home: HubHome, case: Case, flow: Flow) -> None:
     try:
         report = import_resources(
             ((f"golden-{n}", consent(f"golden-{n}", nir, recipients=[r.id for r in flow.destinataires], categories=categories))
-             for n, nir in enumerate(nirs)), engine, Pseudonymiser(TEST_KEY), emetteur="tests")
+             # Recorded as the operator's own migration (the "hub" issuer): a partner's grants would count only
+             # within the authority the registry gives it (consent/decision.py, registry_authority).
+             for n, nir in enumerate(nirs)), engine, Pseudonymiser(TEST_KEY), emetteur="hub")
     finally:
         engine.dispose()
     assert report.importes == len(nirs) and not report.erreurs
