@@ -721,8 +721,10 @@ def import_resources(entries: Iterable[tuple[str, Any]], engine: Engine, pseudon
     """Import entries by batches: each batch's consents and their audit entries commit in one transaction.
 
     ``emetteur``'s authority is ``issuer``, else its declaration in the registry's ``consentements`` section. An
-    issuer the registry does not declare has no authority check: only the hub's own tooling and tests call this
-    API that way; files from partners come through ``spie-hub consent importer``, which reads declared inboxes.
+    issuer the registry does not declare has no authority check here: only the hub's own tooling and tests call this
+    API that way; files from partners come through ``spie-hub consent importer``, which reads declared inboxes. At
+    decision time such an issuer's grants count for nothing, except the operator's (``hub``): see
+    ``consent.decision.registry_authority``.
     """
     importer = _Importer(engine, pseudonymiser, _context(emetteur, issuer, registry), today or dt.date.today())
     if importer.ctx.registry_unreadable:
