@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Callable
 from html import escape
 
 from markupsafe import Markup
@@ -74,6 +75,23 @@ def nice_top(value: float) -> float:
     return next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= value)
 
 
+def _stacked_row(out: list[str], label: str, values: dict[str, int], segments: list[tuple[str, str]], x0: int,
+                 y: int, row_h: int, bar_w: float, full: float, caption: Callable[[int], str], css: str) -> float:
+    """One row's label and its segments side by side (``full`` units span ``bar_w`` pixels); return where the row ends."""
+    out.append(f'<text x="0" y="{y + 17}" class="label">{escape(label)}</text>')
+    x = float(x0)
+    for index, (key, seg_label) in enumerate(segments):
+        value = values.get(key, 0)
+        if not value:
+            continue
+        w = bar_w * value / full
+        out.append(f'<rect class="{css}" data-value="{value}" x="{x:.2f}" y="{y + 4}" width="{w:.2f}" '
+                   f'height="{row_h - 8}" fill="{_colour(key, index)}"><title>{escape(seg_label)} : '
+                   f'{caption(value)}</title></rect>')
+        x += w
+    return x
+
+
 def bars(title: str, rows: list[tuple[str, dict[str, int]]], segments: list[tuple[str, str]], unit: str,
          label_width: int = 260, width: int = 760) -> Markup:
     """Horizontal (stacked) bars on ONE scale for the whole chart: a bar's length is its total over the largest
@@ -86,17 +104,8 @@ def bars(title: str, rows: list[tuple[str, dict[str, int]]], segments: list[tupl
     out = _open(title, width, height)
     for i, (label, values) in enumerate(rows):
         y = i * row_h
-        out.append(f'<text x="0" y="{y + 17}" class="label">{escape(label)}</text>')
-        x = float(label_width)
-        for index, (key, seg_label) in enumerate(segments):
-            value = values.get(key, 0)
-            if not value:
-                continue
-            w = bar_w * value / top
-            out.append(f'<rect class="bar" data-value="{value}" x="{x:.2f}" y="{y + 4}" width="{w:.2f}" '
-                       f'height="{row_h - 8}" fill="{_colour(key, index)}"><title>{escape(seg_label)} : '
-                       f'{nombre(value)} {escape(unit)}</title></rect>')
-            x += w
+        x = _stacked_row(out, label, values, segments, label_width, y, row_h, bar_w, top,
+                         lambda value: f"{nombre(value)} {escape(unit)}", "bar")
         out.append(f'<text x="{x + 6:.1f}" y="{y + 17}" class="value">{nombre(sum(values.values()))}</text>')
     axis_y = len(rows) * row_h + 4
     out.append(f'<line x1="{label_width}" y1="{axis_y}" x2="{label_width + bar_w}" y2="{axis_y}" stroke="#555"/>')
@@ -120,17 +129,9 @@ def share_bars(title: str, rows: list[tuple[str, dict[str, int]]], segments: lis
     out = _open(title, width, height)
     for i, (label, values) in enumerate(rows):
         y, total = i * row_h, sum(values.values())
-        out.append(f'<text x="0" y="{y + 17}" class="label">{escape(label)}</text>')
-        x = float(label_width)
-        for index, (key, seg_label) in enumerate(segments):
-            value = values.get(key, 0)
-            if not value:
-                continue
-            w = bar_w * value / total
-            out.append(f'<rect class="bar share" data-value="{value}" x="{x:.2f}" y="{y + 4}" width="{w:.2f}" '
-                       f'height="{row_h - 8}" fill="{_colour(key, index)}"><title>{escape(seg_label)} : '
-                       f'{nombre(value)} {escape(unit)} ({pourcent(value, total)})</title></rect>')
-            x += w
+        _stacked_row(out, label, values, segments, label_width, y, row_h, bar_w, total,
+                     lambda value, total=total: f"{nombre(value)} {escape(unit)} ({pourcent(value, total)})",
+                     "bar share")
         out.append(f'<text x="{label_width + bar_w + 6}" y="{y + 17}" class="value">{nombre(total)} {escape(unit)}</text>')
     out.append(_legend(segments, len(rows) * row_h + 6, width))
     out.append("</svg>")
