@@ -11,8 +11,10 @@ Called with the flow's lock held, so every unfinished run it finds is dead:
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
+import re
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
@@ -118,7 +120,14 @@ def _restorable(name: str, pattern: str, run_id: str) -> str:
             return safe_name(name)
     except FatalInputError:
         pass
-    return pattern.replace("*", f"repris-{run_id}").replace("?", "x").replace("[", "").replace("]", "")
+    # A name the flow's own pattern matches, so that the next listing takes it again: "*" carries the run id, each
+    # "?" and character class takes the first filler the pattern accepts ("caf_[0-9]*.csv" → "caf_0repris-….csv").
+    stem = pattern.replace("*", f"repris-{run_id}")
+    for filler in "0ax_-A":
+        candidate = re.sub(r"\[[^\]]*\]|\?", filler, stem)
+        if fnmatch.fnmatchcase(candidate, pattern):
+            return candidate
+    return stem.replace("?", "x").replace("[", "").replace("]", "")  # a pattern no plain name matches
 
 
 def rollback(ctx: RunContext, run_id: str, private: Path, reason: str, report: RecoveryReport | None = None) -> None:
