@@ -64,9 +64,11 @@ def _fallback(row: dict[str, Any], where: str, reason: str) -> tuple[tuple[str, 
         status = _STATUS.get((row.get("statut") or "").strip().lower())
         kind = "opposition" if "opposition" in (row.get("type") or "").lower() else "consentement"
         recipients = [r.strip() for r in (row.get("destinataires") or "").split("|") if r.strip()]
-        for named in (recipients, []):
+        # The partner's identifier first; one FHIR refuses (an underscore, too long) must not drop the refusal: the
+        # importer then stores it under an id of the hub's own, per person.
+        for named, rid in ((recipients, cid), ([], cid), (recipients, ""), ([], "")):
             try:
-                resource = consent(cid or "sans-identifiant", nir, grant=False, kind=kind,
+                resource = consent(rid or "sans-identifiant", nir, grant=False, kind=kind,
                                    status=status if status in ("inactive", "entered-in-error") else "active",
                                    recipients=named, categories=[], blanket=True, start=None, end=None, date=None)
             except ValueError:

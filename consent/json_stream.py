@@ -249,7 +249,7 @@ def _document(handle: IO[str], *, emit: bool) -> Iterator[tuple[str, Any] | dict
         if not isinstance(key, str):
             raise ValueError("JSON invalide : nom de membre trop long")
         if key in seen:
-            raise ValueError(f"membre « {key} » en double")
+            raise ValueError("membre de premier niveau en double")
         seen.add(key)
         reader.expect(":", "après un nom de membre")
         if key == "entry":
@@ -263,7 +263,7 @@ def _document(handle: IO[str], *, emit: bool) -> Iterator[tuple[str, Any] | dict
             continue
         value = reader.value(MAX_MEMBER_CHARS)
         if isinstance(value, TooLarge):
-            raise ValueError(f"membre « {key} » trop volumineux (plus de {MAX_MEMBER_CHARS} caractères)")
+            raise ValueError(f"membre de premier niveau trop volumineux (plus de {MAX_MEMBER_CHARS} caractères)")
         if len(seen) > 256:
             raise ValueError("trop de membres au premier niveau du document")
         top[key] = value
