@@ -23,11 +23,11 @@ from pathlib import Path
 from connectors.transports.base import printable_name
 from connectors.transports.registry import open_transport
 from consent.fhir_import import ImportReport, import_consents
-from spie_hub.core.errors import ConfigurationError
+from spie_hub.core.errors import ConfigurationError, HubError
+from spie_hub.core.failpoints import failpoint
 from spie_hub.core.home import HubHome
 from spie_hub.privacy.pseudonym import Pseudonymiser
 from spie_hub.registry import ConsentIssuer, ConsentRegistry, consent_registry
-from spie_hub.core.failpoints import failpoint
 from spie_hub.run.claim import INPUT_NAME, Gone, NotReady, Refused, claim_from
 
 SUFFIXES = (".json", ".csv")
@@ -71,15 +71,20 @@ def _archive(home: HubHome, issuer: str, copy: Path, sha256: str, suffix: str) -
     return target
 
 
-def _give_back(transport: object, name: str, copy: Path, suffix: str) -> None:
+def _give_back(transport: object, name: str, copy: Path, suffix: str) -> bool:
+    """Put the file back in the issuer's inbox; False when it could not be (a full or read-only inbox, both names
+    taken): the private copy must then be kept for the next pass, never removed with the only copy of the file."""
     from connectors.transports.base import FileExists
 
     for candidate in (name, f"{Path(name).stem}.repris-{uuid.uuid4().hex[:8]}{suffix}"):
         try:
             transport.store_file(candidate, copy)  # type: ignore[attr-defined]
-            return
+            return True
         except FileExists:
             continue
+        except (HubError, OSError):
+            return False
+    return False
 
 
 @contextmanager
@@ -121,7 +126,8 @@ def _recover(home: HubHome, registry: ConsentRegistry) -> list[str]:
                       and not p.is_symlink()]
             if copies:
                 name = f"repris-{uuid.uuid4().hex[:12]}{suffix}"
-                _give_back(open_transport(issuer.boite, home), name, copies[0], suffix)
+                if not _give_back(open_transport(issuer.boite, home), name, copies[0], suffix):
+                    continue  # kept for the next pass
                 recovered.append(name)
             shutil.rmtree(private, ignore_errors=True)
         finally:
@@ -155,16 +161,20 @@ def import_consent_inboxes(home: HubHome, engine: object, pseudonymiser: Pseudon
                     continue
                 failpoint("consentements-boite")  # claimed, not yet imported: the next pass gives it back
                 copy = claimed.path.with_suffix(suffix)
+                settled = False
                 try:
                     os.replace(claimed.path, copy)
                     item.rapport = import_consents(copy, engine, pseudonymiser,  # type: ignore[arg-type]
                                                    emetteur=issuer.id, issuer=issuer, registry=registry, today=today)
                     item.archive = str(_archive(home, issuer.id, copy, claimed.sha256, suffix))
+                    settled = True
                 except BaseException:
                     # Interrupted or the store failed: the file goes back to the inbox (re-importing what was
-                    # already committed changes nothing: same versions are recognised), never lost with the copy.
-                    _give_back(transport, entry.name, copy if copy.exists() else claimed.path, suffix)
+                    # already committed changes nothing: same versions are recognised), never lost with the copy;
+                    # if the inbox cannot take it, the private copy stays for the next pass (_recover).
+                    settled = _give_back(transport, entry.name, copy if copy.exists() else claimed.path, suffix)
                     raise
                 finally:
-                    shutil.rmtree(private, ignore_errors=True)
+                    if settled:
+                        shutil.rmtree(private, ignore_errors=True)
     return report
