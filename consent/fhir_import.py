@@ -45,7 +45,6 @@ from consent.decision import (
     ALL_RECIPIENTS,
     ConsentIndex,
     ConsentVersion,
-    opaque_ref_fallback,
     permitted_pairs,
     version_from_row,
 )
@@ -520,7 +519,7 @@ class _Importer:
         rules = [r for r in json.loads(latest.rules) if r["effet"] == "deny"]
         row.update(status="inactive", decision=latest.decision, rules=canonical(rules),
                    source=canonical({"fin_par_mise_a_jour_refusee": reason}),
-                   ref=latest.ref or opaque_ref_fallback(self.emetteur, cid))
+                   ref=latest.ref or hub_reference(self.pseudonymiser.key.secret, self.emetteur, cid))
         row["resource_sha256"] = hashlib.sha256(canonical(row).encode()).hexdigest()
         before = self._current(connection, subjects)
         self._store(connection, row, latest, subjects, before, where)
@@ -597,8 +596,8 @@ class _Importer:
         row["resource_sha256"] = hashlib.sha256(canonical(row).encode()).hexdigest()
         if latest is not None and latest.resource_sha256 == row["resource_sha256"]:
             return
-        row["ref"] = (latest.ref or opaque_ref_fallback(self.emetteur, cid)) if latest is not None \
-            else hub_reference(self.pseudonymiser.key.secret, self.emetteur, cid)
+        row["ref"] = (latest.ref if latest is not None else None) or \
+            hub_reference(self.pseudonymiser.key.secret, self.emetteur, cid)
         self.report.restrictions.append(
             f"{where} : entrée refusée portant un refus ou un retrait : la personne est bloquée (toutes catégories) "
             f"pour {', '.join(json.loads(row['grantees'])) or 'tous les destinataires'}")
@@ -645,8 +644,8 @@ class _Importer:
         if latest is not None and latest.resource_sha256 == row["resource_sha256"]:
             self.report.inchanges += 1
             return None
-        row["ref"] = (latest.ref or opaque_ref_fallback(self.emetteur, row["consent_id"])) if latest is not None \
-            else hub_reference(self.pseudonymiser.key.secret, self.emetteur, row["consent_id"])
+        row["ref"] = (latest.ref if latest is not None else None) or \
+            hub_reference(self.pseudonymiser.key.secret, self.emetteur, row["consent_id"])
         return row, latest, subjects, reader.notes
 
     def _store(self, connection: Connection, row: dict[str, Any], latest: Any, subjects: list[str],
