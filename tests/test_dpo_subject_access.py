@@ -173,3 +173,17 @@ def test_household_columns_a_recipient_does_not_declare_are_not_listed(hub_home:
         assert checked
     finally:
         engine.dispose()
+
+
+def test_an_unreadable_mapping_is_said_rather_than_read_as_no_fallback_identifiers(
+        hub_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spie_hub.core import home as hub_home_module
+    from spie_hub.core.errors import ConfigurationError
+    from spie_hub.dpo.subject_access import fallback_identifiers
+    from spie_hub.registry import load_flows
+
+    flow = load_flows()["caf-vers-departement"]
+    assert fallback_identifiers(flow), "the CNAF mapping declares fallback identifiers"
+    monkeypatch.setattr(hub_home_module, "MAPPINGS_DIR", tmp_path / "absent")
+    with pytest.raises(ConfigurationError, match="illisible"):
+        fallback_identifiers(flow)

@@ -31,6 +31,7 @@ from spie_hub.audit.log import AuditEvent, AuditLog
 from spie_hub.core import home as hub_home
 from spie_hub.core.errors import ConfigurationError, HubError
 from spie_hub.core.nir import NirInvalide, normaliser_nir
+from spie_hub.mapping.compiler import PARENT_PREFIX
 from spie_hub.privacy.pseudonym import Pivot, Pseudonymiser
 from spie_hub.registry import Flow
 from spie_hub.store import audit_log, consents, deliveries, runs
@@ -71,10 +72,12 @@ def fallback_identifiers(flow: Flow) -> list[str]:
     try:
         spec = yaml.safe_load((hub_home.MAPPINGS_DIR / f"{flow.mapping}.yaml").read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
-        return []
+        # Never read as "no fallback identifiers": the DPO would be told records without NIR were all rejected.
+        raise ConfigurationError(f"Flux {flow.id} : mapping « {flow.mapping} » illisible ; identifiants de repli "
+                                 "inconnus, recherche sans NIR impossible") from None
     parts = ((spec or {}).get("pivot") or {}).get("repli") or []
     # "foyer:" marks a field of the household element: the DPO asks the partner for the same value either way.
-    return [str(p).removeprefix("foyer:") for p in parts]
+    return [str(p).removeprefix(PARENT_PREFIX) for p in parts]
 
 
 def _household_field(spec: dict[str, Any]) -> str | None:
