@@ -38,7 +38,8 @@ from connectors.transports.registry import open_transport
 from consent.decision import RecordDecision
 from schemas.categories import CategorieDonnees
 from schemas.spie_v1 import SCHEMA_VERSION, PersonneSPIE
-from spie_hub.audit.log import AuditSpool, now
+from spie_hub.audit.log import now
+from spie_hub.audit.spool import AuditSpool
 from spie_hub.core.errors import ConfigurationError, HubError, StorageError
 from spie_hub.core.failpoints import failpoint
 from spie_hub.core.home import HubHome

@@ -32,9 +32,10 @@ from consent.decision import ConsentIndex, registry_authority
 from consent.revocation import withdrawal_concerns
 from schemas.spie_v1 import SCHEMA_VERSION
 from spie_hub.audit.chain import seal
-from spie_hub.audit.log import AuditEvent, AuditLog, AuditSpool, now
+from spie_hub.audit.log import AuditEvent, AuditLog, now
 from spie_hub.audit.receipts import sign_manifest
 from spie_hub.audit.signing import SigningKey
+from spie_hub.audit.spool import AuditSpool
 from spie_hub.core.errors import FatalInputError, HubError, RetriableError, StorageError
 from spie_hub.core.failpoints import failpoint
 from spie_hub.core.home import HubHome

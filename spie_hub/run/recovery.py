@@ -29,7 +29,8 @@ from connectors.transports.local import clean_scratch
 from connectors.transports.registry import open_transport
 from consent.revocation import reopen_withdrawals
 from spie_hub.audit.chain import seal
-from spie_hub.audit.log import AuditEvent, AuditLog, AuditSpool, now
+from spie_hub.audit.log import AuditEvent, AuditLog, now
+from spie_hub.audit.spool import AuditSpool
 from spie_hub.core.errors import FatalInputError, HubError, StorageError
 from spie_hub.run import deliver
 from spie_hub.run.claim import INPUT_NAME
