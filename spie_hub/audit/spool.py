@@ -7,6 +7,7 @@ from typing import IO, Any
 
 from spie_hub.audit.log import AuditLog, canonical
 from spie_hub.core.failpoints import failpoint
+from spie_hub.core.home import HubHome
 
 
 class AuditSpool:
@@ -16,9 +17,10 @@ class AuditSpool:
     records. Lines are tab-separated; canonical JSON never holds a raw tab or newline.
     """
 
-    def __init__(self, path: Path, run_id: str, flow: str) -> None:
+    def __init__(self, path: Path, run_id: str, flow: str, home: HubHome | None = None) -> None:
+        """``home``: where the run's batch of per-record events is kept once committed (``audit/lots``)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.run_id, self.flow = path, run_id, flow
+        self.path, self.run_id, self.flow, self.home = path, run_id, flow, home
         self.handle: IO[str] = open(path, "w+", encoding="utf-8")  # noqa: SIM115 - closed by close()
 
     def add(self, event: str, payload: dict[str, Any] | str, recipient: str | None = None, subject: str | None = None) -> None:

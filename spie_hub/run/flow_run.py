@@ -140,7 +140,7 @@ class FlowRun:
         self.staging = claimed.path.parent
         self.audit = AuditLog(ctx.engine)
         self.mapping: CompiledMapping = mapping or load_mapping(self.flow.mapping)
-        self.spool = AuditSpool(self.staging / "audit.spool", run_id, self.flow.id)
+        self.spool = AuditSpool(self.staging / "audit.spool", run_id, self.flow.id, ctx.home)
         self.summary = RunSummary(run_id, self.flow.id, "en-cours", reference=claimed.ref)
         self.names = Names(self.flow, claimed.sha256)
         self.parallel_validation_bytes = PARALLEL_VALIDATION_BYTES

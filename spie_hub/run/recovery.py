@@ -266,7 +266,7 @@ def _complete(ctx: RunContext, run_id: str, input_sha: str, private: Path, repor
     if (private / INPUT_NAME).exists():
         archive_input(ctx, run_id, private / INPUT_NAME)
     summary.statut = "termine"
-    spool = AuditSpool(private / "reprise.spool", run_id, ctx.flow.id)
+    spool = AuditSpool(private / "reprise.spool", run_id, ctx.flow.id, ctx.home)
     finish_run(ctx, summary, spool, {"reprise": True})
     shutil.rmtree(private, ignore_errors=True)
     report.completees.append(run_id)
