@@ -1,10 +1,16 @@
-"""Per-run staging of audit events: kept on disk until the run commits them (a quarantined file leaves no trace)."""
+"""Per-run staging of audit events: kept on disk until the run commits them (a quarantined file leaves no trace).
+
+At commit, the per-record events (``decision``, ``rejet``) become the run's segment (spie_hub/audit/segments.py),
+committed to the log by ONE ``lot`` row; every other event is a row of the log. The segment file is durable and in
+place before that transaction: a crash in between leaves an orphan segment, which recovery removes and reports.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import IO, Any
 
+from spie_hub.audit import segments
 from spie_hub.audit.log import AuditLog, canonical
 from spie_hub.core.failpoints import failpoint
 from spie_hub.core.home import HubHome
@@ -27,18 +33,37 @@ class AuditSpool:
         text = payload if isinstance(payload, str) else canonical(payload)
         self.handle.write(f"{event}\t{recipient or ''}\t{subject or ''}\t{text}\n")
 
-    def commit(self, log: AuditLog, batch: int = 5000) -> None:
-        """Append every staged event to the chain, then empty the spool."""
+    def commit(self, log: AuditLog) -> None:
+        """Write the per-record events to the run's segment, then append its ``lot`` row and every other event to
+        the log in one transaction, then empty the spool. No segment, no ``lot`` row, when there is none."""
         self.handle.seek(0)
-        chunk: list[tuple[str | None, str, str | None, str | None, str | None, str]] = []
-        for line in self.handle:
-            event, recipient, subject, payload = line.rstrip("\n").split("\t", 3)
-            chunk.append((self.run_id, event, self.flow, recipient or None, subject or None, payload))
-            if len(chunk) >= batch:
-                log.append_rows(chunk)
+        rows: list[tuple[str | None, str, str | None, str | None, str | None, str]] = []
+        writer: segments.SegmentWriter | None = None
+        lot_at = 0
+        try:
+            for line in self.handle:
+                event, recipient, subject, payload = line.rstrip("\n").split("\t", 3)
+                if event in segments.RECORD_EVENTS:
+                    if writer is None:
+                        if self.home is None:
+                            raise ValueError("spool sans dossier du hub : impossible d'écrire le lot de la décision")
+                        writer = segments.SegmentWriter(self.home, self.run_id, self.flow)
+                        lot_at = len(rows)  # the lot row takes the place of its first per-record event
+                    writer.add(event, recipient or None, subject or None, payload)
+                else:
+                    rows.append((self.run_id, event, self.flow, recipient or None, subject or None, payload))
+            if writer is not None:
+                ref = writer.seal()
+                writer = None
+                rows.insert(lot_at, (self.run_id, segments.LOT_EVENT, self.flow, None, None, canonical(ref.payload())))
+                # Durable and read-only in its place, its row not yet committed: killed here, it is an orphan that the
+                # next recovery pass removes (and says so).
                 failpoint("journal-lot")
-                chunk = []
-        log.append_rows(chunk)
+        except BaseException:
+            if writer is not None:
+                writer.discard()
+            raise
+        log.append_rows(rows)
         self.reset()
 
     def reset(self) -> None:

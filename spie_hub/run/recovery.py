@@ -6,7 +6,9 @@ Called with the flow's lock held, so every unfinished run it finds is dead:
   (no delivery row, and the closing entry says so);
 - a run in ``publication`` had everything staged, signed and audited: it is completed (idempotent publication);
 - a claim without a run (killed between the copy and the first write) is returned to the inbox;
-- temporaries of interrupted stores are removed from every folder the flow writes to.
+- temporaries of interrupted stores are removed from every folder the flow writes to;
+- a segment of per-record events (spie_hub/audit/segments.py) that a killed run wrote without committing its ``lot``
+  row is an orphan: removed, and said (report and audit).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from connectors.transports.base import FileExists, Transport, safe_name, sha256_
 from connectors.transports.local import clean_scratch
 from connectors.transports.registry import open_transport
 from consent.revocation import reopen_withdrawals
+from spie_hub.audit import segments
 from spie_hub.audit.chain import seal
 from spie_hub.audit.log import AuditEvent, AuditLog, now
 from spie_hub.audit.spool import AuditSpool
@@ -62,16 +65,25 @@ class RecoveryReport:
     temporaires: int = 0
     #: What could not be settled now (a drop still broken): left as it is for the next start, and said.
     erreurs: list[str] = field(default_factory=list)
+    #: Segments of per-record events written by a killed run without their ``lot`` row (relative paths): removed.
+    lots_orphelins: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.completees or self.incompletes or self.annulees or self.entrees_restituees or self.temporaires
-                    or self.erreurs)
+                    or self.erreurs or self.lots_orphelins)
+
+    def lignes_lots(self) -> list[str]:
+        """What the operator is told of the orphan segments removed (one line, French), [] when none."""
+        if not self.lots_orphelins:
+            return []
+        return [f"lots orphelins supprimés (écrits par une exécution interrompue avant leur entrée au journal) : "
+                f"{len(self.lots_orphelins)} ({', '.join(self.lots_orphelins)})"]
 
     def as_payload(self) -> dict[str, Any]:
         return {"executions_completees": self.completees, "executions_incompletes": self.incompletes,
                 "executions_annulees": self.annulees,
                 "entrees_restituees": self.entrees_restituees, "temporaires_supprimes": self.temporaires,
-                "erreurs": self.erreurs}
+                "erreurs": self.erreurs, **({"lots_orphelins_supprimes": self.lots_orphelins} if self.lots_orphelins else {})}
 
 
 def _claim(private: Path) -> dict[str, str]:
@@ -272,6 +284,23 @@ def _complete(ctx: RunContext, run_id: str, input_sha: str, private: Path, repor
     report.completees.append(run_id)
 
 
+def _remove_orphan_lots(ctx: RunContext, report: RecoveryReport) -> None:
+    """Segments of this flow's runs that no ``lot`` row names: a run killed between writing its segment and
+    committing its row (every run of the flow is dead here: the caller holds its lock)."""
+    with ctx.engine.connect() as connection:
+        dead = {r.run_id for r in connection.execute(select(runs.c.run_id).where(
+            runs.c.flow == ctx.flow.id, runs.c.status.not_in(("en-cours", "publication"))))}
+    if not dead:
+        return
+    committed = segments.committed_lots(ctx.engine, ctx.flow.id)
+    try:
+        report.lots_orphelins = segments.remove_orphans(ctx.home, lambda rel: rel in committed, dead)
+    except OSError as error:
+        report.erreurs.append(f"lots orphelins non supprimés : {StorageError.from_os(error, segments.lots_root(ctx.home))}")
+    for line in report.lignes_lots():
+        log.warning("Flux %s : %s", ctx.flow.id, line)
+
+
 def recover_flow(ctx: RunContext) -> RecoveryReport:
     """Settle every unfinished run of ``ctx.flow`` (the caller holds its lock); audit what was done."""
     report = RecoveryReport(ctx.flow.id)
@@ -308,6 +337,7 @@ def recover_flow(ctx: RunContext) -> RecoveryReport:
         except (HubError, OSError) as error:  # a drop replaced by a link or a file: refused, said, not fatal
             report.erreurs.append(f"{transport.location()} : {error}")
     report.temporaires += len(clean_scratch(ctx.home.staging / ".stores"))
+    _remove_orphan_lots(ctx, report)
     if report:
         AuditLog(ctx.engine).append([AuditEvent("reprise", report.as_payload(), flow=ctx.flow.id)])
         seal(ctx.engine, ctx.signer)

@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import stat
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,7 @@ from sqlalchemy import Connection, Engine, and_, delete, func, not_, select
 
 from connectors.transports.base import FileInfo, Transport
 from connectors.transports.registry import open_transport
+from spie_hub.audit import segments
 from spie_hub.audit.chain import seal
 from spie_hub.audit.log import AuditEvent, AuditLog
 from spie_hub.audit.signing import SigningKey
@@ -319,6 +321,39 @@ def purge_audit(engine: Engine, signer: SigningKey, before: dt.datetime) -> int:
     return removed
 
 
+def purge_segments(engine: Engine, home: HubHome, flows: dict[str, Flow], now: dt.datetime, *,
+                   audit_days: int = AUDIT_RETENTION_DAYS) -> list[str]:
+    """Delete the segments of per-record events (spie_hub/audit/segments.py) past their retention, with their day
+    folder once empty, and say which in one ``purge-lots`` entry (path, root and leaves of each), so that
+    ``audit verify`` tells a purged segment from a deleted one (``segments.segment_purged``).
+
+    A segment is the evidence of what its run delivered: it is kept as long as the flow's data may be held and as
+    long as the audit itself (``max(conservation_jours, audit_days)``; a flow no longer declared: ``audit_days``),
+    as the decision rows it replaces were. Day by day on the commit day (UTC) of the segment's folder."""
+    removed: list[dict[str, Any]] = []
+    for path in list(segments.segment_files(home)):
+        day = dt.date(*(int(part) for part in path.parent.relative_to(segments.lots_root(home)).parts))
+        try:
+            info = segments.segment_info(home, path)
+        except (OSError, sqlite3.Error):
+            info = {}
+        flow = flows.get(info.get("flow", ""))
+        days = max(flow.conservation_jours if flow else 0, audit_days)
+        if day >= (now - dt.timedelta(days=days)).date():
+            continue
+        rel = path.relative_to(home.root).as_posix()
+        removed.append({"lot": rel, "racine": info.get("racine"), "feuilles": int(info.get("feuilles") or 0)})
+    if not removed:
+        return []
+    # The entry first: a crash after it leaves files the next purge deletes (and names again); never a segment gone
+    # without an entry saying it was purged.
+    AuditLog(engine).append([AuditEvent(segments.PURGE_EVENT, {"lots": removed, "nombre": len(removed),
+                                                                "avant": now.isoformat()})])
+    for lot in removed:
+        segments.remove_segment(home, lot["lot"])
+    return [lot["lot"] for lot in removed]
+
+
 @dataclass(frozen=True)
 class StoreRetention:
     """How long the hub keeps its own stores, in days (``organisation.conservation_<store>_jours``)."""
@@ -598,6 +633,7 @@ def purge_all(engine: Engine, home: HubHome, flows: dict[str, Flow], now: dt.dat
             waiting = connection.execute(select(revocations.c.id).where(revocations.c.propagated_at.is_(None)).limit(1)).first()
         # A withdrawal still to propagate finds who received the person's data in the audit: it is kept until then.
         if waiting is None:
+            purge_segments(engine, home, flows, now, audit_days=audit_days)
             dropped = purge_audit(engine, signer, now - dt.timedelta(days=audit_days))
         else:
             stored.gardes.append("journal d'audit non purgé : retrait en attente de propagation")
