@@ -607,6 +607,25 @@ def cmd_keys_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_hsm_generate(args: argparse.Namespace) -> int:
+    from spie_hub.audit.hsm import ENV_MODULE, generate_keypair, pkcs11_config
+    from spie_hub.audit.trust import fingerprint
+
+    config = pkcs11_config(args.kid)
+    if config is None:
+        raise ConfigurationError(f"Aucun module PKCS#11 : définissez {ENV_MODULE} (et le jeton, le code PIN), voir docs/cles-hsm.md")
+    signer = generate_keypair(config)
+    print(f"Paire de clés Ed25519 « {signer.kid} » générée dans le jeton « {config.token} » : la clé privée n'en sortira "
+          f"pas. Empreinte SHA-256 de la clé publique : {signer.kid}:{fingerprint(signer.public_b64)}")
+    if args.sortie:
+        out = Path(args.sortie)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(signer.public_pem, encoding="utf-8")
+        out.chmod(0o644)  # a public key, meant to be read by anyone
+        print(f"Clé publique écrite : {out.resolve()} — à publier (nom attendu par les vérificateurs : audit-{signer.kid}.pem)")
+    return 0
+
+
 def cmd_audit_export(args: argparse.Namespace) -> int:
     from spie_hub.audit.bundle import export_bundle
     from spie_hub.audit.signing import load_hub_signer
@@ -804,6 +823,10 @@ def build_parser() -> argparse.ArgumentParser:
     publish = keys_sub.add_parser("publier", help="écrire la clé publique de signature (PEM) à publier")
     publish.add_argument("--sortie", required=True)
     publish.set_defaults(func=cmd_keys_publish)
+    hsm = keys_sub.add_parser("hsm-generer", help="générer la clé de signature du journal dans le jeton PKCS#11 configuré")
+    hsm.add_argument("--kid", required=True, help="identifiant (étiquette) de la nouvelle clé, ex. s2")
+    hsm.add_argument("--sortie", help="écrire la clé publique (PEM) dans ce fichier, ex. audit-s2.pem")
+    hsm.set_defaults(func=cmd_keys_hsm_generate)
 
     sub.add_parser("flux", help="lister les flux déclarés dans le registre").set_defaults(func=cmd_flows)
     executions = sub.add_parser("executions", help="dernières exécutions des flux")
