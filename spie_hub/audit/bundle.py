@@ -2,14 +2,17 @@
 
 Bundle layout (``spie-hub audit exporter --sortie DOSSIER``):
 
-* ``journal.jsonl``: every kept entry, in chain order, with its columns as hashed;
-* ``points-de-controle.jsonl``: the signed checkpoints (Ed25519), the first one anchoring a purged head;
-* ``cles-publiques.json``: kid → public key of every signing key used (also published with the docs);
+* ``journal.jsonl``: every kept entry, in log order, with its columns as hashed;
+* ``tetes.jsonl``: the signed tree heads (each with ``enonce``, the exact signed bytes);
+* ``ancre.json``: where the kept entries start after a retention purge: the last purged entry's chain hash and the
+  perfect subtrees of the purged prefix (RFC 9162), from which the tree continues;
+* ``cles-publiques.json``: kid → public key recorded by the hub (information only: never trusted);
 * ``LISEZMOI.txt``: how to verify.
 
-The verifier should be given the hub's published public key (``--cle-publique``): trusting the key shipped in
-the bundle would let whoever rewrote the bundle also re-sign it. Delivery receipts (``--recu``) add attestations
-the operator cannot withdraw, so a truncated log is caught even if its last checkpoints were deleted too.
+The verifier must be given the hub's *published* public key (``--cle-publique``): a key shipped in the bundle would
+let whoever rewrote the bundle also re-sign it. Heads kept by others (``--recu`` for a delivery receipt,
+``--tete-gardee`` for a head) are witnesses: the log recomputed from the bundle must give their root at their size,
+so a log rewritten and re-signed by whoever holds the signing function is still caught.
 """
 
 from __future__ import annotations
@@ -22,38 +25,49 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from spie_hub.audit.chain import ChainChecker, VerifyResult, seal, store_checkpoints, store_keys
-from spie_hub.audit.receipts import receipt_valid
-from spie_hub.audit.signing import SigningKey, public_b64_from_pem
+from spie_hub.audit.chain import Anchor, LogChecker, LotCheck, VerifyResult, seal, store_anchor, store_heads, store_keys
+from spie_hub.audit.heads import Signer, TreeHead
+from spie_hub.audit.receipts import check_journal, kept_head, receipt_valid
+from spie_hub.audit.signing import public_b64_from_pem
 from spie_hub.store import audit_log
 
-ENTRIES, CHECKPOINTS, KEYS = "journal.jsonl", "points-de-controle.jsonl", "cles-publiques.json"
+ENTRIES, HEADS, ANCHOR, KEYS = "journal.jsonl", "tetes.jsonl", "ancre.json", "cles-publiques.json"
 COLUMNS = ("seq", "ts", "run_id", "event", "flow", "recipient", "subject", "payload", "prev_hash", "hash")
 README = """Export du journal d'audit du hub SPIE.
 
 Vérification hors ligne, sans accès au hub :
-    spie-hub audit verifier {dossier} --cle-publique cle-publique-audit.pem [--recu MANIFESTE.json ...]
+    spie-hub audit verifier {dossier} --cle-publique cle-publique-audit.pem [--recu MANIFESTE.json ...] [--tete-gardee TETE.json ...]
 
 La clé publique doit venir de la documentation publiée du hub, pas de ce dossier.
-Toute modification, suppression, insertion, permutation ou troncature est détectée et localisée (n° d'entrée).
+Toute modification, suppression, insertion, permutation ou troncature est détectée et localisée (n° d'entrée) ;
+un journal réécrit puis re-signé est détecté par toute tête gardée par un tiers (reçu de livraison d'un partenaire,
+export précédent du DPO).
 """
 
 
-def export_bundle(engine: Engine, folder: Path, signer: SigningKey, batch: int = 10_000) -> int:
-    """Seal the current head, then write the bundle; return the number of entries exported."""
-    seal(engine, signer)
+def export_bundle(engine: Engine, folder: Path, signer: Signer | None = None, batch: int = 10_000) -> int:
+    """Write the bundle (after making sure the log's current size is sealed); return the number of entries."""
+    if signer is not None:
+        seal(engine, signer)
     folder.mkdir(parents=True, exist_ok=True)
+    anchor = store_anchor(engine)
     count = 0
     with (folder / ENTRIES).open("w", encoding="utf-8") as out, engine.connect() as connection:
-        rows = connection.execution_options(stream_results=True, yield_per=batch).execute(select(audit_log).order_by(audit_log.c.seq))
+        rows = connection.execution_options(stream_results=True, yield_per=batch).execute(
+            select(audit_log).where(audit_log.c.seq > anchor.seq).order_by(audit_log.c.seq))
         for row in rows.mappings():
             out.write(json.dumps({c: row[c] for c in COLUMNS}, ensure_ascii=False, separators=(",", ":")) + "\n")
             count += 1
-    with (folder / CHECKPOINTS).open("w", encoding="utf-8") as out:
-        for cp in store_checkpoints(engine):
-            out.write(json.dumps(cp, ensure_ascii=False, separators=(",", ":")) + "\n")
+    with (folder / HEADS).open("w", encoding="utf-8") as out:
+        for head in store_heads(engine):
+            if head.size >= anchor.seq:
+                out.write(json.dumps(head.as_json(), ensure_ascii=False, separators=(",", ":")) + "\n")
+    (folder / ANCHOR).write_text(json.dumps({"taille": anchor.seq, "empreinte": anchor.hash,
+                                             "frontiere": [h.hex() for h in anchor.frontier]}, indent=1) + "\n",
+                                 encoding="utf-8")
     (folder / KEYS).write_text(json.dumps(store_keys(engine), indent=2) + "\n", encoding="utf-8")
-    (folder / "cle-publique-audit.pem").write_text(signer.public_pem, encoding="utf-8")
+    if signer is not None and hasattr(signer, "public_pem"):
+        (folder / "cle-publique-audit.pem").write_text(signer.public_pem, encoding="utf-8")
     (folder / "LISEZMOI.txt").write_text(README.format(dossier=folder.name), encoding="utf-8")
     return count
 
@@ -83,35 +97,53 @@ def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
             yield row
 
 
-def verify_bundle(folder: Path, public_keys_pem: list[Path] | None = None, receipts: list[Path] | None = None) -> BundleVerdict:
+def _fail(reason: str, seq: int | None = None) -> VerifyResult:
+    return VerifyResult(False, 0, seq, reason)
+
+
+def verify_bundle(folder: Path, public_keys_pem: list[Path] | None = None, receipts: list[Path] | None = None,
+                  kept: list[Path] | None = None, check_lot: LotCheck | None = None) -> BundleVerdict:
     notes: list[str] = []
-    trusted: list[str] = []
-    if public_keys_pem:
-        # Only the published keys are believed: a bundled key is used for its kid only if it is one of them.
-        trusted = [public_b64_from_pem(pem.read_text(encoding="utf-8")) for pem in public_keys_pem]
-        bundled = json.loads((folder / KEYS).read_text(encoding="utf-8")) if (folder / KEYS).is_file() else {}
-        keys = {kid: public for kid, public in bundled.items() if public in trusted}
-    else:
-        keys = json.loads((folder / KEYS).read_text(encoding="utf-8"))
-        notes.append("clés publiques lues dans le dossier lui-même : comparez-les à la clé publiée (--cle-publique)")
+    if not public_keys_pem:
+        return BundleVerdict(_fail("clé publique publiée du hub requise (--cle-publique) : une clé lue dans le "
+                                   "dossier lui-même ne prouverait rien"), notes)
     try:
-        checker = ChainChecker(list(_jsonl(folder / CHECKPOINTS)), keys, trusted)
+        trusted_list = [public_b64_from_pem(pem.read_text(encoding="utf-8")) for pem in public_keys_pem]
+    except (OSError, ValueError) as error:
+        return BundleVerdict(_fail(f"clé publique illisible ({type(error).__name__})"), notes)
+    try:
+        heads = [TreeHead.from_json(h) for h in _jsonl(folder / HEADS)]
+        # A head names its key id; the published keys are believed under whatever id they sign with.
+        trusted = {h.kid: key for h in heads for key in trusted_list if h.verify({h.kid: key}) is None}
+        for h in heads:
+            trusted.setdefault(h.kid, trusted_list[0])
+        anchor_data = json.loads((folder / ANCHOR).read_text(encoding="utf-8"))
+        anchor = Anchor(int(anchor_data["taille"]), str(anchor_data["empreinte"]),
+                        tuple(bytes.fromhex(h) for h in anchor_data["frontiere"]))
+        witnesses: list[tuple[str, TreeHead]] = []
         for path in receipts or []:
             receipt = json.loads(path.read_text(encoding="utf-8"))
-            kid = (receipt.get("signature") or {}).get("cle", "")
-            if not any(receipt_valid(receipt, {kid: key}) for key in (trusted or [keys.get(kid, "")])):
-                return BundleVerdict(VerifyResult(False, 0, None, f"reçu {path.name} : signature invalide"), notes)
-            head = receipt.get("journal") or {}
-            if "entree" in head:  # a receipt issued before receipts stopped carrying a position
-                checker.attest(int(head["entree"]), str(head["empreinte"]))
-            elif isinstance(head.get("point_de_controle"), str):
-                checker.attest_digest(head["point_de_controle"])
-            else:
-                return BundleVerdict(VerifyResult(False, 0, None, f"reçu {path.name} : ne nomme aucune tête du journal"),
-                                     notes)
+            keys = {str((receipt.get("signature") or {}).get("cle", "")): k for k in trusted_list}
+            if not any(receipt_valid(receipt, {kid: k}) for kid in keys for k in trusted_list):
+                return BundleVerdict(_fail(f"reçu {path.name} : signature invalide"), notes)
+            head = TreeHead.from_json((receipt.get("journal") or {}).get("tete") or {})
+            key = next((k for k in trusted_list if head.verify({head.kid: k}) is None), trusted_list[0])
+            if problems := check_journal(receipt, {head.kid: key}):
+                return BundleVerdict(_fail(f"reçu {path.name} : {problems[0]}"), notes)
+            witnesses.append((f"le reçu {path.name}", head))
+        for path in kept or []:
+            head = kept_head(path)
+            if not any(head.verify({head.kid: k}) is None for k in trusted_list):
+                return BundleVerdict(_fail(f"tête gardée {path.name} : signature invalide"), notes)
+            witnesses.append((f"la tête gardée {path.name}", head))
+        for origin, head in witnesses:
+            if head.size < anchor.seq:
+                notes.append(f"{origin} (taille {head.size}) précède la purge (ancre à {anchor.seq}) : à vérifier par "
+                             "une preuve de cohérence (spie-hub audit coherence)")
+        checker = LogChecker(heads, trusted, anchor, [w for w in witnesses if w[1].size >= anchor.seq], None, check_lot)
         result = checker.run(_jsonl(folder / ENTRIES))
     except _BadLine as error:
-        return BundleVerdict(VerifyResult(False, 0, None, f"ligne {error.line} illisible (JSON altéré)"), notes)
-    except (OSError, KeyError, ValueError) as error:
-        return BundleVerdict(VerifyResult(False, 0, None, f"dossier d'export incomplet ou illisible ({type(error).__name__})"), notes)
+        return BundleVerdict(_fail(f"ligne {error.line} illisible (JSON altéré)"), notes)
+    except (OSError, KeyError, ValueError, TypeError) as error:
+        return BundleVerdict(_fail(f"dossier d'export incomplet ou illisible ({type(error).__name__})"), notes)
     return BundleVerdict(result, notes)

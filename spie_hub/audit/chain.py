@@ -1,33 +1,36 @@
-"""Verify an audit chain against its signed checkpoints: one checker for the database and the offline bundle.
+"""Verify the audit log against its signed tree heads: one checker for the database and the offline bundle.
 
-What each check catches, and where it says so (entry number):
+What each check catches, and where it says so (entry number or tree size):
 
-* an edited entry: its SHA-256 no longer matches (and, if the attacker recomputed every hash after it, the next
-  signed checkpoint no longer matches);
-* a deleted or inserted entry: a gap or a repeat in the numbering, or a broken ``prev_hash`` link;
-* reordered entries: numbering out of order and broken links;
-* a truncated tail: a signed checkpoint (or a signed delivery receipt) attests more entries than remain;
-* a purged head: allowed only down to a signed checkpoint (the anchor) whose hash the first kept entry links to.
+* an edited entry: its SHA-256 no longer matches; recomputed with every later hash, the tree root at the next
+  signed head no longer matches; re-signed with the hub's own key as well, the head a witness kept (a partner's
+  receipt, the DPO's export, the hub's last verification) no longer matches: the witness check;
+* a deleted, inserted or reordered entry: a gap or repeat in the numbering, a broken ``prev_hash`` link;
+* a truncated log: a signed head attests more entries than remain; an entry after the last head: unsealed tail
+  (every append is sealed in its own transaction, so this is never legitimate);
+* a node of the stored tree that does not match the entries (the proofs the hub hands out would be false);
+* a purged head: allowed only down to the anchor, whose stored subtrees must give the root of the signed head at
+  the anchor's size;
+* heads are checked with the *published* keys only (spie_hub/audit/trust.py), never with a key the database holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Engine, select
 
-from spie_hub.audit.log import canonical, entry_hash, now
-from spie_hub.audit.signing import SigningKey, verify_signature
-from spie_hub.core.errors import ConfigurationError
-from spie_hub.store import GENESIS_HASH, audit_checkpoints, audit_head, audit_keys, audit_log
+from spie_hub.audit import merkle
+from spie_hub.audit.heads import Signer, TreeHead, latest_head
+from spie_hub.audit.log import AuditLog, entry_hash
+from spie_hub.audit.tree import StoredNodes, entry_leaf, frontier_keys
+from spie_hub.store import GENESIS_HASH, audit_anchor, audit_head, audit_heads, audit_keys, audit_log
 
-CHECKPOINT_TYPE = "spie-hub/point-de-controle/v1"
-
-
-def checkpoint_statement(seq: int, digest: str, ts: str, kid: str) -> bytes:
-    return canonical({"type": CHECKPOINT_TYPE, "seq": seq, "empreinte": digest, "horodatage": ts, "cle": kid}).encode()
+#: A ``lot`` entry's payload → None, or what is wrong with its batch (spie_hub/audit/segments.py).
+LotCheck = Callable[[dict[str, Any]], str | None]
 
 
 @dataclass(frozen=True)
@@ -36,142 +39,282 @@ class VerifyResult:
     entries: int
     first_bad_seq: int | None = None
     reason: str | None = None
-    checkpoints: int = 0
+    checkpoints: int = 0  # signed tree heads verified
     first_seq: int = 1
+    size: int = 0
+    root: str | None = None
+    notes: tuple[str, ...] = ()
 
 
-def _fail(count: int, seq: int | None, reason: str, checkpoints: int = 0) -> VerifyResult:
-    return VerifyResult(False, count, seq, reason, checkpoints)
+@dataclass(frozen=True)
+class Anchor:
+    """Where verification starts: entries up to ``seq`` are purged (or verified earlier); ``hash`` is the chain hash
+    of entry ``seq``; ``frontier`` the perfect subtrees of the first ``seq`` leaves (largest first)."""
+
+    seq: int = 0
+    hash: str = GENESIS_HASH
+    frontier: tuple[bytes, ...] = ()
+
+    def root(self) -> bytes:
+        return merkle.TreeBuilder(self.seq, self.frontier).root()
 
 
-class ChainChecker:
-    """``checkpoints``: dicts with seq, hash, ts, kid, signature; ``keys``: kid → Ed25519 public key (base64)."""
+@dataclass
+class LogChecker:
+    heads: Sequence[TreeHead]
+    trusted: Mapping[str, str]
+    anchor: Anchor = field(default_factory=Anchor)
+    #: Heads held by others (receipts, an export, the last verification), their signatures already checked.
+    witnesses: Sequence[tuple[str, TreeHead]] = ()
+    nodes: Callable[[list[tuple[int, int]]], dict[tuple[int, int], bytes]] | None = None
+    check_lot: LotCheck | None = None
 
-    def __init__(self, checkpoints: Iterable[Mapping[str, Any]], keys: Mapping[str, str], trusted: Iterable[str] = ()) -> None:
-        """``trusted``: published public keys to try when a checkpoint's key id is not in ``keys``."""
-        self.attested: dict[int, str] = {}
-        self.attested_digests: set[str] = set()
-        self.problem: tuple[int, str] | None = None
-        fallback = list(trusted)
-        for cp in sorted(checkpoints, key=lambda c: c["seq"]):
-            candidates = [keys[cp["kid"]]] if cp["kid"] in keys else fallback
-            if not candidates:
-                self.problem = (cp["seq"], f"point de contrôle n° {cp['seq']} signé par une clé inconnue ({cp['kid']})")
-                break
-            statement = checkpoint_statement(cp["seq"], cp["hash"], cp["ts"], cp["kid"])
-            if not any(verify_signature(key, statement, cp["signature"]) for key in candidates):
-                self.problem = (cp["seq"], f"point de contrôle n° {cp['seq']} : signature invalide (falsifié)")
-                break
-            self.attested[cp["seq"]] = cp["hash"]
-
-    def attest(self, seq: int, digest: str) -> None:
-        """Add an attestation verified elsewhere (a signed delivery receipt naming the head of the chain)."""
-        self.attested.setdefault(seq, digest)
-
-    def attest_digest(self, digest: str) -> None:
-        """An entry's hash that a signed receipt attests, without its number (receipts carry no position: a number
-        would count the decisions made for other recipients, docs/divulgation.md): the entry must be in the chain."""
-        self.attested_digests.add(digest)
-
-    def run(self, entries: Iterable[Mapping[str, Any]], head: tuple[int, str] | None = None) -> VerifyResult:
-        if self.problem:
-            return _fail(0, *self.problem)
-        expected_seq: int | None = None
-        expected_prev = GENESIS_HASH
-        unseen = set(self.attested_digests)
-        count, first, last_hash = 0, 1, GENESIS_HASH
+    def run(self, entries: Iterable[Mapping[str, Any]], head_row: tuple[int, str] | None = None) -> VerifyResult:
+        heads = sorted(self.heads, key=lambda h: h.size)
+        for head in heads:
+            if problem := head.verify(self.trusted):
+                return VerifyResult(False, 0, head.size or None, problem)
+        by_size = {h.size: h for h in heads}
+        roots: dict[int, bytes] = {}
+        witnessed = {h.size for _, h in self.witnesses}
+        anchor = self.anchor
+        builder = merkle.TreeBuilder(anchor.seq, anchor.frontier, on_node=self._collect)
+        self._computed: list[tuple[int, int, bytes]] = []
+        if anchor.seq:
+            root = builder.root()
+            if anchor.seq in by_size and by_size[anchor.seq].root != root.hex():
+                return self._fail(0, anchor.seq, "les sous-arbres conservés à l'ancre ne donnent plus la racine signée "
+                                                 f"à la taille {anchor.seq} (journal réécrit avant l'ancre)")
+            roots[anchor.seq] = root
+        expected_seq, expected_prev, count = anchor.seq + 1, anchor.hash, 0
+        last_hash = anchor.hash
         for row in entries:
             seq = row["seq"]
-            if expected_seq is None:
-                first = seq
-                if seq != 1:
-                    anchor = self.attested.get(seq - 1)
-                    if anchor is None or anchor != row["prev_hash"]:
-                        return _fail(0, 1, f"entrées n° 1 à {seq - 1} absentes sans point de contrôle signé qui les ancre "
-                                           "(début du journal supprimé)", len(self.attested))
-                    expected_prev = anchor
-                expected_seq = seq
             if seq != expected_seq:
+                if count == 0 and seq > expected_seq:
+                    return self._fail(0, expected_seq, f"entrées n° {expected_seq} à {seq - 1} absentes sans ancre de "
+                                                       "purge qui les couvre (début du journal supprimé)")
                 if seq > expected_seq:
-                    return _fail(count, expected_seq, f"entrée n° {expected_seq} absente à sa place (supprimée ou déplacée)"
-                                 if seq == expected_seq + 1 else f"entrées n° {expected_seq} à {seq - 1} absentes (supprimées)")
-                return _fail(count, seq, f"entrée n° {seq} dupliquée ou déplacée (ordre rompu)")
+                    return self._fail(count, expected_seq, f"entrée n° {expected_seq} absente à sa place (supprimée ou déplacée)"
+                                      if seq == expected_seq + 1 else f"entrées n° {expected_seq} à {seq - 1} absentes (supprimées)")
+                return self._fail(count, seq, f"entrée n° {seq} dupliquée ou déplacée (ordre rompu)")
             if row["prev_hash"] != expected_prev:
-                return _fail(count, seq, "chaînage rompu (entrée supprimée, insérée ou déplacée)")
+                return self._fail(count, seq, "chaînage rompu (entrée supprimée, insérée ou déplacée)")
             if entry_hash(dict(row)) != row["hash"]:
-                return _fail(count, seq, "contenu modifié (empreinte SHA-256 différente)")
-            if seq in self.attested and self.attested[seq] != row["hash"]:
-                return _fail(count, seq, "ne correspond pas au point de contrôle signé (journal réécrit)")
+                return self._fail(count, seq, "contenu modifié (empreinte SHA-256 différente)")
+            builder.add(entry_leaf(row["hash"]))
+            if seq in by_size and by_size[seq].root != builder.root().hex():
+                return self._fail(count, seq, f"ne correspond plus à la tête signée de taille {seq} (journal réécrit)")
+            if seq in witnessed:
+                roots[seq] = builder.root()
+            if self.check_lot is not None and row["event"] == "lot":
+                import json
+
+                if problem := self.check_lot(json.loads(row["payload"])):
+                    return self._fail(count, seq, problem)
+            if len(self._computed) >= 20_000 and (problem := self._compare_nodes()):
+                return self._fail(count, seq, problem)
             expected_seq, expected_prev, last_hash, count = seq + 1, row["hash"], row["hash"], count + 1
-            unseen.discard(row["hash"])
-        last = (expected_seq - 1) if expected_seq is not None else 0
-        unseen -= {h for s, h in self.attested.items() if s < first}  # purged under retention, under a signed anchor
-        if unseen:
-            return _fail(count, last + 1, "journal tronqué ou réécrit : un reçu de livraison signé atteste une entrée "
-                                          "(point de contrôle) qui n'y figure pas")
-        beyond = [s for s in self.attested if s > last]
+        last = expected_seq - 1
+        if problem := self._compare_nodes():
+            return self._fail(count, last, problem)
+        beyond = [h.size for h in heads if h.size > last]
         if beyond:
-            return _fail(count, last + 1, f"journal tronqué : un point de contrôle signé atteste l'entrée n° {max(beyond)}, "
-                                          f"le journal s'arrête à l'entrée n° {last}")
-        if head is not None and head != (last, last_hash) and not (count == 0 and head[0] == 0):
-            if head[0] > last:
-                return _fail(count, last + 1, f"entrées n° {last + 1} à {head[0]} absentes (fin du journal supprimée)")
-            return _fail(count, head[0], "tête de chaîne incohérente avec le journal")
-        return VerifyResult(True, count, checkpoints=len([s for s in self.attested if s >= first - 1]), first_seq=first)
+            return self._fail(count, last + 1, f"journal tronqué : une tête signée atteste {max(beyond)} entrée(s), "
+                                               f"le journal s'arrête à l'entrée n° {last}")
+        sealed = max((h.size for h in heads), default=0)
+        if last > sealed:
+            return self._fail(count, sealed + 1, f"entrées n° {sealed + 1} à {last} sans tête signée (fin du journal "
+                                                 "non scellée : ajoutée hors du hub, ou têtes supprimées)")
+        if head_row is not None and head_row != (last, last_hash) and not (last == 0 and head_row[0] == 0):
+            if head_row[0] > last:
+                return self._fail(count, last + 1, f"entrées n° {last + 1} à {head_row[0]} absentes (fin du journal supprimée)")
+            return self._fail(count, head_row[0], "tête de chaîne incohérente avec le journal")
+        for origin, witness in self.witnesses:
+            if witness.size > last:
+                return self._fail(count, last + 1, f"{origin} atteste une tête de {witness.size} entrée(s) ; le journal "
+                                                   f"n'en a plus que {last} (tronqué)")
+            got = roots.get(witness.size)
+            if got is None:
+                continue  # before the anchor: checked by a consistency proof (spie-hub recu verifier)
+            if got.hex() != witness.root:
+                return self._fail(count, witness.size, f"ne correspond plus à la tête de taille {witness.size} que "
+                                                       f"{origin} a gardée (journal réécrit avant cette tête, puis "
+                                                       "re-signé)")
+        final = builder.root().hex() if last else None
+        return VerifyResult(True, count, checkpoints=len([h for h in heads if h.size >= anchor.seq]),
+                            first_seq=anchor.seq + 1, size=last, root=final)
+
+    def _collect(self, level: int, index: int, digest: bytes) -> None:
+        self._computed.append((level, index, digest))
+
+    def _compare_nodes(self) -> str | None:
+        computed, self._computed = self._computed, []
+        if self.nodes is None or not computed:
+            return None
+        stored = self.nodes([(lv, i) for lv, i, _ in computed])
+        for level, index, digest in computed:
+            if stored.get((level, index)) != digest:
+                first = index << level
+                return (f"arbre du journal stocké faux (nœud niveau {level} couvrant l'entrée n° {first + 1}) : les "
+                        "preuves remises aux partenaires ne se vérifieraient pas")
+        return None
+
+    @staticmethod
+    def _fail(count: int, seq: int | None, reason: str) -> VerifyResult:
+        return VerifyResult(False, count, seq, reason)
+
+
+# -- the store ----------------------------------------------------------------------------------------------------
+
+def store_heads(engine: Engine) -> list[TreeHead]:
+    with engine.connect() as connection:
+        return [TreeHead.from_row(r) for r in connection.execute(select(audit_heads).order_by(audit_heads.c.size))]
 
 
 def store_keys(engine: Engine) -> dict[str, str]:
+    """The public keys the store records (for the DPO's information; never a trust anchor)."""
     with engine.connect() as connection:
         return {r.kid: r.public_b64 for r in connection.execute(select(audit_keys))}
 
 
-def store_checkpoints(engine: Engine) -> list[dict[str, Any]]:
+def store_anchor(engine: Engine) -> Anchor:
     with engine.connect() as connection:
-        return [dict(r._mapping) for r in connection.execute(select(audit_checkpoints).order_by(audit_checkpoints.c.seq))]
+        row = connection.execute(select(audit_anchor.c.seq, audit_anchor.c.hash)).one()
+        if not row.seq:
+            return Anchor()
+        nodes = StoredNodes(connection)
+        keys = frontier_keys(row.seq)
+        nodes.prefetch(keys)
+        return Anchor(row.seq, row.hash or "", tuple(nodes(lv, i) for lv, i in keys))
 
 
-def verify_store(engine: Engine, batch: int = 10_000) -> VerifyResult:
-    checker = ChainChecker(store_checkpoints(engine), store_keys(engine))
+def _stored_nodes(engine: Engine) -> Callable[[list[tuple[int, int]]], dict[tuple[int, int], bytes]]:
+    def read(keys: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        with engine.connect() as connection:
+            nodes = StoredNodes(connection)
+            nodes.prefetch(keys)
+            return nodes.cache
+    return read
+
+
+def default_trust(home: Any = None, signer: Signer | None = None, engine: Engine | None = None) -> tuple[dict[str, str], list[str]]:
+    """The keys verification believes, and notes to print: the published keys and configured fingerprints
+    (spie_hub/audit/trust.py; a key the store records is admitted only if they admit it); with neither, the hub's
+    own current key, said as such. Never a key merely because the database holds it."""
+    from spie_hub.audit import trust
+    from spie_hub.core.errors import ConfigurationError
+    from spie_hub.core.home import HubHome
+
+    home = home or HubHome.from_env()
+    if signer is None:
+        try:
+            from spie_hub.audit.signing import load_hub_signer
+
+            signer = load_hub_signer(home)
+        except ConfigurationError:
+            signer = None  # verifying needs no private key when published keys are configured
+    anchor = trust.anchor_for_store(home, signer)
+    keys = anchor.admitted(store_keys(engine)) if engine is not None else dict(anchor.keys)
+    return keys, [anchor.note] if anchor.note else []
+
+
+def verify_store(engine: Engine, trusted: Mapping[str, str], batch: int = 10_000, check_lot: LotCheck | None = None,
+                 since: Anchor | None = None, witnesses: Sequence[tuple[str, TreeHead]] = ()) -> VerifyResult:
+    """Walk the log from the purge anchor (or from ``since``, a head verified earlier) against the signed heads."""
+    anchor = store_anchor(engine)
+    if since is not None and since.seq > anchor.seq:
+        anchor = since
+    heads = [h for h in store_heads(engine) if h.size >= anchor.seq]
+    checker = LogChecker(heads, trusted, anchor, witnesses, _stored_nodes(engine), check_lot)
     with engine.connect() as connection:
-        head = tuple(connection.execute(select(audit_head.c.seq, audit_head.c.hash)).one())
+        head_row = tuple(connection.execute(select(audit_head.c.seq, audit_head.c.hash)).one())
         result = connection.execution_options(stream_results=True, yield_per=batch).execute(
-            select(audit_log).order_by(audit_log.c.seq))
-        return checker.run(result.mappings(), head)  # type: ignore[arg-type]
+            select(audit_log).where(audit_log.c.seq > anchor.seq).order_by(audit_log.c.seq))
+        return checker.run(result.mappings(), head_row)  # type: ignore[arg-type]
 
 
-def _check_signer(connection: Connection, signer: SigningKey) -> None:
-    known = connection.execute(select(audit_keys.c.public_b64).where(audit_keys.c.kid == signer.kid)).scalar()
-    if known is not None and known != signer.public_b64:
-        raise ConfigurationError(
-            f"La clé de signature « {signer.kid} » n'est plus celle que le journal connaît sous cet identifiant (secret "
-            "remplacé) : ce qu'elle signerait ne se vérifierait plus avec la clé publiée. Remettez la clé d'origine, "
-            "ou signez avec une nouvelle clé sous un nouvel identifiant et publiez-la.")
+def _lot_check(home: Any) -> LotCheck | None:
+    try:
+        from spie_hub.audit import segments
+    except ImportError:
+        return None
+    check = getattr(segments, "check_lot_payload", None)
+    return (lambda payload: check(home, payload)) if check is not None else None
 
 
-def ensure_signer(engine: Engine, signer: SigningKey) -> None:
-    """Refuse a signing key whose secret changed behind an identifier the audit already knows (checked before a run
-    touches its input, and again at every checkpoint)."""
+STATE_FILE = "derniere-verification.json"
+
+
+def verify(engine: Engine, batch: int = 10_000, *, home: Any = None, trusted: Mapping[str, str] | None = None,
+           incremental: bool = False) -> VerifyResult:
+    """Verify the store's log with the published keys. ``incremental``: from the last head this hub verified
+    (``$SPIE_HUB_HOME/audit/derniere-verification.json``), whose root must still be what the stored tree gives at
+    its size: what the end of a DAG run does instead of re-reading the whole log."""
+    import json
+
+    from spie_hub.core.home import HubHome
+
+    home = home or HubHome.from_env()
+    notes: list[str] = []
+    if trusted is None:
+        trusted, notes = default_trust(home, engine=engine)
+    state = Path(home.root) / "audit" / STATE_FILE
+    since: Anchor | None = None
+    witnesses: list[tuple[str, TreeHead]] = []
+    if state.is_file():
+        try:
+            kept = json.loads(state.read_text(encoding="utf-8"))
+            head = TreeHead.from_json(kept["tete"])
+            if head.verify(trusted) is None:
+                witnesses.append(("la dernière vérification du hub", head))
+                if incremental and head.size:
+                    with engine.connect() as connection:
+                        nodes = StoredNodes(connection)
+                        keys = frontier_keys(head.size)
+                        nodes.prefetch(keys)
+                        frontier = tuple(nodes(lv, i) for lv, i in keys)
+                    since = Anchor(head.size, str(kept["empreinte"]), frontier)
+                    if since.root().hex() != head.root:
+                        return VerifyResult(False, 0, head.size, "l'arbre stocké ne donne plus la racine de la tête "
+                                                                 "vérifiée la dernière fois (journal réécrit avant elle)")
+        except (OSError, ValueError, KeyError, TypeError):
+            notes.append("état de la dernière vérification illisible : vérification complète")
+            since = None
+    result = verify_store(engine, trusted, batch, _lot_check(home), since, witnesses if since is None else ())
+    if result.ok:
+        _remember(engine, state)
+    return VerifyResult(**{**result.__dict__, "notes": tuple(notes) + result.notes})
+
+
+def _remember(engine: Engine, state: Path) -> None:
+    import json
+
     with engine.connect() as connection:
-        _check_signer(connection, signer)
+        head = latest_head(connection)
+        if head is None:
+            return
+        digest = connection.execute(select(audit_log.c.hash).where(audit_log.c.seq == head.size)).scalar()
+    if digest is None:
+        return
+    state.parent.mkdir(parents=True, exist_ok=True)
+    temporary = state.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"tete": head.as_json(), "empreinte": digest}), encoding="utf-8")
+    temporary.replace(state)
 
 
-def seal(engine: Engine, signer: SigningKey, at: tuple[int, str] | None = None) -> int | None:
-    """Sign a checkpoint over the head of the chain (or over ``at``); return its number, None on an empty chain."""
-    with engine.begin() as connection:
-        _check_signer(connection, signer)
-        seq, digest = at or tuple(connection.execute(select(audit_head.c.seq, audit_head.c.hash)).one())
-        if seq == 0:
-            return None
-        if connection.execute(select(audit_checkpoints.c.seq).where(audit_checkpoints.c.seq == seq)).first() is None:
-            ts = now()
-            connection.execute(insert(audit_checkpoints).values(
-                seq=seq, hash=digest, ts=ts, kid=signer.kid,
-                signature=signer.sign(checkpoint_statement(seq, digest, ts, signer.kid))))
-        if connection.execute(select(audit_keys.c.kid).where(audit_keys.c.kid == signer.kid)).first() is None:
-            connection.execute(insert(audit_keys).values(kid=signer.kid, public_b64=signer.public_b64, added_at=now()))
-    return seq
+def ensure_signer(engine: Engine, signer: Signer) -> None:
+    """Refuse a signing key whose secret changed behind an identifier the audit already knows (checked before a run
+    touches its input, and again at every append)."""
+    from spie_hub.audit.heads import record_signer
+
+    with engine.connect() as connection:
+        record_signer(connection, signer)
+        connection.rollback()  # a check, not a write: the key is recorded with the first head it signs
 
 
-def verify(engine: Engine, batch: int = 10_000) -> VerifyResult:
-    """Walk the chain against its signed checkpoints and report the first entry that does not verify."""
-    return verify_store(engine, batch)
+def seal(engine: Engine, signer: Signer, at: object = None) -> TreeHead | None:
+    """The latest signed head, after making sure the log's current size has one (every append signs its own; a
+    store from before the tree gets its tree and head here). ``at`` is accepted for older callers and ignored: a
+    head covers the whole log."""
+    return AuditLog(engine, signer).seal()

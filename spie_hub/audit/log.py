@@ -1,8 +1,11 @@
-"""Append-only, hash-chained audit log.
+"""Append-only audit log: hash-chained entries, leaves of a Merkle tree, sealed by a signed tree head.
 
-Each entry's SHA-256 covers its canonical content and the previous entry's hash, so any change, deletion or
-reordering breaks the chain at the first entry touched. ``audit_head`` remembers the last entry, so deleting the
-tail is detected as well. Entries hold pseudonyms, hashes, counts and decisions: never an identity.
+Each entry's SHA-256 covers its canonical content and the previous entry's hash (the chain, checked entry by entry);
+that hash is also the entry's leaf in the log's RFC 9162 Merkle tree (spie_hub/audit/tree.py), and every append
+signs a tree head in the same transaction (spie_hub/audit/heads.py): the log never has an unsealed tail that could
+be removed unseen. Entries record actions (a run, a batch of decisions, a delivery, an import, an access...), with
+pseudonyms, hashes, counts and decisions: never an identity. Per-record decisions go into batches (spie_hub/audit/
+segments.py) that one entry commits.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 
-from spie_hub.store import audit_head
+from spie_hub.audit.heads import Signer, TreeHead, latest_head, record_signer, sign_head, store_head
+from spie_hub.audit.tree import append_leaves, tree_root
+from spie_hub.store import audit_head, audit_log, audit_nodes
 
 
 def canonical(payload: dict[str, Any]) -> str:
@@ -51,8 +56,38 @@ class AuditEvent:
 
 
 class AuditLog:
-    def __init__(self, engine: Engine) -> None:
+    """``signer``: what seals each append with a signed tree head; by default the hub's signing key, loaded at the
+    first append (a missing key is a configuration error, never an unsealed entry)."""
+
+    def __init__(self, engine: Engine, signer: Signer | None = None) -> None:
         self.engine = engine
+        self._signer = signer
+        self.last_head: TreeHead | None = None
+
+    @property
+    def signer(self) -> Signer:
+        if self._signer is None:
+            from spie_hub.audit.signing import load_hub_signer
+
+            self._signer = load_hub_signer()
+        return self._signer
+
+    def seal(self) -> TreeHead | None:
+        """Sign a head over the log as it stands when its last append left none (a store from before the tree)."""
+        with self.engine.begin() as connection:
+            connection.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq))
+            seq = connection.execute(select(audit_head.c.seq).where(audit_head.c.id == 1)).scalar_one()
+            latest = latest_head(connection)
+            if seq == 0:
+                return latest
+            size = _tree_size(connection, seq)
+            if latest is not None and latest.size == size:
+                return latest
+            signer = self.signer
+            record_signer(connection, signer)
+            self.last_head = sign_head(signer, size, tree_root(connection, size), now())
+            store_head(connection, self.last_head)
+            return self.last_head
 
     def append(self, events: Iterable[AuditEvent], connection: Connection | None = None) -> tuple[int, str]:
         """Append events in one transaction; return the new head (seq, hash).
@@ -70,8 +105,7 @@ class AuditLog:
         with self.engine.begin() as connection:
             return self._append_in(connection, items)
 
-    @staticmethod
-    def _append_in(connection: Connection,
+    def _append_in(self, connection: Connection,
                    items: Iterable[tuple[str | None, str, str | None, str | None, str | None, str]]) -> tuple[int, str]:
         # Touching the head row first takes the write lock (row lock on PostgreSQL, RESERVED on SQLite),
         # so concurrent runs chain one after the other instead of forking the chain.
@@ -94,4 +128,23 @@ class AuditLog:
                 rows,
             )
             connection.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
+            size, root = append_leaves(connection, _tree_size(connection, rows[0][0] - 1), (row[-1] for row in rows))
+            signer = self.signer
+            record_signer(connection, signer)
+            self.last_head = sign_head(signer, size, root, ts)
+            store_head(connection, self.last_head)
         return seq, prev
+
+
+def _tree_size(connection: Connection, entries: int) -> int:
+    """The tree's size before an append (``entries`` = the log's last seq): a store from before the tree, or whose
+    last append predates it, gets the missing leaves first, read from its entries."""
+    last = connection.execute(select(func.max(audit_nodes.c.idx)).where(audit_nodes.c.level == 0)).scalar()
+    size = 0 if last is None else last + 1
+    if size < entries:
+        hashes = connection.execute(select(audit_log.c.hash).where(audit_log.c.seq > size, audit_log.c.seq <= entries)
+                                    .order_by(audit_log.c.seq)).scalars().all()
+        if len(hashes) != entries - size:
+            raise ValueError("entrées du journal absentes : l'arbre ne peut pas être complété (journal altéré)")
+        size, _ = append_leaves(connection, size, hashes)
+    return size

@@ -365,8 +365,10 @@ class StagedDeliveries:
                 "destinataire": recipient.id, "execution": run_id, "genere_le": now(),
                 "format": recipient.sortie,
             }
+            # The recipient receives this entry with its receipt (inclusion proof): only what it already knows. Its
+            # withheld count stays in the run's "execution-fin" entry, which no partner receives.
             self.spool.add("livraison", {"fichier": name, "sha256": manifest["sha256"], "enregistrements": counts.livres,
-                                         "retenus": counts.retenus, "version_schema": SCHEMA_VERSION}, recipient.id)
+                                         "version_schema": SCHEMA_VERSION}, recipient.id)
             out[recipient.id] = manifest
         return out
 

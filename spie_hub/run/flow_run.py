@@ -31,9 +31,8 @@ from connectors.formats.base import InputFacts
 from consent.decision import ConsentIndex, registry_authority
 from consent.revocation import withdrawal_concerns
 from schemas.spie_v1 import SCHEMA_VERSION
-from spie_hub.audit.chain import seal
 from spie_hub.audit.log import AuditEvent, AuditLog, now
-from spie_hub.audit.receipts import sign_manifest
+from spie_hub.audit.receipts import journal_proof, sign_manifest
 from spie_hub.audit.signing import SigningKey
 from spie_hub.audit.spool import AuditSpool
 from spie_hub.core.errors import FatalInputError, HubError, RetriableError, StorageError
@@ -50,7 +49,7 @@ from spie_hub.run.interrupt import raise_if_interrupted
 from spie_hub.run.lock import FlowLock
 from spie_hub.run.records import Mapped, SeenPivots, read_records, reader_for
 from spie_hub.run.summary import RecipientCounts, RunSummary
-from spie_hub.store import audit_head, deliveries, runs
+from spie_hub.store import deliveries, runs
 from spie_hub.store.withdrawal_order import PublicationGate, withdrawal_mark
 
 log = logging.getLogger("spie_hub.run")
@@ -138,7 +137,7 @@ class FlowRun:
     def __init__(self, ctx: RunContext, claimed: ClaimedInput, run_id: str, mapping: CompiledMapping | None = None) -> None:
         self.ctx, self.flow, self.claimed, self.run_id = ctx, ctx.flow, claimed, run_id
         self.staging = claimed.path.parent
-        self.audit = AuditLog(ctx.engine)
+        self.audit = AuditLog(ctx.engine, ctx.signer)
         self.mapping: CompiledMapping = mapping or load_mapping(self.flow.mapping)
         self.spool = AuditSpool(self.staging / "audit.spool", run_id, self.flow.id, ctx.home)
         self.summary = RunSummary(run_id, self.flow.id, "en-cours", reference=claimed.ref)
@@ -245,14 +244,11 @@ class FlowRun:
         failpoint("avant-journal")
         self.spool.commit(self.audit)
         failpoint("apres-journal")
-        with self.ctx.engine.connect() as connection:
-            seq, digest = connection.execute(select(audit_head.c.seq, audit_head.c.hash)).one()
-        # The receipt names the head of the chain by its hash, and that head is a signed checkpoint; never by its
-        # number: consecutive numbers in a recipient's receipts would count every decision made for others
-        # (docs/divulgation.md).
-        seal(self.ctx.engine, self.ctx.signer, at=(seq, digest))
+        # Each receipt makes its recipient a witness: the signed tree head sealing the commit above, the inclusion
+        # proof of its own delivery entry, and a consistency proof from its previous receipt's head. The log has
+        # one entry per action, decisions being batched: its size counts actions, never people (docs/divulgation.md).
         for rid, manifest in manifests.items():
-            manifest["journal"] = {"point_de_controle": digest}
+            manifest["journal"] = journal_proof(self.ctx.engine, self.run_id, rid)
             signed = sign_manifest(manifest, self.ctx.signer)
             deliver.staged_manifest(self.staging, rid).write_text(json.dumps(signed, ensure_ascii=False, indent=2),
                                                                   encoding="utf-8")
@@ -413,9 +409,8 @@ def finish_run(ctx: RunContext, summary: RunSummary, spool: AuditSpool, extra: d
     counts = summary.counts_record()
     spool.add("execution-fin", {"statut": summary.statut, "lus": summary.lus, "rejetes": summary.rejetes,
                                 "destinataires": counts, "anomalies": summary.anomalies, **(extra or {})})
-    spool.commit(AuditLog(ctx.engine))
+    spool.commit(AuditLog(ctx.engine, ctx.signer))  # sealed by a signed tree head in the same transaction
     spool.close()
-    seal(ctx.engine, ctx.signer)  # a signed checkpoint at the end of every run
     set_status(ctx.engine, summary.run_id, summary.statut,
                counts | {"lus": summary.lus, "rejetes": summary.rejetes, "anomalies": summary.anomalies})
     log.info("Flux %s, exécution %s : %s ; lus %d, rejetés %d, %s", summary.flux, summary.run_id, summary.statut,

@@ -139,8 +139,40 @@ audit_head = Table(
     Column("hash", String(64), nullable=False),
 )
 
-#: Signed checkpoints over the chain (Ed25519): made at the end of every run, before a retention purge (the
-#: checkpoint at the last purged entry is the anchor the remaining chain starts from), and on export.
+#: The Merkle tree over the log (RFC 9162, spie_hub/audit/merkle.py): entry ``seq`` is leaf ``seq - 1``, its leaf
+#: input the 32 bytes of the entry's chain hash. Every perfect subtree is kept (``level``, ``idx``: leaves
+#: ``[idx·2^level, (idx+1)·2^level)``), about two rows per entry, so that any tree head, inclusion proof or
+#: consistency proof is computed without the entries, and still after a retention purge removed them. Insert only.
+audit_nodes = Table(
+    "audit_nodes",
+    metadata,
+    Column("level", Integer, primary_key=True, autoincrement=False),
+    Column("idx", Integer, primary_key=True, autoincrement=False),
+    Column("hash", String(64), nullable=False),
+)
+
+#: Signed tree heads (Ed25519 over spie_hub/audit/heads.py's statement): one in the same transaction as every
+#: append, so the log never has an unsealed tail. Insert only. ``tsa``: an RFC 3161 token over the statement.
+audit_heads = Table(
+    "audit_heads",
+    metadata,
+    Column("size", Integer, primary_key=True, autoincrement=False),
+    Column("root", String(64), nullable=False),
+    Column("ts", String(32), nullable=False),
+    Column("kid", String(16), nullable=False),
+    Column("signature", String(128), nullable=False),
+)
+
+#: RFC 3161 timestamps of signed tree heads, obtained after the head's transaction (a TSA is a network service).
+audit_head_stamps = Table(
+    "audit_head_stamps",
+    metadata,
+    Column("size", Integer, primary_key=True, autoincrement=False),
+    Column("token", Text, nullable=False),
+    Column("obtained_at", String(32), nullable=False),
+)
+
+#: Signed checkpoints over the chain of earlier releases (superseded by ``audit_heads``; kept readable).
 audit_checkpoints = Table(
     "audit_checkpoints",
     metadata,
@@ -167,9 +199,22 @@ audit_anchor = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", Integer, nullable=False),
+    #: The chain hash of entry ``seq`` (the first kept entry links to it; its leaf is in ``audit_nodes``).
+    Column("hash", String(64)),
+)
+
+#: What the database itself enforces on the audit, set by the owner (``spie-hub base durcir``): the application role
+#: reads it and cannot change it. ``min_age_days``: no entry younger than this is ever purged.
+audit_policy = Table(
+    "audit_policy",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("min_age_days", Integer, nullable=False),
 )
 
 GENESIS_HASH = "0" * 64
+#: The youngest an audit entry may be when purged, unless the owner sets another floor (``audit_policy``).
+AUDIT_MIN_AGE_DAYS = 365
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
@@ -196,7 +241,9 @@ def open_store(url: str) -> Engine:
             if connection.execute(select(audit_head.c.id)).first() is None:
                 connection.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS_HASH))
             if connection.execute(select(audit_anchor.c.id)).first() is None:
-                connection.execute(insert(audit_anchor).values(id=1, seq=0))
+                connection.execute(insert(audit_anchor).values(id=1, seq=0, hash=GENESIS_HASH))
+            if connection.execute(select(audit_policy.c.id)).first() is None:
+                connection.execute(insert(audit_policy).values(id=1, min_age_days=AUDIT_MIN_AGE_DAYS))
         from spie_hub.store.guards import install_guards
 
         install_guards(engine)
@@ -204,7 +251,7 @@ def open_store(url: str) -> Engine:
 
 
 #: Columns added after a table's first release: ``create_all`` never alters an existing table.
-_ADDED_COLUMNS = {"consents": {"ref": "VARCHAR(24)"}}
+_ADDED_COLUMNS = {"consents": {"ref": "VARCHAR(24)"}, "audit_anchor": {"hash": "VARCHAR(64)"}}
 
 
 def _add_missing_columns(engine: Engine) -> None:

@@ -1,8 +1,10 @@
 """Append-only audit in the database itself, not only in code.
 
-Triggers (PostgreSQL and SQLite) refuse any UPDATE of audit entries and checkpoints, any TRUNCATE, and any DELETE
-of an entry above the retention anchor (``audit_anchor.seq``, raised only by ``spie_audit_purge`` after a signed
-checkpoint at that entry). On PostgreSQL, ``harden_privileges`` also leaves the application role only SELECT and
+Triggers (PostgreSQL and SQLite) refuse any UPDATE of audit entries, tree nodes, signed heads and keys, any
+TRUNCATE, any DELETE of an entry above the retention anchor (``audit_anchor``, moved only forward, by
+``spie_audit_purge``: a signed head at that size, the purge announced in the log, entries old enough), and any move
+of the log's head other than forward onto an existing entry. On PostgreSQL they fire even under
+``session_replication_role = replica``. On PostgreSQL, ``harden_privileges`` also leaves the application role only SELECT and
 INSERT on the audit tables and EXECUTE on the purge function (run it as the database owner: ``spie-hub base durcir``).
 Whoever owns the database can still drop a trigger: that is what the signed checkpoints and receipts are for.
 """
@@ -21,25 +23,58 @@ _PG = [
          AND OLD.seq <= (SELECT seq FROM audit_anchor WHERE id = 1) THEN
         RETURN OLD;
       END IF;
+      -- The head only moves forward, onto an entry that exists with that hash (touching it unchanged takes the lock).
+      IF TG_OP = 'UPDATE' AND TG_TABLE_NAME = 'audit_head' AND NEW.id = OLD.id
+         AND ((NEW.seq = OLD.seq AND NEW.hash = OLD.hash)
+              OR (NEW.seq > OLD.seq AND NEW.hash = (SELECT hash FROM audit_log WHERE seq = NEW.seq))) THEN
+        RETURN NEW;
+      END IF;
+      -- The purge anchor only moves forward, onto an entry that still exists (spie_audit_purge moves it first).
+      IF TG_OP = 'UPDATE' AND TG_TABLE_NAME = 'audit_anchor' AND NEW.id = OLD.id
+         AND ((NEW.seq = OLD.seq AND NEW.hash IS NOT DISTINCT FROM OLD.hash)
+              OR (NEW.seq > OLD.seq AND NEW.hash = (SELECT hash FROM audit_log WHERE seq = NEW.seq))) THEN
+        RETURN NEW;
+      END IF;
       RAISE EXCEPTION 'journal d''audit en ajout seul : % refusé sur %', TG_OP, TG_TABLE_NAME
         USING ERRCODE = 'insufficient_privilege';
     END $$""",
     """CREATE OR REPLACE FUNCTION spie_audit_purge(upto integer) RETURNS integer LANGUAGE plpgsql
     SECURITY DEFINER SET search_path = public, pg_temp AS $$
-    DECLARE removed integer;
+    DECLARE removed integer; floor_days integer; entry_ts text; entry_hash text;
     BEGIN
-      IF NOT EXISTS (SELECT 1 FROM audit_checkpoints WHERE seq = upto) THEN
-        RAISE EXCEPTION 'purge du journal refusée : aucun point de contrôle signé à l''entrée %', upto;
+      IF NOT EXISTS (SELECT 1 FROM audit_heads WHERE size = upto) THEN
+        RAISE EXCEPTION 'purge du journal refusée : aucune tête signée à la taille %', upto;
       END IF;
-      UPDATE audit_anchor SET seq = GREATEST(seq, upto) WHERE id = 1;
+      -- The purge is announced in the log first, by the hub, under a signed head: never silent.
+      IF NOT EXISTS (SELECT 1 FROM audit_log WHERE seq > upto AND event = 'purge-journal'
+                     AND (payload::jsonb ->> 'jusqua') = upto::text) THEN
+        RAISE EXCEPTION 'purge du journal refusée : aucune entrée « purge-journal » ne l''annonce jusqu''à %', upto;
+      END IF;
+      SELECT min_age_days INTO floor_days FROM audit_policy WHERE id = 1;
+      SELECT ts, hash INTO entry_ts, entry_hash FROM audit_log WHERE seq = upto;
+      IF entry_ts IS NULL THEN
+        RAISE EXCEPTION 'purge du journal refusée : entrée % absente', upto;
+      END IF;
+      IF entry_ts::timestamptz > now() - make_interval(days => coalesce(floor_days, 365)) THEN
+        RAISE EXCEPTION 'purge du journal refusée : l''entrée % a moins de % jours', upto, coalesce(floor_days, 365);
+      END IF;
+      UPDATE audit_anchor SET seq = upto, hash = entry_hash WHERE id = 1 AND seq < upto;
       DELETE FROM audit_log WHERE seq <= upto;
       GET DIAGNOSTICS removed = ROW_COUNT;
       RETURN removed;
     END $$""",
 ]
+#: Every audit table refuses what appending does not need; ``ENABLE ALWAYS`` keeps the triggers firing under
+#: ``session_replication_role = replica`` (which silences ordinary triggers: a superuser's quiet delete).
 _PG_TRIGGERS = {
     "audit_log": "BEFORE UPDATE OR DELETE ON audit_log FOR EACH ROW",
     "audit_checkpoints": "BEFORE UPDATE OR DELETE ON audit_checkpoints FOR EACH ROW",
+    "audit_nodes": "BEFORE UPDATE OR DELETE ON audit_nodes FOR EACH ROW",
+    "audit_heads": "BEFORE UPDATE OR DELETE ON audit_heads FOR EACH ROW",
+    "audit_head_stamps": "BEFORE UPDATE OR DELETE ON audit_head_stamps FOR EACH ROW",
+    "audit_keys": "BEFORE UPDATE OR DELETE ON audit_keys FOR EACH ROW",
+    "audit_head": "BEFORE UPDATE OR DELETE ON audit_head FOR EACH ROW",
+    "audit_anchor": "BEFORE UPDATE OR DELETE ON audit_anchor FOR EACH ROW",
 }
 
 _SQLITE = [
@@ -52,6 +87,22 @@ _SQLITE = [
        BEGIN SELECT RAISE(ABORT, 'points de contrôle en ajout seul : UPDATE refusé'); END""",
     """CREATE TRIGGER IF NOT EXISTS spie_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
        BEGIN SELECT RAISE(ABORT, 'points de contrôle en ajout seul : DELETE refusé'); END""",
+    """CREATE TRIGGER IF NOT EXISTS spie_head_forward BEFORE UPDATE ON audit_head
+       WHEN NOT ((NEW.seq = OLD.seq AND NEW.hash = OLD.hash)
+                 OR (NEW.seq > OLD.seq AND NEW.hash = (SELECT hash FROM audit_log WHERE seq = NEW.seq)))
+       BEGIN SELECT RAISE(ABORT, 'tête du journal : seulement vers l''avant, sur une entrée existante'); END""",
+    """CREATE TRIGGER IF NOT EXISTS spie_anchor_forward BEFORE UPDATE ON audit_anchor
+       WHEN NOT ((NEW.seq = OLD.seq AND NEW.hash IS OLD.hash)
+                 OR (NEW.seq > OLD.seq AND NEW.hash = (SELECT hash FROM audit_log WHERE seq = NEW.seq)))
+       BEGIN SELECT RAISE(ABORT, 'ancre de purge : seulement vers l''avant, sur une entrée existante'); END""",
+] + [
+    f"""CREATE TRIGGER IF NOT EXISTS spie_{table}_no_{op.lower()} BEFORE {op} ON {table}
+       BEGIN SELECT RAISE(ABORT, 'journal d''audit en ajout seul : {op} refusé sur {table}'); END"""
+    for table in ("audit_nodes", "audit_heads", "audit_head_stamps", "audit_keys") for op in ("UPDATE", "DELETE")
+] + [
+    f"""CREATE TRIGGER IF NOT EXISTS spie_{table}_no_delete BEFORE DELETE ON {table}
+       BEGIN SELECT RAISE(ABORT, 'journal d''audit : DELETE refusé sur {table}'); END"""
+    for table in ("audit_head", "audit_anchor")
 ]
 
 
@@ -105,8 +156,8 @@ def install_guards(engine: Engine) -> None:
             # finds them in place and changes nothing. An attacker who dropped one gets it back on the next open.
             present = connection.execute(text(
                 "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-                "WHERE t.tgname IN ('spie_append_only', 'spie_no_truncate') AND t.tgenabled <> 'D' "
-                "AND c.relname IN ('audit_log', 'audit_checkpoints')")).scalar_one()
+                "WHERE t.tgname IN ('spie_append_only', 'spie_no_truncate') AND t.tgenabled = 'A' "
+                "AND c.relname = ANY(:tables)"), {"tables": list(_PG_TRIGGERS)}).scalar_one()
             if present == 2 * len(_PG_TRIGGERS):
                 return
             for statement in _PG:
@@ -117,29 +168,54 @@ def install_guards(engine: Engine) -> None:
                 connection.execute(text(f"DROP TRIGGER IF EXISTS spie_no_truncate ON {table}"))
                 connection.execute(text(f"CREATE TRIGGER spie_no_truncate BEFORE TRUNCATE ON {table} "
                                         "FOR EACH STATEMENT EXECUTE FUNCTION spie_audit_append_only()"))
+                connection.execute(text(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER spie_append_only"))
+                connection.execute(text(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER spie_no_truncate"))
         elif engine.dialect.name == "sqlite":
             for statement in _SQLITE + _SQLITE_KEYS:
                 connection.exec_driver_sql(statement)
 
 
 def purge_upto(engine: Engine, upto: int) -> int:
-    """Delete the entries up to ``upto`` (a signed checkpoint must exist there); return how many were removed."""
+    """Delete the entries up to ``upto``; return how many were removed. The database checks (PostgreSQL: the
+    ``spie_audit_purge`` function, the only way the application role can delete) that a signed head covers exactly
+    ``upto`` entries, that a later ``purge-journal`` entry announces the purge, and that entry ``upto`` is older
+    than ``audit_policy.min_age_days``; nodes and heads stay, so what remains is still provable."""
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
             return int(connection.execute(text("SELECT spie_audit_purge(:upto)"), {"upto": upto}).scalar_one())
-        exists = connection.exec_driver_sql("SELECT 1 FROM audit_checkpoints WHERE seq = ?", (upto,)).first()
-        if exists is None:
-            raise ValueError(f"purge du journal refusée : aucun point de contrôle signé à l'entrée {upto}")
-        connection.exec_driver_sql("UPDATE audit_anchor SET seq = MAX(seq, ?) WHERE id = 1", (upto,))
-        return connection.exec_driver_sql("DELETE FROM audit_log WHERE seq <= ?", (upto,)).rowcount
+        return _sqlite_purge(connection, upto)
+
+
+def _sqlite_purge(connection: Connection, upto: int) -> int:
+    import datetime as dt
+    import json
+
+    if connection.exec_driver_sql("SELECT 1 FROM audit_heads WHERE size = ?", (upto,)).first() is None:
+        raise ConfigurationError(f"purge du journal refusée : aucune tête signée à la taille {upto}")
+    announced = [json.loads(p).get("jusqua") for (p,) in connection.exec_driver_sql(
+        "SELECT payload FROM audit_log WHERE seq > ? AND event = 'purge-journal'", (upto,))]
+    if upto not in announced:
+        raise ConfigurationError(f"purge du journal refusée : aucune entrée « purge-journal » ne l'annonce jusqu'à {upto}")
+    floor = connection.exec_driver_sql("SELECT min_age_days FROM audit_policy WHERE id = 1").scalar() or 365
+    row = connection.exec_driver_sql("SELECT ts, hash FROM audit_log WHERE seq = ?", (upto,)).first()
+    if row is None:
+        raise ConfigurationError(f"purge du journal refusée : entrée {upto} absente")
+    if dt.datetime.fromisoformat(row[0]) > dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=floor):
+        raise ConfigurationError(f"purge du journal refusée : l'entrée {upto} a moins de {floor} jours")
+    connection.exec_driver_sql("UPDATE audit_anchor SET seq = ?, hash = ? WHERE id = 1 AND seq < ?", (upto, row[1], upto))
+    return connection.exec_driver_sql("DELETE FROM audit_log WHERE seq <= ?", (upto,)).rowcount
 
 
 #: The audit tables: the role appends to them and nothing else (the head row moves on each append).
 _AUDIT_GRANTS = {
     "audit_log": "SELECT, INSERT",
     "audit_checkpoints": "SELECT, INSERT",
+    "audit_nodes": "SELECT, INSERT",
+    "audit_heads": "SELECT, INSERT",
+    "audit_head_stamps": "SELECT, INSERT",
     "audit_keys": "SELECT, INSERT",
     "audit_anchor": "SELECT",
+    "audit_policy": "SELECT",
     "audit_head": "SELECT, UPDATE",
     # A key id once used stays known forever; only its retirement date is ever written.
     "pseudo_keys": "SELECT, INSERT, UPDATE (retired_at)",

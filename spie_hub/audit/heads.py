@@ -1,0 +1,128 @@
+"""Signed tree heads: the hub's signed statement of the size and root of its log at one moment.
+
+The signed bytes are the canonical JSON statement below (keys sorted, no spaces, UTF-8): a partner can check a head
+with ``openssl pkeyutl -verify -rawin`` alone (docs/verification-audit.md), and the statement travels verbatim in
+every receipt (``enonce``) so nobody has to rebuild it. Whoever holds an older head (a partner's receipt, a DPO's
+export, the hub's own last verification) can demand a consistency proof to a newer one: a log rewritten, cut or
+reordered before the older head cannot produce one, even re-signed with the hub's own key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, select
+
+from spie_hub.audit.signing import verify_signature
+from spie_hub.core.errors import ConfigurationError
+from spie_hub.store import audit_heads, audit_keys
+
+HEAD_TYPE = "spie-hub/tete-de-journal/v1"
+
+
+class Signer(Protocol):
+    """What signing heads and receipts needs: a key id and a detached Ed25519 signature (base64)."""
+
+    kid: str
+
+    @property
+    def public_b64(self) -> str: ...
+
+    def sign(self, message: bytes) -> str: ...
+
+
+def statement(size: int, root_hex: str, ts: str, kid: str) -> str:
+    return json.dumps({"type": HEAD_TYPE, "taille": size, "racine": root_hex, "horodatage": ts, "cle": kid},
+                      ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class TreeHead:
+    size: int
+    root: str  # hex
+    ts: str
+    kid: str
+    signature: str  # base64
+
+    @property
+    def statement(self) -> str:
+        return statement(self.size, self.root, self.ts, self.kid)
+
+    def as_json(self) -> dict[str, Any]:
+        """The head as receipts and exports carry it; ``enonce`` is exactly what was signed."""
+        return {"taille": self.size, "racine": self.root, "horodatage": self.ts, "cle": self.kid,
+                "signature": self.signature, "enonce": self.statement}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TreeHead:
+        """Read a head from a receipt or a file (``ValueError`` when a field is missing or of the wrong type)."""
+        try:
+            head = cls(int(data["taille"]), str(data["racine"]), str(data["horodatage"]), str(data["cle"]),
+                       str(data["signature"]))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError("tête de journal incomplète ou illisible") from None
+        if isinstance(data["taille"], bool) or head.size < 0 or len(head.root) != 64:
+            raise ValueError("tête de journal incomplète ou illisible")
+        bytes.fromhex(head.root)
+        if "enonce" in data and data["enonce"] != head.statement:
+            raise ValueError("l'énoncé de la tête ne correspond pas à ses champs")
+        return head
+
+    @classmethod
+    def from_row(cls, row: Any) -> TreeHead:
+        return cls(row.size, row.root, row.ts, row.kid, row.signature)
+
+    def verify(self, trusted: Mapping[str, str]) -> str | None:
+        """None when the head's signature verifies with a trusted key; otherwise what is wrong, in French."""
+        key = trusted.get(self.kid)
+        if key is None:
+            return f"tête de journal (taille {self.size}) signée par une clé non publiée ({self.kid})"
+        if not verify_signature(key, self.statement.encode(), self.signature):
+            return f"tête de journal (taille {self.size}) : signature invalide (falsifiée)"
+        return None
+
+
+def sign_head(signer: Signer, size: int, root: bytes, ts: str) -> TreeHead:
+    text = statement(size, root.hex(), ts, signer.kid)
+    return TreeHead(size, root.hex(), ts, signer.kid, signer.sign(text.encode()))
+
+
+def store_head(connection: Connection, head: TreeHead) -> None:
+    connection.execute(audit_heads.insert().values(size=head.size, root=head.root, ts=head.ts, kid=head.kid,
+                                                   signature=head.signature))
+
+
+def latest_head(connection: Connection) -> TreeHead | None:
+    row = connection.execute(select(audit_heads).order_by(audit_heads.c.size.desc()).limit(1)).first()
+    return TreeHead.from_row(row) if row is not None else None
+
+
+def head_at(connection: Connection, size: int) -> TreeHead | None:
+    row = connection.execute(select(audit_heads).where(audit_heads.c.size == size)).first()
+    return TreeHead.from_row(row) if row is not None else None
+
+
+def first_head_covering(connection: Connection, seq: int) -> TreeHead | None:
+    """The first head whose tree holds entry ``seq``."""
+    row = connection.execute(select(audit_heads).where(audit_heads.c.size >= seq)
+                             .order_by(audit_heads.c.size).limit(1)).first()
+    return TreeHead.from_row(row) if row is not None else None
+
+
+def record_signer(connection: Connection, signer: Signer) -> None:
+    """Refuse a key whose secret changed behind an identifier the log already knows (what it signed would no longer
+    verify with the published key); remember a new key's public half. ``audit_keys`` is a record for the DPO,
+    never a trust anchor: verification takes the published keys (spie_hub/audit/trust.py)."""
+    known = connection.execute(select(audit_keys.c.public_b64).where(audit_keys.c.kid == signer.kid)).scalar()
+    if known is None:
+        from spie_hub.audit.log import now
+
+        connection.execute(audit_keys.insert().values(kid=signer.kid, public_b64=signer.public_b64, added_at=now()))
+    elif known != signer.public_b64:
+        raise ConfigurationError(
+            f"La clé de signature « {signer.kid} » n'est plus celle que le journal connaît sous cet identifiant (secret "
+            "remplacé) : ce qu'elle signerait ne se vérifierait plus avec la clé publiée. Remettez la clé d'origine, "
+            "ou signez avec une nouvelle clé sous un nouvel identifiant et publiez-la.")
