@@ -3,7 +3,8 @@
 A withdrawal (consent/fhir_import.py) names (recipient, category) pairs. For each, the hub re-decides with the
 person's current consents and the flows' current policies: a category still covered (another consent, a legal
 basis not open to objection) is not to be deleted. For the categories that lost their ground, the audit says
-whether and in which files the recipient received them; only then is a notice line written, under the pseudonym
+whether and in which files the recipient received them (the decisions are in the runs' segments,
+spie_hub/audit/segments.py, read once per propagation for all its withdrawals); only then is a notice line written, under the pseudonym
 that recipient knows the person by. Notices are audited before the file becomes visible, like deliveries.
 
 Exactly once, whatever runs at the same time: one propagation at a time (its own lock, spie_hub/run/withdrawals.py);
@@ -28,6 +29,7 @@ import os
 import re
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from connectors.formats.reports import write_report
 from connectors.transports.registry import open_transport
 from consent.decision import ConsentIndex, decide, registry_authority
 from schemas.categories import CategorieDonnees
+from spie_hub.audit import segments
 from spie_hub.audit.log import AuditEvent, AuditLog, now
 from spie_hub.core.home import HubHome
 from spie_hub.privacy.pseudonym import Pivot, Pseudonymiser
@@ -145,27 +148,51 @@ def _noticed(engine: Engine, revocation_id: int, recipient: str, pseudonym: str)
     return files
 
 
-def _received(engine: Engine, recipient: str, pseudonym: str, flow: str) -> dict[str, set[str]]:
-    """Category → names of the files of ``flow`` in which ``recipient`` received it about this person (audit)."""
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(audit_log.c.run_id, audit_log.c.payload).where(
-                audit_log.c.subject == pseudonym, audit_log.c.recipient == recipient, audit_log.c.event == "decision")
-        ).all()
-        runs = {r.run_id for r in rows}
-        files = {d.run_id: d.file_name for d in connection.execute(
-            select(deliveries.c.run_id, deliveries.c.file_name).where(
-                deliveries.c.recipient == recipient, deliveries.c.flow == flow, deliveries.c.run_id.in_(runs)))} \
-            if runs else {}
-    received: dict[str, set[str]] = defaultdict(set)
-    for row in rows:
-        payload = json.loads(row.payload)
-        if payload.get("decision") != "livre" or row.run_id not in files:
-            continue
-        for category, decision in payload.get("categories", {}).items():
-            if decision.get("permis"):
-                received[category].add(files[row.run_id])
-    return received
+class Received:
+    """Who received what about the people of a batch of withdrawals, read from the runs' segments once for the whole
+    batch (one lookup by pseudonym in each segment of a delivering run, never one per withdrawal and segment)."""
+
+    def __init__(self, engine: Engine, home: HubHome, pseudonyms: Iterable[str]) -> None:
+        wanted = sorted(set(pseudonyms))
+        self.decisions: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+        self.files: dict[tuple[str, str, str], str] = {}  # (run, recipient, flow) → delivered file
+        if not wanted:
+            return
+        with engine.connect() as connection:
+            for d in connection.execute(select(deliveries.c.run_id, deliveries.c.recipient, deliveries.c.flow,
+                                               deliveries.c.file_name)):
+                self.files[(d.run_id, d.recipient, d.flow)] = d.file_name
+        # Only the segments of runs that delivered something: a run that delivered nothing sent no one anything.
+        delivering = {run for run, _, _ in self.files}
+        for event in segments.find(home, wanted, runs=delivering):
+            if event.event == "decision" and event.recipient and event.subject and event.run_id:
+                self.decisions[(event.recipient, event.subject)].append((event.run_id, event.payload))
+
+    def of(self, recipient: str, pseudonym: str, flow: str) -> dict[str, set[str]]:
+        """Category → names of the files of ``flow`` in which ``recipient`` received it about this person."""
+        received: dict[str, set[str]] = defaultdict(set)
+        for run_id, text in self.decisions.get((recipient, pseudonym), []):
+            file_name = self.files.get((run_id, recipient, flow))
+            payload = json.loads(text)
+            if payload.get("decision") != "livre" or file_name is None:
+                continue
+            for category, decision in payload.get("categories", {}).items():
+                if decision.get("permis"):
+                    received[category].add(file_name)
+        return received
+
+
+def _wanted_pseudonyms(pseudonymiser: Pseudonymiser, known: dict[str, dict[str, Recipient]],
+                       pending: Iterable[Row[Any]]) -> set[str]:
+    """Every pseudonym a recipient named by one of the withdrawals may hold one of its people under."""
+    out: set[str] = set()
+    for revocation in pending:
+        aliases = _aliases(revocation.aliases)
+        pivot = Pivot(Pivot.from_pseudonyme(revocation.subject).digest, revocation.subject, aliases=aliases)
+        by_recipient, _ = _by_recipient(revocation.pairs, known)
+        for rid in by_recipient:
+            out.update(pseudonymiser.recipient_pseudonyms(pivot, rid))
+    return out
 
 
 def _recipients(flows: dict[str, Flow]) -> dict[str, dict[str, Recipient]]:
@@ -204,8 +231,9 @@ def _propagate(engine: Engine, home: HubHome, pseudonymiser: Pseudonymiser, flow
     token = uuid.uuid4().hex
     done: list[tuple[int, int]] = []
     index = ConsentIndex(engine, registry_authority(consent_registry()))
+    received = Received(engine, home, _wanted_pseudonyms(pseudonymiser, known, pending))
     for revocation in pending:
-        notices, odd = _plan_one(engine, pseudonymiser, index, known, revocation, today, lines, events)
+        notices, odd = _plan_one(engine, pseudonymiser, index, known, revocation, today, lines, events, received)
         events.append(AuditEvent("retrait-propage", {"retrait": revocation.id, "consentement": revocation.consent_ref,
                                                       "avis": notices, "enregistre_le": revocation.recorded_at,
                                                       "propagation": token, "paires_ignorees": odd},
@@ -232,7 +260,7 @@ def _propagate(engine: Engine, home: HubHome, pseudonymiser: Pseudonymiser, flow
 
 def _plan_one(engine: Engine, pseudonymiser: Pseudonymiser, index: ConsentIndex, known: dict[str, dict[str, Recipient]],
               revocation: Row[Any], today: dt.date, lines: dict[str, list[tuple[Any, ...]]],
-              events: list[AuditEvent]) -> tuple[int, int]:
+              events: list[AuditEvent], received_by: Received) -> tuple[int, int]:
     """The notice lines one withdrawal calls for (added to ``lines`` and ``events``): (lines, odd pairs)."""
     aliases = _aliases(revocation.aliases)
     looked_up = index.lookup([revocation.subject, *aliases])
@@ -253,7 +281,7 @@ def _plan_one(engine: Engine, pseudonymiser: Pseudonymiser, index: ConsentIndex,
             already = _noticed(engine, revocation.id, rid, pseudonym)
             wanted: dict[str, set[str]] = defaultdict(set)  # category → files still to name
             for flow_id, lost in lost_by_flow.items():
-                received = _received(engine, rid, pseudonym, flow_id)
+                received = received_by.of(rid, pseudonym, flow_id)
                 for category in lost:
                     wanted[category] |= received.get(category, set()) - already
             to_delete = sorted(c for c, f in wanted.items() if f)

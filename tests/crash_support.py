@@ -223,11 +223,17 @@ class StoreState:
         return [json.loads(e["payload"]) for e in self.events_of(name, run_id)]
 
 
-def store_state(database_url: str) -> StoreState:
+def store_state(database_url: str, home: Path | None = None) -> StoreState:
+    """The store's runs, deliveries and log entries; the "livre" decisions (runs' segments under ``home``, the
+    environment's hub by default) as one ``decision-livre`` event per (run, recipient). A segment no ``lot`` row
+    names (an orphan a crash left and no recovery removed) makes the audit fail here."""
     from sqlalchemy import select
 
+    from spie_hub.audit import segments
     from spie_hub.audit.chain import verify
     from spie_hub.store import audit_log, deliveries, open_store, runs
+
+    home = home or Path(os.environ["SPIE_HUB_HOME"])
 
     engine = open_store(database_url)
     try:
@@ -236,16 +242,25 @@ def store_state(database_url: str) -> StoreState:
             delivery_rows = [dict(r._mapping) for r in connection.execute(select(deliveries))]
             events = [dict(r._mapping) for r in connection.execute(
                 select(audit_log.c.seq, audit_log.c.run_id, audit_log.c.event, audit_log.c.recipient,
-                       audit_log.c.payload).where(audit_log.c.event != "decision").order_by(audit_log.c.seq))]
-            livre = connection.execute(
-                select(audit_log.c.run_id, audit_log.c.recipient).distinct().where(
-                    audit_log.c.event == "decision", audit_log.c.payload.like('%"decision":"livre"%'))).all()
-        events += [{"seq": None, "run_id": r.run_id, "event": "decision-livre", "recipient": r.recipient, "payload": "{}"}
-                   for r in livre]
+                       audit_log.c.payload).order_by(audit_log.c.seq))]
+        livre = sorted({(e.run_id, e.recipient) for e in segments.iter_events(home, event="decision")
+                        if '"decision":"livre"' in e.payload})
+        events += [{"seq": None, "run_id": run_id, "event": "decision-livre", "recipient": recipient, "payload": "{}"}
+                   for run_id, recipient in livre]
         result = verify(engine)
+        ok, reason = result.ok, result.reason
+        committed = segments.committed_lots(engine)
+        for path in segments.segment_files(home):
+            rel = path.relative_to(home).as_posix()
+            if rel not in committed:
+                ok, reason = False, (reason or "") + f" ; lot sans entrée au journal (orphelin) : {rel}"
+            elif problem := segments.verify_segment(home, committed[rel]):
+                ok, reason = False, (reason or "") + f" ; {problem}"
+        if (home / segments.LOTS).is_dir() and (left := [p.name for p in (home / segments.LOTS).rglob(".*.tmp")]):
+            ok, reason = False, (reason or "") + f" ; lot temporaire laissé : {left}"
     finally:
         engine.dispose()
-    return StoreState(run_rows, delivery_rows, events, result.ok, result.reason)
+    return StoreState(run_rows, delivery_rows, events, ok, reason)
 
 
 def untruthful_decisions(state: StoreState) -> list[tuple[str, str]]:

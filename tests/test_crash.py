@@ -44,7 +44,7 @@ from crash_support import (
     wait_for,
 )
 
-SMALL, BIG = 150, 1200  # households: ~350 records; ~2,800 records (over 5,000 audit entries: two audit batches)
+SMALL, BIG = 150, 1200  # households: ~350 records; ~2,800 records (over 5,000 per-record events: two segment batches)
 
 
 @dataclass(frozen=True)
@@ -186,6 +186,7 @@ STORES = ["manifeste 052", "fichier 052", "manifeste plateforme", "fichier plate
 MATRIX = [
     Crash("lecture:1", before_publication=True),
     Crash("lecture:300", before_publication=True),
+    # Between the run's segment (durable, in place) and its "lot" row: rolled back, the orphan segment removed.
     Crash("journal-lot", big=True, before_publication=True),
     Crash("avant-journal", before_publication=True),
     Crash("apres-journal", before_publication=True),

@@ -13,6 +13,7 @@ from helpers import people_of
 from sqlalchemy import select
 
 from connectors.formats.registry import load_output
+from spie_hub.audit import segments
 from spie_hub.audit.bundle import CHECKPOINTS, ENTRIES, export_bundle, verify_bundle
 from spie_hub.audit.signing import load_hub_signer
 from spie_hub.core.home import HubHome
@@ -163,13 +164,7 @@ def test_a_padded_input_gives_another_order(one_run, tmp_path: Path) -> None:
 
 def test_the_audit_names_the_line_each_delivered_row_ends_up_on(one_run) -> None:
     home, _, summary = one_run
-    engine = open_store(home.database_url)
-    try:
-        with engine.connect() as c:
-            decisions = c.execute(select(audit_log.c.recipient, audit_log.c.subject, audit_log.c.payload)
-                                  .where(audit_log.c.event == "decision")).all()
-    finally:
-        engine.dispose()
+    decisions = [(e.recipient, e.subject, e.payload) for e in segments.iter_events(home, event="decision")]
     files = {rid: Path(c.fichier).read_text(encoding="utf-8-sig").splitlines() for rid, c in summary.destinataires.items()}
     delivered = [(r, s, json.loads(p)) for r, s, p in decisions if json.loads(p)["decision"] == "livre"]
     assert len(delivered) == sum(c.livres for c in summary.destinataires.values())

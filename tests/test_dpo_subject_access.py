@@ -17,10 +17,11 @@ from helpers import first_delivery, people_of
 from sqlalchemy import select
 
 from connectors.formats.registry import load_output
+from spie_hub.audit import segments
 from spie_hub.dpo.subject_access import subject_access
 from spie_hub.registry import load_flows
 from spie_hub.run.lifecycle import run_flow
-from spie_hub.store import audit_log, consents
+from spie_hub.store import consents
 
 CAF = "caf-vers-departement"
 FT = "france-travail-vers-departement"
@@ -42,13 +43,11 @@ def two_flows(hub_home: Path, tmp_path: Path):
     home, engine, pseudonymiser, flux, _bundle, summary = first_delivery(tmp_path, 40, seed=7)
     candidates = [p["NIR"] for p in people_of(flux) if p["NIR"] and p["NIR"][3:5] != "13"]
     # The person whose identity the Département received in the CAF file (demo consent): the richest answer.
-    with engine.connect() as c:
-        identity_ok = set()
-        for row in c.execute(select(audit_log).where(audit_log.c.event == "decision", audit_log.c.flow == CAF,
-                                                     audit_log.c.recipient == DEPT)):
-            payload = json.loads(row.payload)
-            if payload["decision"] == "livre" and payload["categories"].get("identite", {}).get("permis"):
-                identity_ok.add(row.subject)
+    identity_ok = set()
+    for event in segments.iter_events(home, event="decision", flow=CAF, recipient=DEPT):
+        payload = json.loads(event.payload)
+        if payload["decision"] == "livre" and payload["categories"].get("identite", {}).get("permis"):
+            identity_ok.add(event.subject)
     nir = next(n for n in candidates
                if pseudonymiser.for_recipient(pseudonymiser.pivot_from_nir(n[:13]), DEPT) in identity_ok)
     ft = tmp_path / "FT_inscriptions_052_202612.csv"

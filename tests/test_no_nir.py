@@ -10,15 +10,15 @@ from pathlib import Path
 
 from conftest import CAF_FIXTURES
 from helpers import consent_resource, write_bundle
-from sqlalchemy import select
 
 from consent.fhir_import import import_consents
+from spie_hub.audit import segments
 from spie_hub.core.home import HubHome
 from spie_hub.privacy.keys import load_key
 from spie_hub.privacy.pseudonym import Pseudonymiser
 from spie_hub.run.decide import SANS_NIR
 from spie_hub.run.lifecycle import run_flow
-from spie_hub.store import audit_log, open_store
+from spie_hub.store import open_store
 
 FLOW = "caf-vers-departement"
 NIR = "2730799404078"
@@ -57,7 +57,6 @@ def test_a_person_without_nir_who_opposed_the_platform_is_not_delivered_to_it(hu
 def test_a_legal_obligation_still_applies_without_nir_but_consent_categories_are_withheld(
         hub_home: Path, tmp_path: Path) -> None:
     home = HubHome.from_env().ensure()
-    engine = open_store(home.database_url)
     summary = run_flow(FLOW, _without_nir(tmp_path), home)
     departement = summary.destinataires["departement-052"]
     assert departement.livres == 1
@@ -65,9 +64,7 @@ def test_a_legal_obligation_still_applies_without_nir_but_consent_categories_are
     assert row["État du droit RSA"] and not row["Nom"] and not row["Prénoms"] and not row["Adresse"]
     assert departement.fondements["droits-rsa"] == {"legale": 1}
     assert departement.fondements["identite"] == {"sans-nir": 1}
-    with engine.connect() as connection:
-        decisions = [json.loads(r.payload) for r in connection.execute(
-            select(audit_log.c.payload).where(audit_log.c.event == "decision"))]
+    decisions = [json.loads(e.payload) for e in segments.iter_events(home, event="decision")]
     grounds = {c: d["fondement"] for p in decisions for c, d in p["categories"].items() if not d["permis"]}
     assert grounds["identite"] == SANS_NIR and grounds["contact"] == SANS_NIR
 

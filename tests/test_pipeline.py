@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from consent.fhir_import import import_consents
 from schemas.spie_v1 import SCHEMA_VERSION
+from spie_hub.audit import segments
 from spie_hub.core.home import HubHome
 from spie_hub.demo.data import generate
 from spie_hub.privacy.keys import load_key
@@ -58,14 +59,17 @@ def _rows(path: str) -> list[dict[str, str]]:
 
 
 def test_every_input_record_is_delivered_rejected_or_withheld(demo_run) -> None:
-    _, engine, _, _, stats, summary, _ = demo_run
+    home, engine, _, _, stats, summary, _ = demo_run
     counts = summary.destinataires[RECIPIENT]
     assert summary.lus == stats.personnes
     assert summary.rejetes == stats.anomalies > 0
     assert counts.livres + counts.retenus + summary.rejetes == summary.lus and summary.accounted()
     assert len(_rows(counts.fichier)) == counts.livres
     with engine.connect() as c:
-        events = [(r.event, r.recipient) for r in c.execute(select(audit_log.c.event, audit_log.c.recipient))]
+        logged = [(r.event, r.recipient) for r in c.execute(select(audit_log.c.event, audit_log.c.recipient))]
+    # The per-record events are the run's segment, committed by one "lot" row of the log.
+    assert ("decision", RECIPIENT) not in logged and logged.count(("lot", None)) == 1
+    events = [(e.event, e.recipient) for e in segments.iter_events(home)]
     for rid, each in summary.destinataires.items():
         assert events.count(("decision", rid)) == each.livres + each.retenus
     assert events.count(("rejet", None)) == summary.rejetes

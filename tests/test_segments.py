@@ -22,6 +22,7 @@ from spie_hub.audit import merkle, segments
 from spie_hub.audit.log import AuditLog
 from spie_hub.audit.spool import AuditSpool
 from spie_hub.core.home import HubHome
+from spie_hub.privacy.keys import lot_subjects
 from spie_hub.run.lifecycle import run_flow
 from spie_hub.store import audit_log, open_store
 
@@ -266,5 +267,6 @@ def test_distinct_people_and_key_prefixes_are_counted_inside_the_segments(tmp_pa
     assert segments.distinct_subjects(home, None, None, flow="autre") == {}
     assert segments.count_subject_prefix(home, "t1.") == 2 * sum(1 for e in _synthetic(700) if e[0] == "decision")
     assert segments.count_subject_prefix(home, "t0.") == 0
+    assert lot_subjects(home, "t1.") == segments.count_subject_prefix(home, "t1.")  # what retiring a key counts
     found = list(segments.find(home, [f"t1.{45:040x}"], runs=runs))
     assert {e.run_id for e in found} == {"20260101T000000-0000abce"} if runs is None else found == []

@@ -17,7 +17,9 @@ from sqlalchemy import Engine, func, select
 
 from consent.decision import ConsentIndex, version_from_row
 from schemas.categories import CategorieDonnees
+from spie_hub.audit import segments
 from spie_hub.audit.chain import VerifyResult, verify
+from spie_hub.core.home import HubHome
 from spie_hub.registry import Flow
 from spie_hub.store import audit_log, consents, revocations, runs
 
@@ -172,20 +174,14 @@ def _runs(data: ReportData, engine: Engine, flows: dict[str, Flow]) -> None:
     data.particuliere = [(c.flux, c.destinataire, c.permis, c.total - c.permis) for c in data.coverage if c.categorie == special]
 
 
-def _people(data: ReportData, engine: Engine, flows: dict[str, Flow]) -> None:
-    """Distinct people per recipient with at least one decision: the audit's decisions are under the recipient's
-    pseudonym, so counting distinct pseudonyms counts people (per key: a key rotation starts new pseudonyms)."""
-    query = (select(audit_log.c.recipient, func.count(func.distinct(audit_log.c.subject)))
-             .where(audit_log.c.event == "decision", _in_period(audit_log.c.ts, data.du, data.au))
-             .group_by(audit_log.c.recipient))
-    if data.flux:
-        query = query.where(audit_log.c.flow == data.flux)
-    if data.destinataire:
-        query = query.where(audit_log.c.recipient == data.destinataire)
-    with engine.connect() as connection:
-        for recipient, n in connection.execute(query):
-            if recipient:
-                data.personnes[recipient] = int(n)
+def _people(data: ReportData, home: HubHome) -> None:
+    """Distinct people per recipient with at least one decision: the decisions are under the recipient's pseudonym,
+    so counting distinct pseudonyms counts people (per key: a key rotation starts new pseudonyms). Counted inside
+    the runs' segments of the period (spie_hub/audit/segments.py), on disk, never as a set held in memory."""
+    counted = segments.distinct_subjects(home, data.du, data.au, flow=data.flux, recipient=data.destinataire)
+    for recipient, n in counted.items():
+        if recipient:
+            data.personnes[recipient] = int(n)
 
 
 def _names(rule: Any, recipient: str) -> bool:
@@ -252,7 +248,8 @@ def _withdrawals(data: ReportData, engine: Engine, flows: dict[str, Flow]) -> No
 
 
 def gather(engine: Engine, flows: dict[str, Flow], du: dt.date, au: dt.date, *, flux: str | None = None,
-           destinataire: str | None = None) -> ReportData:
+           destinataire: str | None = None, home: HubHome | None = None) -> ReportData:
+    """``home``: where the runs' segments are (the environment's hub by default)."""
     from spie_hub.audit.log import now
 
     shown = [f for f in flows.values() if (flux is None or f.id == flux)
@@ -260,7 +257,7 @@ def gather(engine: Engine, flows: dict[str, Flow], du: dt.date, au: dt.date, *, 
     data = ReportData(du=du, au=au, genere_le=now()[:19].replace("T", " "), audit=verify(engine), flows=shown,
                       flux=flux, destinataire=destinataire)
     _runs(data, engine, flows)
-    _people(data, engine, flows)
+    _people(data, home or HubHome.from_env())
     _consents(data, engine, flows)
     _withdrawals(data, engine, flows)
     return data

@@ -1,7 +1,10 @@
 """Subject access (RGPD art. 15): every exchange about one person, found by recomputing pseudonyms.
 
 The hub keeps no table from pseudonyms back to NIRs. Given a NIR, it recomputes the pivot pseudonym and each
-recipient's pseudonym with every key of the ring, then reads the audit. A record a partner sent without a NIR was
+recipient's pseudonym with every key of the ring, then reads the audit: the log's rows by their index on
+``subject``, and the runs' per-record decisions in their segments (spie_hub/audit/segments.py), each through its
+own index on the pseudonym — so a year of national runs is one indexed lookup per segment, never a scan, and never
+a table of NIRs. A record a partner sent without a NIR was
 pseudonymised from that partner's own identifiers (the fallback pivot, ``pivot.repli`` in the flow's mapping): the
 NIR cannot find it, so the DPO may give those identifiers, flow by flow, exactly as the partner sent them.
 
@@ -27,6 +30,7 @@ from connectors.formats.registry import load_output, output_spec
 from consent.decision import version_from_row
 from consent.evidence import public_source
 from schemas.categories import CHAMPS_FOYER
+from spie_hub.audit import segments
 from spie_hub.audit.log import AuditEvent, AuditLog
 from spie_hub.core import home as hub_home
 from spie_hub.core.errors import ConfigurationError, HubError
@@ -163,9 +167,12 @@ def _limits(flows: dict[str, Flow], nir_given: bool, repli: dict[str, list[str]]
 
 
 def subject_access(engine: Engine, pseudonymiser: Pseudonymiser, nir: str | None, flows: dict[str, Flow], *,
-                   demandeur: str, motif: str, repli: dict[str, list[str]] | None = None) -> AccessReport:
-    """Every exchange about one person, found by their NIR and/or, per flow, the partner's fallback identifiers."""
+                   demandeur: str, motif: str, repli: dict[str, list[str]] | None = None,
+                   home: hub_home.HubHome | None = None) -> AccessReport:
+    """Every exchange about one person, found by their NIR and/or, per flow, the partner's fallback identifiers.
+    ``home``: where the runs' segments are (the environment's hub by default)."""
     repli = repli or {}
+    home = home or hub_home.HubHome.from_env()
     if not nir and not repli:
         raise HubError("Ni NIR ni identifiants de repli : il faut l'un ou l'autre pour retrouver une personne")
     pivot: Pivot | None = None
@@ -204,8 +211,14 @@ def subject_access(engine: Engine, pseudonymiser: Pseudonymiser, nir: str | None
                 "type": row.kind, "statut": row.status, "regles": json.loads(row.rules), "importe_le": row.imported_at,
                 # Controlled values only: an older hub stored partners' free text there verbatim (a NIR, a name).
                 "source": public_source(json.loads(row.source or "{}"), flows)})
-        rows = connection.execute(select(audit_log).where(
+        logged = connection.execute(select(audit_log).where(
             audit_log.c.subject.in_([*nir_pivots, *fallback_pivots, *found_by])).order_by(audit_log.c.seq)).all()
+        decided = list(segments.find(home, [*nir_pivots, *fallback_pivots, *found_by]))
+        # One history, in time order: the log's rows and the runs' per-record events (a segment's time is its
+        # run's commit, just before the run's own rows).
+        rows: list[Any] = sorted([*((r.ts, 1, r.seq, r) for r in logged), *((e.ts, 0, e.index, e) for e in decided)],
+                                 key=lambda t: t[:3])
+        rows = [r for *_, r in rows]
         run_ids = {r.run_id for r in rows if r.run_id}
         files = {(d.run_id, d.recipient): d.file_name for d in connection.execute(
             select(deliveries).where(deliveries.c.run_id.in_(run_ids)))}

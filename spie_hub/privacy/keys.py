@@ -25,6 +25,7 @@ import json
 import os
 import re
 import secrets
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -407,7 +408,36 @@ class KeyDependents:
         return not (self.consentements or self.retraits or self.journal or any(self.autres.values()))
 
 
-def key_dependents(engine: Engine, kid: str) -> KeyDependents:
+#: Where the runs' segments of per-record events are kept (spie_hub/audit/segments.py, a layer above: its format is
+#: read here by name only, so that retiring a key never misses the decisions recorded under it).
+LOTS = "audit/lots"
+
+
+def lot_subjects(home: HubHome, prefix: str) -> int:
+    """Per-record events (leaves of the runs' segments) under a pseudonym starting with ``prefix``, through each
+    segment's index on ``subject``; a segment that cannot be read counts as one, to stay on the safe side.
+    ``segments.count_subject_prefix`` says the same (tests/test_segments.py keeps them equal)."""
+    upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    total = 0
+    root = home.root / LOTS
+    for path in sorted(root.glob("*/*/*/*.sqlite3")) if root.is_dir() else []:
+        if path.name.startswith("."):
+            continue
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                total += int(db.execute("SELECT count(*) FROM leaves WHERE subject >= ? AND subject < ?",
+                                        (prefix, upper)).fetchone()[0])
+            finally:
+                db.close()
+        except sqlite3.Error:
+            total += 1
+    return total
+
+
+def key_dependents(engine: Engine, kid: str, home: HubHome | None = None) -> KeyDependents:
+    """What is still recorded under ``kid``'s pseudonyms; ``home``: where the runs' segments of per-record events
+    are (the environment's hub by default), counted with the log's entries."""
     prefix = f"{kid}.%"
     with engine.connect() as connection:
         latest = (select(consents.c.emetteur, consents.c.consent_id, func.max(consents.c.version).label("version"))
@@ -424,6 +454,8 @@ def key_dependents(engine: Engine, kid: str) -> KeyDependents:
             or_(revocations.c.subject.like(prefix), revocations.c.aliases.like(f'%"{kid}.%')))).scalar_one()
         journal = connection.execute(select(func.count()).select_from(audit_log)
                                      .where(audit_log.c.subject.like(prefix))).scalar_one()
+        # The decisions under the key's pseudonyms live in the runs' segments now: they count as journal entries.
+        journal += lot_subjects(home or HubHome.from_env(), f"{kid}.")
         # Tables added later that key rows by a person's pseudonym ("subject"): counted whole, to stay on the safe side.
         others = {}
         for table in metadata.sorted_tables:
@@ -481,7 +513,7 @@ def _retire(engine: Engine, kid: str, home: HubHome | None) -> Retirement:
         raise ConfigurationError(f"clé « {kid} » inconnue : ni dans {source.origin}, ni parmi les clés utilisées par le hub")
     if row is not None and row.retired_at is not None and not in_ring:
         raise ConfigurationError(f"la clé « {kid} » est déjà retirée (le {_day(row.retired_at)})")
-    deps = key_dependents(engine, kid)
+    deps = key_dependents(engine, kid, home)
     if not deps.empty:
         raise KeyInUseError(_describe(kid, deps))
     if in_ring:
