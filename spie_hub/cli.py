@@ -505,16 +505,44 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_audit_verify(_args: argparse.Namespace) -> int:
+def cmd_audit_verify(args: argparse.Namespace) -> int:
     from spie_hub.audit.chain import verify
     from spie_hub.store import open_store
 
-    result = verify(open_store(HubHome.from_env().database_url))
+    home = HubHome.from_env()
+    result = verify(open_store(home.database_url), home=home, incremental=not args.complet)
+    for note in result.notes:
+        print(f"  ! {note}")
     if result.ok:
-        print(f"Journal d'audit intègre : {result.entries} entrée(s) vérifiée(s).")
+        scope = "" if args.complet else " (depuis la dernière vérification ; --complet pour tout relire)"
+        print(f"Journal d'audit intègre : {result.entries} entrée(s) vérifiée(s){scope}, {result.checkpoints} tête(s) "
+              f"signée(s) ; taille {result.size}, racine {(result.root or '-')[:16]}…")
         return 0
     print(f"Journal d'audit ALTÉRÉ à l'entrée n° {result.first_bad_seq} : {result.reason}")
     return 1
+
+
+def cmd_audit_consistency(args: argparse.Namespace) -> int:
+    """A consistency proof from a size a witness kept to the current signed head (what a partner asks for)."""
+    from spie_hub.audit.heads import latest_head
+    from spie_hub.audit.tree import consistency_proof
+    from spie_hub.store import open_store
+
+    engine = open_store(HubHome.from_env().database_url)
+    with engine.connect() as connection:
+        head = latest_head(connection)
+        if head is None or not 0 < args.depuis <= head.size:
+            _err(f"Taille hors du journal : {args.depuis} (le journal signé a {head.size if head else 0} entrée(s))")
+            return 2
+        proof = [h.hex() for h in consistency_proof(connection, args.depuis, head.size)] if args.depuis < head.size else []
+    document = json.dumps({"type": "spie-hub/preuve-de-coherence/v1", "depuis": args.depuis, "tete": head.as_json(),
+                           "chemin": proof}, ensure_ascii=False, indent=2)
+    if args.sortie:
+        Path(args.sortie).write_text(document + "\n", encoding="utf-8")
+        print(f"Preuve de cohérence de la taille {args.depuis} à {head.size} écrite : {args.sortie}")
+    else:
+        print(document)
+    return 0
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
@@ -645,40 +673,62 @@ def cmd_audit_offline(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         _err(f"Dossier introuvable : {folder}")
         return 2
-    verdict = verify_bundle(folder, [Path(p) for p in args.cle_publique or []], [Path(p) for p in args.recu or []])
+    verdict = verify_bundle(folder, [Path(p) for p in args.cle_publique or []], [Path(p) for p in args.recu or []],
+                            [Path(p) for p in args.tete_gardee or []])
     for note in verdict.notes:
         print(f"  ! {note}")
     result = verdict.result
     if result.ok:
         print(f"Journal intègre : {result.entries} entrée(s) (à partir du n° {result.first_seq}), "
-              f"{result.checkpoints} point(s) de contrôle signé(s) vérifié(s).")
+              f"{result.checkpoints} tête(s) signée(s) vérifiée(s) ; taille {result.size}.")
         return 0
     where = f" à l'entrée n° {result.first_bad_seq}" if result.first_bad_seq else ""
     print(f"Journal ALTÉRÉ{where} : {result.reason}")
     return 1
 
 
-def _receipt_head(receipt: dict) -> str:
-    """The audit head a receipt attests: its hash (older receipts also carried an entry number)."""
-    head = receipt.get("journal") or {}
-    digest = str(head.get("point_de_controle") or head.get("empreinte") or "?")
-    return f"{digest[:16]}…" + (f" (entrée n° {head['entree']})" if "entree" in head else "")
-
-
 def cmd_receipt_verify(args: argparse.Namespace) -> int:
-    from spie_hub.audit.receipts import verify_receipt
+    from spie_hub.audit.heads import TreeHead
+    from spie_hub.audit.receipts import check_consistency_file, kept_head, verify_receipt
     from spie_hub.audit.signing import public_b64_from_pem
 
     path = Path(args.manifeste)
-    receipt = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    kid = (receipt.get("signature") or {}).get("cle", "")
-    problems = verify_receipt(path, {kid: public_b64_from_pem(Path(args.cle_publique).read_text(encoding="utf-8"))})
+    try:
+        receipt = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        public = public_b64_from_pem(Path(args.cle_publique).read_text(encoding="utf-8"))
+        kept = [(f"la tête gardée {Path(p).name}", kept_head(Path(p))) for p in args.tete_gardee or []]
+    except (OSError, ValueError) as error:
+        _err(f"Lecture impossible : {error}")
+        return 2
+    if not isinstance(receipt, dict):
+        receipt = {}
+    kid = str((receipt.get("signature") or {}).get("cle", "")) if isinstance(receipt.get("signature"), dict) else ""
+    head_kid = str(((receipt.get("journal") or {}).get("tete") or {}).get("cle", "")) if isinstance(receipt.get("journal"), dict) else ""
+    keys = {kid: public, head_kid: public} | {h.kid: public for _, h in kept}
+    proof: dict = {}
+    if args.coherence:
+        try:
+            proof = json.loads(Path(args.coherence).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            _err(f"Preuve de cohérence illisible : {error}")
+            return 2
+    on_demand = [(o, h) for o, h in kept if isinstance(proof, dict) and proof.get("depuis") == h.size]
+    problems = verify_receipt(path, keys, [k for k in kept if k not in on_demand])
+    if on_demand and not problems:
+        head = TreeHead.from_json(receipt["journal"]["tete"])
+        tete = proof.get("tete") if isinstance(proof.get("tete"), dict) else {}
+        for origin, old in on_demand:
+            if problem := check_consistency_file(proof, head, old, keys | {str(tete.get("cle")): public}):
+                problems.append(f"{origin} : {problem}")
     if problems:
         for problem in problems:
             print(f"REÇU INVALIDE : {problem}")
         return 1
+    head = receipt["journal"]["tete"]
     print(f"Reçu valide : {receipt['fichier']} ({receipt['enregistrements']} enregistrement(s)), signé par le hub "
-          f"(clé {kid}), point de contrôle du journal {_receipt_head(receipt)}.")
+          f"(clé {kid}) ; livraison prouvée dans le journal signé (taille {head['taille']}, racine {head['racine'][:16]}…)"
+          + (f" ; le journal prolonge {len(kept)} tête(s) gardée(s)" if kept else "")
+          + ". Gardez ce reçu : sa tête servira à vérifier les suivants.")
     return 0
 
 
@@ -785,7 +835,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="journal d'audit")
     audit_sub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
-    audit_sub.add_parser("verify", help="vérifier le chaînage du journal dans la base").set_defaults(func=cmd_audit_verify)
+    verify = audit_sub.add_parser("verify", aliases=["verifier-base"], help="vérifier le journal dans la base, avec les "
+                                  "clés publiées (depuis la dernière vérification, ou --complet)")
+    verify.add_argument("--complet", action="store_true", help="relire tout le journal, pas seulement la fin")
+    verify.set_defaults(func=cmd_audit_verify)
+    coherence = audit_sub.add_parser("coherence", help="preuve de cohérence depuis une taille gardée par un témoin")
+    coherence.add_argument("--depuis", type=int, required=True, help="taille de la tête gardée")
+    coherence.add_argument("--sortie", help="fichier JSON à écrire (sinon : sortie standard)")
+    coherence.set_defaults(func=cmd_audit_consistency)
     export = audit_sub.add_parser("exporter", help="exporter le journal pour une vérification hors ligne")
     export.add_argument("--sortie", required=True, help="dossier à écrire")
     export.set_defaults(func=cmd_audit_export)
@@ -793,6 +850,7 @@ def build_parser() -> argparse.ArgumentParser:
     offline.add_argument("dossier")
     offline.add_argument("--cle-publique", action="append", help="clé publique publiée du hub (PEM), répétable")
     offline.add_argument("--recu", action="append", help="manifeste signé reçu avec une livraison, répétable")
+    offline.add_argument("--tete-gardee", action="append", help="tête du journal gardée (fichier ou reçu), répétable")
     offline.set_defaults(func=cmd_audit_offline)
 
     receipt = sub.add_parser("recu", help="reçus de livraison signés")
@@ -800,6 +858,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = receipt_sub.add_parser("verifier", help="vérifier un manifeste signé et le fichier livré")
     check.add_argument("manifeste")
     check.add_argument("--cle-publique", required=True, help="clé publique publiée du hub (PEM)")
+    check.add_argument("--tete-gardee", action="append", metavar="FICHIER",
+                       help="un reçu précédent (ou une tête) gardé : le journal doit le prolonger ; répétable")
+    check.add_argument("--coherence", metavar="FICHIER",
+                       help="preuve de cohérence demandée au hub (spie-hub audit coherence --depuis TAILLE)")
     check.set_defaults(func=cmd_receipt_verify)
 
     keys = sub.add_parser("cles", help="clés de pseudonymisation")

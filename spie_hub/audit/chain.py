@@ -116,8 +116,6 @@ class LogChecker:
                 return self._fail(count, seq, problem)
             expected_seq, expected_prev, last_hash, count = seq + 1, row["hash"], row["hash"], count + 1
         last = expected_seq - 1
-        if problem := self._compare_nodes():
-            return self._fail(count, last, problem)
         beyond = [h.size for h in heads if h.size > last]
         if beyond:
             return self._fail(count, last + 1, f"journal tronqué : une tête signée atteste {max(beyond)} entrée(s), "
@@ -126,6 +124,8 @@ class LogChecker:
         if last > sealed:
             return self._fail(count, sealed + 1, f"entrées n° {sealed + 1} à {last} sans tête signée (fin du journal "
                                                  "non scellée : ajoutée hors du hub, ou têtes supprimées)")
+        if problem := self._compare_nodes():
+            return self._fail(count, last, problem)
         if head_row is not None and head_row != (last, last_hash) and not (last == 0 and head_row[0] == 0):
             if head_row[0] > last:
                 return self._fail(count, last + 1, f"entrées n° {last + 1} à {head_row[0]} absentes (fin du journal supprimée)")

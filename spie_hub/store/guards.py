@@ -19,21 +19,25 @@ from spie_hub.core.errors import ConfigurationError
 _PG = [
     """CREATE OR REPLACE FUNCTION spie_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-      IF TG_OP = 'DELETE' AND TG_TABLE_NAME = 'audit_log'
-         AND OLD.seq <= (SELECT seq FROM audit_anchor WHERE id = 1) THEN
-        RETURN OLD;
+      IF TG_OP = 'DELETE' AND TG_TABLE_NAME = 'audit_log' THEN
+        IF OLD.seq <= (SELECT seq FROM audit_anchor WHERE id = 1) THEN
+          RETURN OLD;
+        END IF;
       END IF;
       -- The head only moves forward, onto an entry that exists with that hash (touching it unchanged takes the lock).
-      IF TG_OP = 'UPDATE' AND TG_TABLE_NAME = 'audit_head' AND NEW.id = OLD.id
-         AND ((NEW.seq = OLD.seq AND NEW.hash = OLD.hash)
-              OR (NEW.seq > OLD.seq AND NEW.hash = (SELECT hash FROM audit_log WHERE seq = NEW.seq))) THEN
-        RETURN NEW;
+      -- Nested IFs: PL/pgSQL resolves every field of an expression, and audit_log rows have no "id".
+      IF TG_OP = 'UPDATE' AND TG_TABLE_NAME = 'audit_head' THEN
+        IF (NEW.seq = OLD.seq AND NEW.hash = OLD.hash)
+           OR (NEW.seq > OLD.seq AND NEW.hash = (SELECT hash FROM audit_log WHERE seq = NEW.seq)) THEN
+          RETURN NEW;
+        END IF;
       END IF;
       -- The purge anchor only moves forward, onto an entry that still exists (spie_audit_purge moves it first).
-      IF TG_OP = 'UPDATE' AND TG_TABLE_NAME = 'audit_anchor' AND NEW.id = OLD.id
-         AND ((NEW.seq = OLD.seq AND NEW.hash IS NOT DISTINCT FROM OLD.hash)
-              OR (NEW.seq > OLD.seq AND NEW.hash = (SELECT hash FROM audit_log WHERE seq = NEW.seq))) THEN
-        RETURN NEW;
+      IF TG_OP = 'UPDATE' AND TG_TABLE_NAME = 'audit_anchor' THEN
+        IF (NEW.seq = OLD.seq AND NEW.hash IS NOT DISTINCT FROM OLD.hash)
+           OR (NEW.seq > OLD.seq AND NEW.hash = (SELECT hash FROM audit_log WHERE seq = NEW.seq)) THEN
+          RETURN NEW;
+        END IF;
       END IF;
       RAISE EXCEPTION 'journal d''audit en ajout seul : % refusé sur %', TG_OP, TG_TABLE_NAME
         USING ERRCODE = 'insufficient_privilege';
