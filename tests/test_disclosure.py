@@ -10,18 +10,17 @@ from pathlib import Path
 
 import pytest
 from helpers import people_of
-from sqlalchemy import select
 
 from connectors.formats.registry import load_output
 from spie_hub.audit import segments
-from spie_hub.audit.bundle import CHECKPOINTS, ENTRIES, export_bundle, verify_bundle
+from spie_hub.audit.bundle import ENTRIES, HEADS, export_bundle, verify_bundle
 from spie_hub.audit.signing import load_hub_signer
 from spie_hub.core.home import HubHome
 from spie_hub.demo.data import generate
 from spie_hub.privacy.disclosure import suppress
 from spie_hub.privacy.pseudonym import load_pseudonymiser
 from spie_hub.run.lifecycle import run_flow
-from spie_hub.store import audit_checkpoints, audit_log, open_store
+from spie_hub.store import open_store
 
 FLOW = "caf-vers-departement"
 DEP, PLATFORM = "departement-052", "plateforme-insertion"
@@ -78,27 +77,28 @@ def test_the_senders_acknowledgement_carries_no_count_for_any_recipient(one_run)
 
 # -- delivery receipts ------------------------------------------------------------------------------------------------
 
-def test_a_delivery_receipt_names_a_signed_checkpoint_by_hash_and_no_audit_position(one_run) -> None:
-    home, _, summary = one_run
-    manifests = [_manifest(summary.destinataires[r].fichier) for r in (DEP, PLATFORM)]
-    engine = open_store(home.database_url)
-    try:
-        with engine.connect() as c:
-            checkpoints = {r.hash for r in c.execute(select(audit_checkpoints.c.hash))}
-            entries = c.execute(select(audit_log.c.seq)).scalars().all()
-    finally:
-        engine.dispose()
-    for manifest in manifests:
-        assert set(manifest["journal"]) == {"point_de_controle"}
-        assert manifest["journal"]["point_de_controle"] in checkpoints
-        # No integer in the receipt but the recipient's own row count and file size.
-        integers = {k: v for k, v in manifest.items() if isinstance(v, int)}
-        assert set(integers) == {"enregistrements", "octets"}
-        assert integers["enregistrements"] == len(_rows(Path(home.root / "outbox" / manifest["destinataire"] / manifest["fichier"])))
-    assert entries  # the audit has entries: the receipt just does not number them
+def test_a_receipt_tells_the_size_of_the_log_which_counts_actions_never_people(hub_home: Path, tmp_path: Path) -> None:
+    """The receipt's head and inclusion proof carry the log's size and the delivery's index: the log has one entry
+    per action (decisions are batched), so two files of different sizes, with different rejections and withheld
+    people, give the same numbers."""
+    seen = []
+    for households, anomalies in ((30, 0.0), (70, 0.2)):
+        home = HubHome(tmp_path / f"hub-{households}").ensure()
+        flux = tmp_path / f"flux-{households}.xml"
+        generate(flux, None, households, seed=21, anomaly_rate=anomalies)
+        summary = run_flow(FLOW, flux, home)
+        assert summary.statut == "termine", summary.message
+        for recipient in (DEP, PLATFORM):
+            manifest = _manifest(summary.destinataires[recipient].fichier)
+            integers = {k: v for k, v in manifest.items() if isinstance(v, int)}
+            assert set(integers) == {"enregistrements", "octets"}
+            journal = manifest["journal"]
+            seen.append((recipient, journal["tete"]["taille"], journal["inclusion"]["index"],
+                         len(journal["inclusion"]["chemin"])))
+    assert seen[:2] == seen[2:]
 
 
-def test_the_offline_verifier_catches_a_truncation_with_a_receipt_that_holds_no_position(one_run, tmp_path: Path) -> None:
+def test_the_offline_verifier_catches_a_truncation_with_a_receipt(one_run, tmp_path: Path) -> None:
     home, _, summary = one_run
     receipt = Path(summary.destinataires[DEP].fichier)
     receipt = receipt.with_name(receipt.name.removesuffix(".csv") + ".manifest.json")
@@ -112,14 +112,14 @@ def test_the_offline_verifier_catches_a_truncation_with_a_receipt_that_holds_no_
     key = tmp_path / "cle.pem"
     key.write_text(signer.public_pem, encoding="utf-8")
     assert verify_bundle(folder, [key], [receipt]).result.ok
-    head = _manifest(summary.destinataires[DEP].fichier)["journal"]["point_de_controle"]
+    attested = _manifest(summary.destinataires[DEP].fichier)["journal"]["entree"]["seq"]
+    heads = [line for line in (folder / HEADS).read_text(encoding="utf-8").splitlines(keepends=True)
+             if json.loads(line)["taille"] < attested]
+    (folder / HEADS).write_text("".join(heads), encoding="utf-8")  # the heads that would show the cut
+    cut = json.loads(heads[-1])["taille"]  # cut at a head boundary, before the delivery: self-consistent
     lines = (folder / ENTRIES).read_text(encoding="utf-8").splitlines(keepends=True)
-    cut = next(i for i, line in enumerate(lines) if json.loads(line)["hash"] == head)
-    (folder / ENTRIES).write_text("".join(lines[:cut]), encoding="utf-8")  # the tail, from the attested entry on
-    kept = [line for line in (folder / CHECKPOINTS).read_text(encoding="utf-8").splitlines(keepends=True)
-            if json.loads(line)["seq"] <= cut]
-    (folder / CHECKPOINTS).write_text("".join(kept), encoding="utf-8")  # and the checkpoints that would show it
-    assert verify_bundle(folder, [key]).result.ok  # without the receipt, a cut at a checkpoint boundary is invisible
+    (folder / ENTRIES).write_text("".join(lines[:cut]), encoding="utf-8")
+    assert verify_bundle(folder, [key]).result.ok  # without the receipt, a cut at a head boundary is invisible
     result = verify_bundle(folder, [key], [receipt]).result
     assert not result.ok and "tronqué" in (result.reason or "")
 

@@ -45,7 +45,10 @@ STAMP = re.compile(r"(?<=_)\d{8}T\d{6}(?=_)")
 #: The token ending a deletion notice's name: random, fresh in every propagation (it once was the first pending
 #: withdrawal's row id, a counter of everyone's withdrawals). Anything else there is compared as it is.
 NOTICE_TOKEN = re.compile(r"(?<=_)[0-9a-f]{12}(?=\.csv$)")
-FRESH_KEYS = {"execution", "genere_le", "traite_le", "point_de_controle", "valeur"}
+FRESH_KEYS = {"execution", "genere_le", "traite_le", "point_de_controle", "valeur",
+              # The audit head and entry a receipt carries (docs/divulgation.md): hashes, times and signatures are
+              # fresh; their sizes and positions (``taille``, ``index``, ``seq``, the path's length) are compared.
+              "racine", "enonce", "horodatage", "signature", "hash", "prev_hash", "ts", "run_id", "sha256"}
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -73,9 +76,12 @@ class Labels:
 
 def _relabel(document: Any, labels: Labels, public: dict[str, str]) -> Any:
     if isinstance(document, dict):
-        if "signature" in document:  # a signed receipt: checked, then its fresh signature relabelled
+        if isinstance(document.get("signature"), dict):  # a signed receipt: checked, then its fresh signature relabelled
             assert receipt_valid(document, public), "reçu signé invalide"
-        return {k: labels(k, v) if k in FRESH_KEYS and isinstance(v, str) else _relabel(v, labels, public)
+        return {k: labels(k, v) if k in FRESH_KEYS and isinstance(v, str)
+                else [labels("noeud", h) for h in v] if k == "chemin"
+                else _relabel(json.loads(v), labels, public) if k == "payload" and isinstance(v, str)
+                else _relabel(v, labels, public)
                 for k, v in document.items()}
     if isinstance(document, list):
         return [_relabel(v, labels, public) for v in document]

@@ -160,7 +160,9 @@ def verify_audit(flow_id: str | None = None) -> dict[str, Any]:
 
     engine = open_store(HubHome.from_env().database_url)
     try:
-        result = verify(engine)
+        # Incremental: from the head this hub last verified, whose root the stored tree must still give; the whole
+        # log is re-read by `spie-hub audit verify --complet` (docs/exploitation.md), not at the end of every run.
+        result = verify(engine, incremental=True)
         with engine.connect() as connection:
             stuck = connection.execute(select(runs.c.run_id).where(
                 runs.c.flow == flow_id, runs.c.status == "publication")).scalars().all() if flow_id else []

@@ -209,9 +209,9 @@ def default_trust(home: Any = None, signer: Signer | None = None, engine: Engine
     home = home or HubHome.from_env()
     if signer is None:
         try:
-            from spie_hub.audit.signing import load_hub_signer
+            from spie_hub.audit.signing import load_signing_key
 
-            signer = load_hub_signer(home)
+            signer = load_signing_key(home)  # its public half only: no need of the pseudonymisation key to verify
         except ConfigurationError:
             signer = None  # verifying needs no private key when published keys are configured
     anchor = trust.anchor_for_store(home, signer)
@@ -282,6 +282,11 @@ def verify(engine: Engine, batch: int = 10_000, *, home: Any = None, trusted: Ma
             notes.append("état de la dernière vérification illisible : vérification complète")
             since = None
     result = verify_store(engine, trusted, batch, _lot_check(home), since, witnesses if since is None else ())
+    if result.ok:
+        from spie_hub.audit.heads import check_stamps
+
+        if problem := check_stamps(engine, home, since.seq if since else 0):
+            result = VerifyResult(False, result.entries, None, problem)
     if result.ok:
         _remember(engine, state)
     return VerifyResult(**{**result.__dict__, "notes": tuple(notes) + result.notes})

@@ -126,3 +126,60 @@ def record_signer(connection: Connection, signer: Signer) -> None:
             f"La clé de signature « {signer.kid} » n'est plus celle que le journal connaît sous cet identifiant (secret "
             "remplacé) : ce qu'elle signerait ne se vérifierait plus avec la clé publiée. Remettez la clé d'origine, "
             "ou signez avec une nouvelle clé sous un nouvel identifiant et publiez-la.")
+
+
+#: How far the hub's clock (a head's ``horodatage``) may be from the TSA's genTime before the head is said misdated.
+CLOCK_TOLERANCE_SECONDS = 300
+
+
+def stamp_head(engine: Any, head: TreeHead, home: Any = None) -> str | None:
+    """Ask the configured TSA (RFC 3161) for a timestamp over the head's signed statement and keep it, so the head's
+    date does not rest on the hub's clock. Done after the head's transaction (a TSA is a network service, never
+    awaited under the log's lock). Returns None, or why there is no timestamp (said in the logs; the head stands)."""
+    import logging
+
+    from spie_hub.audit import timestamp
+
+    settings = timestamp.tsa_settings(home)
+    if settings is None:
+        return None
+    try:
+        token = timestamp.stamp(settings, head.statement.encode())
+    except timestamp.TimestampError as error:
+        logging.getLogger("spie_hub.audit").warning("Tête de taille %d sans horodatage RFC 3161 : %s", head.size, error)
+        return str(error)
+    from spie_hub.audit.log import now
+    from spie_hub.store import audit_head_stamps
+
+    with engine.begin() as connection:
+        connection.execute(audit_head_stamps.insert().values(size=head.size, token=token, obtained_at=now()))
+    return None
+
+
+def check_stamps(engine: Any, home: Any = None, since: int = 0) -> str | None:
+    """None, or the first head whose RFC 3161 timestamp does not verify or contradicts the head's own date."""
+    import datetime as dt
+
+    from spie_hub.audit import timestamp
+    from spie_hub.store import audit_head_stamps
+
+    settings = timestamp.tsa_settings(home)
+    if settings is None:
+        return None
+    with engine.connect() as connection:
+        rows = connection.execute(select(audit_head_stamps, audit_heads).join(
+            audit_heads, audit_heads.c.size == audit_head_stamps.c.size, isouter=True)
+            .where(audit_head_stamps.c.size >= since)).mappings().all()
+    for row in rows:
+        if row["root"] is None:
+            return f"horodatage RFC 3161 d'une tête de taille {row['size']} absente du journal"
+        head = TreeHead(row["size"], row["root"], row["ts"], row["kid"], row["signature"])
+        try:
+            when = timestamp.check(settings, row["token"], head.statement.encode())
+        except timestamp.TimestampError as error:
+            return f"tête de taille {head.size} : horodatage RFC 3161 invalide ({error})"
+        claimed = dt.datetime.fromisoformat(head.ts)
+        if abs((when - claimed).total_seconds()) > CLOCK_TOLERANCE_SECONDS:
+            return (f"tête de taille {head.size} datée du {head.ts[:19]} par le hub, du {when.isoformat()[:19]} par "
+                    "l'autorité d'horodatage : horloge du hub faussée")
+    return None

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select, update
 
-from spie_hub.audit.heads import Signer, TreeHead, latest_head, record_signer, sign_head, store_head
+from spie_hub.audit.heads import Signer, TreeHead, latest_head, record_signer, sign_head, stamp_head, store_head
 from spie_hub.audit.tree import append_leaves, tree_root
 from spie_hub.store import audit_head, audit_log, audit_nodes
 
@@ -102,8 +102,12 @@ class AuditLog:
 
     def append_rows(self, items: Iterable[tuple[str | None, str, str | None, str | None, str | None, str]]) -> tuple[int, str]:
         """Append ``(run_id, event, flow, recipient, subject, canonical payload)`` tuples in one transaction."""
+        self.last_head = None
         with self.engine.begin() as connection:
-            return self._append_in(connection, items)
+            result = self._append_in(connection, items)
+        if self.last_head is not None:
+            stamp_head(self.engine, self.last_head)
+        return result
 
     def _append_in(self, connection: Connection,
                    items: Iterable[tuple[str | None, str, str | None, str | None, str | None, str]]) -> tuple[int, str]:
