@@ -660,7 +660,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     from spie_hub.store import open_store
 
     home = HubHome.from_env().ensure()
-    count = export_bundle(open_store(home.database_url), Path(args.sortie), load_hub_signer(home))
+    count = export_bundle(open_store(home.database_url), Path(args.sortie), load_hub_signer(home), home=home)
     print(f"Journal exporté : {count} entrée(s) dans {Path(args.sortie).resolve()} "
           "(vérification hors ligne : spie-hub audit verifier DOSSIER --cle-publique CLE.pem)")
     return 0

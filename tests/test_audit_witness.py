@@ -105,3 +105,25 @@ def test_the_hubs_own_verification_is_a_witness_too(hub_home, tmp_path, publishe
     capsys.readouterr()
     assert main(["audit", "verify", "--complet"]) == 1
     assert "la dernière vérification du hub" in capsys.readouterr().out
+
+
+def test_one_persons_decision_is_checked_offline_down_to_its_batch(hub_home, tmp_path, published) -> None:
+    """The export carries the runs' batch files: a decision changed in one is caught offline, at its lot entry."""
+    import sqlite3
+
+    from spie_hub.audit.bundle import export_bundle, verify_bundle
+
+    home = HubHome.from_env()
+    _deliver(home, tmp_path, 1, tmp_path / "d")
+    engine = open_store(home.database_url)
+    folder = tmp_path / "export"
+    export_bundle(engine, folder, load_hub_signer(home), home=home)
+    engine.dispose()
+    assert verify_bundle(folder, [published]).result.ok
+    [lot] = list((folder / "audit" / "lots").rglob("*.sqlite3"))
+    lot.chmod(0o600)
+    with sqlite3.connect(lot) as db:
+        db.execute("UPDATE leaves SET payload = replace(payload, 'retenu', 'livre') WHERE idx = "
+                   "(SELECT min(idx) FROM leaves WHERE payload LIKE '%retenu%')")
+    result = verify_bundle(folder, [published]).result
+    assert not result.ok and "racine recalculée ne correspond pas" in result.reason

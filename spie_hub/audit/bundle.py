@@ -45,8 +45,11 @@ export précédent du DPO).
 """
 
 
-def export_bundle(engine: Engine, folder: Path, signer: Signer | None = None, batch: int = 10_000) -> int:
-    """Write the bundle (after making sure the log's current size is sealed); return the number of entries."""
+def export_bundle(engine: Engine, folder: Path, signer: Signer | None = None, batch: int = 10_000,
+                  home: Any = None) -> int:
+    """Write the bundle (after making sure the log's current size is sealed); return the number of entries. With
+    ``home``, the batch files its ``lot`` entries name are copied too (``audit/lots/...``), so that each person's
+    decision is checked offline as well."""
     if signer is not None:
         seal(engine, signer)
     folder.mkdir(parents=True, exist_ok=True)
@@ -58,6 +61,8 @@ def export_bundle(engine: Engine, folder: Path, signer: Signer | None = None, ba
         for row in rows.mappings():
             out.write(json.dumps({c: row[c] for c in COLUMNS}, ensure_ascii=False, separators=(",", ":")) + "\n")
             count += 1
+            if home is not None and row["event"] == "lot":
+                _copy_lot(home, folder, row["payload"])
     with (folder / HEADS).open("w", encoding="utf-8") as out:
         for head in store_heads(engine):
             if head.size >= anchor.seq:
@@ -70,6 +75,21 @@ def export_bundle(engine: Engine, folder: Path, signer: Signer | None = None, ba
         (folder / "cle-publique-audit.pem").write_text(signer.public_pem, encoding="utf-8")
     (folder / "LISEZMOI.txt").write_text(README.format(dossier=folder.name), encoding="utf-8")
     return count
+
+
+def _copy_lot(home: Any, folder: Path, payload: str) -> None:
+    import shutil
+
+    from spie_hub.audit import segments
+
+    try:
+        source = segments.resolve(home, segments.SegmentRef.from_payload(payload).path_rel)
+    except (KeyError, TypeError, ValueError):
+        return
+    if source.is_file():  # a purged batch is absent here too, and its purge entry says so
+        target = folder / source.relative_to(Path(home.root if hasattr(home, "root") else home))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
 
 
 @dataclass
@@ -103,6 +123,7 @@ def _fail(reason: str, seq: int | None = None) -> VerifyResult:
 
 def verify_bundle(folder: Path, public_keys_pem: list[Path] | None = None, receipts: list[Path] | None = None,
                   kept: list[Path] | None = None, check_lot: LotCheck | None = None) -> BundleVerdict:
+    """``check_lot``: by default, the batch files the bundle holds (``audit/lots``), when it holds any."""
     notes: list[str] = []
     if not public_keys_pem:
         return BundleVerdict(_fail("clé publique publiée du hub requise (--cle-publique) : une clé lue dans le "
@@ -140,6 +161,12 @@ def verify_bundle(folder: Path, public_keys_pem: list[Path] | None = None, recei
             if head.size < anchor.seq:
                 notes.append(f"{origin} (taille {head.size}) précède la purge (ancre à {anchor.seq}) : à vérifier par "
                              "une preuve de cohérence (spie-hub audit coherence)")
+        if check_lot is None and (folder / "audit" / "lots").is_dir():
+            from spie_hub.audit.chain import lot_check
+
+            check_lot = lot_check(folder)
+        elif check_lot is None:
+            notes.append("export sans les fichiers des lots (décisions par personne) : seules leurs racines sont vérifiées")
         checker = LogChecker(heads, trusted, anchor, [w for w in witnesses if w[1].size >= anchor.seq], None, check_lot)
         result = checker.run(_jsonl(folder / ENTRIES))
     except _BadLine as error:

@@ -68,6 +68,8 @@ class LogChecker:
     witnesses: Sequence[tuple[str, TreeHead]] = ()
     nodes: Callable[[list[tuple[int, int]]], dict[tuple[int, int], bytes]] | None = None
     check_lot: LotCheck | None = None
+    _lots: list[tuple[int, Any]] = field(default_factory=list, init=False)
+    _purged: set[str] = field(default_factory=set, init=False)
 
     def run(self, entries: Iterable[Mapping[str, Any]], head_row: tuple[int, str] | None = None) -> VerifyResult:
         heads = sorted(self.heads, key=lambda h: h.size)
@@ -107,11 +109,8 @@ class LogChecker:
                 return self._fail(count, seq, f"ne correspond plus à la tête signée de taille {seq} (journal réécrit)")
             if seq in witnessed:
                 roots[seq] = builder.root()
-            if self.check_lot is not None and row["event"] == "lot":
-                import json
-
-                if problem := self.check_lot(json.loads(row["payload"])):
-                    return self._fail(count, seq, problem)
+            if self.check_lot is not None and row["event"] in ("lot", "purge-lots"):
+                self._note_lot(seq, row["event"], row["payload"])
             if len(self._computed) >= 20_000 and (problem := self._compare_nodes()):
                 return self._fail(count, seq, problem)
             expected_seq, expected_prev, last_hash, count = seq + 1, row["hash"], row["hash"], count + 1
@@ -126,6 +125,8 @@ class LogChecker:
                                                  "non scellée : ajoutée hors du hub, ou têtes supprimées)")
         if problem := self._compare_nodes():
             return self._fail(count, last, problem)
+        if problem := self._check_lots():
+            return self._fail(count, *problem)
         if head_row is not None and head_row != (last, last_hash) and not (last == 0 and head_row[0] == 0):
             if head_row[0] > last:
                 return self._fail(count, last + 1, f"entrées n° {last + 1} à {head_row[0]} absentes (fin du journal supprimée)")
@@ -144,6 +145,31 @@ class LogChecker:
         final = builder.root().hex() if last else None
         return VerifyResult(True, count, checkpoints=len([h for h in heads if h.size >= anchor.seq]),
                             first_seq=anchor.seq + 1, size=last, root=final)
+
+    def _note_lot(self, seq: int, event: str, payload: str) -> None:
+        """Batches are checked once the walk is over: a ``purge-lots`` entry later in the log may say that a batch's
+        file was removed under retention (then its absence is no tampering)."""
+        import json
+
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            data = None
+        if event == "lot":
+            self._lots.append((seq, data))
+        elif isinstance(data, dict):
+            self._purged.update(str(lot.get("lot")) for lot in data.get("lots") or [] if isinstance(lot, dict))
+
+    def _check_lots(self) -> tuple[int, str] | None:
+        for seq, data in self._lots:
+            if not isinstance(data, dict):
+                return seq, "entrée « lot » illisible"
+            if str(data.get("lot")) in self._purged:
+                continue
+            assert self.check_lot is not None
+            if problem := self.check_lot(data):
+                return seq, problem
+        return None
 
     def _collect(self, level: int, index: int, digest: bytes) -> None:
         self._computed.append((level, index, digest))
@@ -234,13 +260,18 @@ def verify_store(engine: Engine, trusted: Mapping[str, str], batch: int = 10_000
         return checker.run(result.mappings(), head_row)  # type: ignore[arg-type]
 
 
-def _lot_check(home: Any) -> LotCheck | None:
-    try:
-        from spie_hub.audit import segments
-    except ImportError:
-        return None
-    check = getattr(segments, "check_lot_payload", None)
-    return (lambda payload: check(home, payload)) if check is not None else None
+def lot_check(home: Any) -> LotCheck:
+    """The check of a ``lot`` entry: its batch's file recomputes to the root the entry holds (spie_hub/audit/segments.py).
+    ``home``: the hub's home, or an export folder holding ``audit/lots``."""
+    from spie_hub.audit import segments
+
+    def check(payload: dict[str, Any]) -> str | None:
+        try:
+            ref = segments.SegmentRef.from_payload(payload)
+        except (KeyError, TypeError, ValueError):
+            return "entrée « lot » incomplète"
+        return segments.verify_segment(home, ref)
+    return check
 
 
 STATE_FILE = "derniere-verification.json"
@@ -281,7 +312,7 @@ def verify(engine: Engine, batch: int = 10_000, *, home: Any = None, trusted: Ma
         except (OSError, ValueError, KeyError, TypeError):
             notes.append("état de la dernière vérification illisible : vérification complète")
             since = None
-    result = verify_store(engine, trusted, batch, _lot_check(home), since, witnesses if since is None else ())
+    result = verify_store(engine, trusted, batch, lot_check(home), since, witnesses if since is None else ())
     if result.ok:
         from spie_hub.audit.heads import check_stamps
 
