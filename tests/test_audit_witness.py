@@ -127,3 +127,34 @@ def test_one_persons_decision_is_checked_offline_down_to_its_batch(hub_home, tmp
                    "(SELECT min(idx) FROM leaves WHERE payload LIKE '%retenu%')")
     result = verify_bundle(folder, [published]).result
     assert not result.ok and "racine recalculée ne correspond pas" in result.reason
+
+
+def test_one_persons_decision_is_proven_from_its_batch_up_to_a_signed_head(hub_home, tmp_path) -> None:
+    """Found by pseudonym (never a table of NIRs), a decision's proof verifies with the published key alone; a
+    proof whose decision was changed (withheld said delivered) does not."""
+    from helpers import people_of
+
+    from spie_hub.audit import segments
+    from spie_hub.audit.proofs import check_decision_proof, prove_decision
+    from spie_hub.privacy.pseudonym import load_pseudonymiser
+
+    home = HubHome.from_env()
+    flux = tmp_path / "flux.xml"
+    generate(flux, None, 15, seed=3)
+    assert run_flow(FLOW, flux, home).statut == "termine"
+    _deliver(home, tmp_path, 4, tmp_path / "d")  # a later run: the proof goes up to a later head
+    pseudonymiser = load_pseudonymiser(home)
+    found = next(hits for p in people_of(flux) if p["NIR"] and (hits := list(segments.find(
+        home, [pseudonymiser.for_recipient(pseudonymiser.pivot_from_nir(p["NIR"]), DEP)]))))
+    assert all(e.event == "decision" for e in found)
+    signer = load_hub_signer(home)
+    engine = open_store(home.database_url)
+    proof = prove_decision(engine, home, found[0])
+    engine.dispose()
+    trusted = {signer.kid: signer.public_b64}
+    assert check_decision_proof(json.loads(json.dumps(proof)), trusted) == []
+    forged = json.loads(json.dumps(proof))
+    forged["feuille"][5] = forged["feuille"][5].replace("retenu", "livre") if "retenu" in forged["feuille"][5] \
+        else forged["feuille"][5].replace("livre", "retenu")
+    assert check_decision_proof(forged, trusted) == ["la décision n'est pas dans le lot que l'entrée engage (preuve "
+                                                     "d'inclusion fausse)"]
