@@ -85,8 +85,17 @@ def test_after_hardening_the_hub_runs_imports_propagates_and_purges_as_the_restr
         assert c.execute(select(func.count()).select_from(revocations)
                          .where(revocations.c.propagated_at.is_(None))).scalar_one() == 0
     assert main(["purge"]) == 0
-    # The audit's own retention goes through the purge function the role may execute, after a signed checkpoint.
+    # The audit's own retention goes through the purge function the role may execute: announced, at a signed head,
+    # never on entries younger than the floor the owner sets (a test deployment lowers it; the role cannot).
     app_store = open_store(app_url)
+    with pytest.raises(DBAPIError, match="moins de 365 jours"):
+        purge_audit(app_store, load_hub_signer(home), dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+    with pytest.raises(DBAPIError, match="permission denied|droit refusé"), app_store.begin() as c:
+        c.exec_driver_sql("UPDATE audit_policy SET min_age_days = 0")
+    owner = create_engine(owner_url)
+    with owner.begin() as c:
+        c.exec_driver_sql("UPDATE audit_policy SET min_age_days = 0")
+    owner.dispose()
     removed = purge_audit(app_store, load_hub_signer(home), dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
     assert removed > 0 and verify(app_store).ok
     with app_store.connect() as c:

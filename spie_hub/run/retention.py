@@ -38,7 +38,6 @@ from sqlalchemy import Connection, Engine, and_, delete, func, not_, select
 from connectors.transports.base import FileInfo, Transport
 from connectors.transports.registry import open_transport
 from spie_hub.audit import segments
-from spie_hub.audit.chain import seal
 from spie_hub.audit.log import AuditEvent, AuditLog
 from spie_hub.audit.signing import SigningKey
 from spie_hub.core.errors import HubError
@@ -48,8 +47,7 @@ from spie_hub.run.deliver import Names, hub_folder, sender_returns
 from spie_hub.run.flow_run import RunContext
 from spie_hub.run.lock import FlowBusy, FlowLock
 from spie_hub.run.recovery import CLAIM_FILE, RecoveryReport, cancel_pending
-from spie_hub.store import audit_log, consents, deliveries, revocations, runs
-from spie_hub.store.guards import purge_upto
+from spie_hub.store import consents, deliveries, revocations, runs
 
 #: Default retention of the audit itself (organisation.conservation_journal_jours in flows.yaml): it must outlast
 #: the data it proves (730 days for the demo flow) so that what left can be shown as long as it may be held.
@@ -306,19 +304,11 @@ def _flow_file(flow: Flow) -> Callable[[str], bool]:
 
 
 def purge_audit(engine: Engine, signer: SigningKey, before: dt.datetime) -> int:
-    """Drop audit entries older than ``before`` while keeping the rest verifiable: a signed checkpoint over the
-    last dropped entry becomes the anchor the remaining chain starts from. Returns the number of entries dropped."""
-    with engine.connect() as connection:
-        upto = connection.execute(select(func.max(audit_log.c.seq)).where(audit_log.c.ts < before.isoformat())).scalar()
-        if upto is None:
-            return 0
-        digest = connection.execute(select(audit_log.c.hash).where(audit_log.c.seq == upto)).scalar_one()
-    seal(engine, signer, at=(upto, digest))
-    removed = purge_upto(engine, upto)
-    AuditLog(engine).append([AuditEvent("purge-journal", {"jusqua": upto, "ancre": digest, "entrees": removed,
-                                                          "avant": before.isoformat()})])
-    seal(engine, signer)
-    return removed
+    """Drop audit entries older than ``before`` at the last signed head among them, the purge announced in the log
+    first (spie_hub/audit/purge.py); the tree's nodes stay, so what remains keeps its proofs. Entries removed."""
+    from spie_hub.audit.purge import purge_audit as purge_log
+
+    return purge_log(engine, signer, before)
 
 
 def purge_segments(engine: Engine, home: HubHome, flows: dict[str, Flow], now: dt.datetime, *,
