@@ -76,6 +76,7 @@ class AuditLog:
         """Sign a head over the log as it stands when its last append left none (a store from before the tree)."""
         with self.engine.begin() as connection:
             connection.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq))
+            record_signer(connection, self.signer)  # a secret swapped behind a known key id is refused even here
             seq = connection.execute(select(audit_head.c.seq).where(audit_head.c.id == 1)).scalar_one()
             latest = latest_head(connection)
             if seq == 0:

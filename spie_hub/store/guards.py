@@ -200,7 +200,8 @@ def _sqlite_purge(connection: Connection, upto: int) -> int:
         "SELECT payload FROM audit_log WHERE seq > ? AND event = 'purge-journal'", (upto,))]
     if upto not in announced:
         raise ConfigurationError(f"purge du journal refusée : aucune entrée « purge-journal » ne l'annonce jusqu'à {upto}")
-    floor = connection.exec_driver_sql("SELECT min_age_days FROM audit_policy WHERE id = 1").scalar() or 365
+    floor = connection.exec_driver_sql("SELECT min_age_days FROM audit_policy WHERE id = 1").scalar()
+    floor = 365 if floor is None else int(floor)
     row = connection.exec_driver_sql("SELECT ts, hash FROM audit_log WHERE seq = ?", (upto,)).first()
     if row is None:
         raise ConfigurationError(f"purge du journal refusée : entrée {upto} absente")
