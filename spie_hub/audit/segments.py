@@ -38,6 +38,7 @@ import os
 import re
 import sqlite3
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,7 +251,12 @@ def write_segment(home: HubHome | Path, run_id: str, flow: str | None,
 def _open(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise FileNotFoundError(path)
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    return sqlite3.connect(_uri(path), uri=True)
+
+
+def _uri(path: Path) -> str:
+    """A read-only SQLite URI (the path quoted: a home under a name with '?', '#' or '%' stays that path)."""
+    return f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
 
 
 def _meta(db: sqlite3.Connection) -> dict[str, str]:
@@ -357,7 +363,9 @@ def distinct_subjects(home: HubHome | Path, since: dt.date | None, until: dt.dat
         conditions.append("recipient = ?")
         params.append(recipient)
     with tempfile.TemporaryDirectory(prefix="spie-personnes-") as scratch:
-        db = sqlite3.connect(Path(scratch) / "personnes.sqlite3", isolation_level=None)
+        # Opened as a URI itself, so that the segments are attached by read-only URIs whatever SQLite's build default.
+        db = sqlite3.connect(f"file:{urllib.parse.quote(str(Path(scratch) / 'personnes.sqlite3'))}", uri=True,
+                             isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=OFF")
             db.execute("CREATE TABLE people (recipient TEXT, subject TEXT, PRIMARY KEY (recipient, subject)) WITHOUT ROWID")
@@ -365,7 +373,7 @@ def distinct_subjects(home: HubHome | Path, since: dt.date | None, until: dt.dat
                 segment.close()
                 if since and ts[:10] < since.isoformat() or until and ts[:10] > until.isoformat():
                     continue
-                db.execute("ATTACH DATABASE ? AS seg", (f"file:{path}?mode=ro",))
+                db.execute("ATTACH DATABASE ? AS seg", (_uri(path),))
                 try:
                     db.execute("INSERT OR IGNORE INTO people SELECT DISTINCT recipient, subject FROM seg.leaves "
                                f"WHERE {' AND '.join(conditions)}", params)

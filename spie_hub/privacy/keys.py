@@ -26,6 +26,7 @@ import os
 import re
 import secrets
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -424,7 +425,7 @@ def lot_subjects(home: HubHome, prefix: str) -> int:
         if path.name.startswith("."):
             continue
         try:
-            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            db = sqlite3.connect(f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro", uri=True)
             try:
                 total += int(db.execute("SELECT count(*) FROM leaves WHERE subject >= ? AND subject < ?",
                                         (prefix, upper)).fetchone()[0])
