@@ -15,6 +15,10 @@ their import), withdrawals once propagated, runs and delivery metadata, audit ex
 by crashed runs. Audited as counts only (``purge-stockage``): a purge must not become
 a list of the people it forgot. What is still needed is never purged: an unfinished run and its staging, the
 consents, runs and delivery rows an unpropagated withdrawal will consult, an open-ended opposition.
+
+The runs' segments of per-record events (spie_hub/audit/segments.py) go with the audit they belong to
+(``purge_segments``): past the longest of the flow's and the audit's retention, named with their roots in a
+``purge-lots`` entry, so that a purged segment is never taken for a deleted one.
 """
 
 from __future__ import annotations
