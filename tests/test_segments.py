@@ -217,8 +217,10 @@ def test_a_crash_between_the_segment_and_its_row_leaves_an_orphan_the_next_recov
                             env=os.environ | {"SPIE_HUB_FAILPOINT": "journal-lot"}, check=False)
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     engine = open_store(home.database_url)
+    # A segment older than the log's oldest row lost its lot row to the audit's retention: never an orphan.
+    aged = segments.write_segment(home, first.run_id, CAF, _synthetic(10), dt.datetime(2020, 1, 2, tzinfo=dt.timezone.utc))
     committed = segments.committed_lots(engine)
-    files = [segments._rel_of(home, p) for p in segments.segment_files(home)]
+    files = [segments._rel_of(home, p) for p in segments.segment_files(home) if p != home.root / aged.path_rel]
     orphans = [f for f in files if f not in committed]
     assert len(files) == 2 and len(orphans) == 1
     # The next start settles the killed run and removes its segment, saying so.
@@ -227,7 +229,8 @@ def test_a_crash_between_the_segment_and_its_row_leaves_an_orphan_the_next_recov
     report = settle(CAF, home)
     assert report is not None and report.lots_orphelins == orphans
     assert any("lots orphelins supprimés" in line and orphans[0] in line for line in report.lignes_lots())
-    assert [segments._rel_of(home, p) for p in segments.segment_files(home)] == [f for f in files if f in committed]
+    assert [segments._rel_of(home, p) for p in segments.segment_files(home)] == [
+        aged.path_rel, *[f for f in files if f in committed]]
     reprise = [json.loads(p) for e, _, p in _events(engine) if e == "reprise"]
     assert reprise and reprise[-1]["lots_orphelins_supprimes"] == orphans
     assert first.statut == "termine"

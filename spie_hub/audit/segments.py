@@ -540,10 +540,13 @@ def segment_purged(home: HubHome | Path, engine: Engine, path_rel: str) -> bool:
 
 
 # -- orphans -----------------------------------------------------------------------------------------------------------
-def remove_orphans(home: HubHome | Path, committed: Callable[[str], bool], runs: set[str]) -> list[str]:
+def remove_orphans(home: HubHome | Path, committed: Callable[[str], bool], runs: set[str],
+                   log_starts: str | None = None) -> list[str]:
     """Remove the segments of ``runs`` that no ``lot`` row names (``committed(path_rel)`` is False: a crash between
     the file and its row), and the temporaries an interrupted write left. Returns their relative paths.
-    Only ``runs`` (dead runs of a flow whose lock the caller holds): a live run's segment waits for its row."""
+    Only ``runs`` (dead runs of a flow whose lock the caller holds): a live run's segment waits for its row. Only a
+    segment sealed after ``log_starts`` (the time of the log's oldest remaining row): an older one may have lost its
+    ``lot`` row to the audit's own retention, and is retention's to purge, never an orphan."""
     removed: list[str] = []
     root = lots_root(home)
     if not root.is_dir() or not runs:
@@ -557,8 +560,15 @@ def remove_orphans(home: HubHome | Path, committed: Callable[[str], bool], runs:
             if run_id not in runs:
                 continue
             rel = _rel_of(home, path)
-            if name.endswith(SUFFIX) and committed(rel):
-                continue
+            if name.endswith(SUFFIX):
+                if committed(rel):
+                    continue
+                try:
+                    sealed = segment_info(home, path).get("ts", "")
+                except (OSError, sqlite3.Error):
+                    continue  # damaged, not orphaned: verify_segment's to report
+                if log_starts is None or not sealed or sealed <= log_starts:
+                    continue
             path.unlink(missing_ok=True)
             removed.append(rel)
         _remove_empty_day(day, root)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 
 from connectors.formats.registry import load_output
 from connectors.transports.base import FileExists, Transport, safe_name, sha256_stream
@@ -47,7 +47,7 @@ from spie_hub.run.flow_run import (
     set_status,
 )
 from spie_hub.run.summary import RecipientCounts, RunSummary
-from spie_hub.store import deliveries, runs
+from spie_hub.store import audit_log, deliveries, runs
 from spie_hub.store.withdrawal_order import PublicationGate
 
 CLAIM_FILE = "prise.json"
@@ -290,11 +290,12 @@ def _remove_orphan_lots(ctx: RunContext, report: RecoveryReport) -> None:
     with ctx.engine.connect() as connection:
         dead = {r.run_id for r in connection.execute(select(runs.c.run_id).where(
             runs.c.flow == ctx.flow.id, runs.c.status.not_in(("en-cours", "publication"))))}
+        log_starts = connection.execute(select(func.min(audit_log.c.ts))).scalar()
     if not dead:
         return
     committed = segments.committed_lots(ctx.engine, ctx.flow.id)
     try:
-        report.lots_orphelins = segments.remove_orphans(ctx.home, lambda rel: rel in committed, dead)
+        report.lots_orphelins = segments.remove_orphans(ctx.home, lambda rel: rel in committed, dead, log_starts)
     except OSError as error:
         report.erreurs.append(f"lots orphelins non supprimés : {StorageError.from_os(error, segments.lots_root(ctx.home))}")
     for line in report.lignes_lots():
