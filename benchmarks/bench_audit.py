@@ -366,7 +366,8 @@ def child_build(home: Path, sizes: list[int], first_day: str) -> None:
 
 def child_verify(home: Path, mode: str, traced: bool) -> None:
     """One verification in this fresh process: ``complete``, ``incremental`` (chain.verify) or ``segments``
-    (re-hash every committed segment with verify_segment)."""
+    (re-hash every committed segment with verify_segment). The segments re-hashed are counted by wrapping
+    ``segments.verify_segment``: whether ``chain.verify`` checks the batches is observed, not assumed."""
     from spie_hub.audit import chain, segments
     from spie_hub.core.home import HubHome
     from spie_hub.store import open_store
@@ -374,20 +375,29 @@ def child_verify(home: Path, mode: str, traced: bool) -> None:
     hub = HubHome(home)
     engine = open_store(hub.database_url)
     signer = _signer_from_env()
+    rehashed = {"segments": 0, "leaves": 0}
+    original = segments.verify_segment
+
+    def counted(home: Any, ref: Any) -> str | None:
+        rehashed["segments"] += 1
+        rehashed["leaves"] += ref.leaves
+        return original(home, ref)
+
+    segments.verify_segment = counted  # type: ignore[assignment]
     if traced:
         tracemalloc.start()
     started = time.perf_counter()
     if mode == "segments":
         refs = segments.committed_lots(engine)
         problems = [p for ref in refs.values() if (p := segments.verify_segment(hub, ref))]
-        ok, entries, reason = not problems, sum(r.leaves for r in refs.values()), (problems or [None])[0]
+        ok, entries, reason = not problems, len(refs), (problems or [None])[0]
     else:
         result = chain.verify(engine, home=hub, trusted={signer.kid: signer.public_b64}, incremental=mode == "incremental")
         ok, entries, reason = result.ok, result.entries, result.reason
     seconds = time.perf_counter() - started
     peak = tracemalloc.get_traced_memory()[1] if traced else None
     print(json.dumps({"ok": ok, "entries": entries, "reason": reason, "seconds": seconds, "tracemalloc_peak": peak,
-                      "peak_rss_mb": _maxrss_mb(), "checks_segments": hasattr(segments, "check_lot_payload")}))
+                      "peak_rss_mb": _maxrss_mb(), "rehashed": rehashed}))
 
 
 def measure_store(workdir: Path, sizes: list[int], extra: int, pg: str | None) -> dict[str, Any]:
@@ -397,9 +407,8 @@ def measure_store(workdir: Path, sizes: list[int], extra: int, pg: str | None) -
     out: dict[str, Any] = {"build": build, "home": home, "env": env}
     out["complete"] = _child(["--child-verify", str(home), "complete"], env)
     out["complete_traced"] = _child(["--child-verify", str(home), "complete", "--traced"], env)
-    if not out["complete"]["checks_segments"]:
+    if out["complete"]["rehashed"]["leaves"] < build["leaves"]:
         out["segments"] = _child(["--child-verify", str(home), "segments"], env)
-        out["segments_traced"] = _child(["--child-verify", str(home), "segments", "--traced"], env)
     out["extra_build"] = _child(["--child-build", str(home), "2026-02-01", str(extra)], env)
     out["incremental"] = _child(["--child-verify", str(home), "incremental"], env)
     out["db_bytes"] = _tree_bytes(home) - _tree_bytes(home / "audit")
@@ -418,24 +427,21 @@ def report_store(s: dict[str, Any], sizes: list[int], extra: int) -> None:
         memory = f"pic tracemalloc {_mib(traced['tracemalloc_peak'])} (passe instrumentée à part, {_s(traced['seconds'])}), " \
             if traced else ""
         print(f"  {label:<58} {_s(r['seconds']):>10}  {memory}ru_maxrss {r['peak_rss_mb']:.0f} Mo ; "
-              f"{_fmt(r['entries'])} entrées/feuilles, {'intègre' if r['ok'] else 'ÉCHEC : ' + str(r['reason'])}")
+              f"{_fmt(r['entries'])} entrées du journal, {r['rehashed']['segments']} lot(s) re-haché(s) "
+              f"({_fmt(r['rehashed']['leaves'])} feuilles) ; {'intègre' if r['ok'] else 'ÉCHEC : ' + str(r['reason'])}")
 
-    checks = s["complete"]["checks_segments"]
-    line("vérification complète (chain.verify, incremental=False)", s["complete"], s["complete_traced"])
-    if checks:
-        print("  (chain.verify re-hache chaque lot : segments.check_lot_payload existe)")
-    else:
-        print("  segments.check_lot_payload n’existe pas encore dans ce code : chain.verify ne relit que le journal "
-              "(quelques lignes par exécution) ; le re-hachage de chaque lot est mesuré à part :")
-        line("re-hachage de tous les lots (segments.verify_segment)", s["segments"], s["segments_traced"])
-        full = s["complete"]["seconds"] + s["segments"]["seconds"]
-        print(f"  → vérification complète journal + lots : {_s(full)} pour {_fmt(b['leaves'])} décisions "
-              f"({_num(1e6 * full / b['leaves'])} µs par décision)")
-    line(f"incrémentale après un lot de plus ({_fmt(extra)} feuilles)", s["incremental"], None)
-    if not checks:
-        rate = s["segments"]["seconds"] / b["leaves"]
-        print(f"  → avec le re-hachage du seul nouveau lot (au débit mesuré ci-dessus) : "
-              f"{_s(s['incremental']['seconds'] + rate * extra)} (estimation, dit comme tel)")
+    c = s["complete"]
+    line("vérification complète (chain.verify, incremental=False)", c, s["complete_traced"])
+    if c["rehashed"]["leaves"]:
+        print(f"  → {_num(1e6 * c['seconds'] / b['leaves'])} µs par décision, {_fmt(b['leaves'] / c['seconds'])} décisions/s "
+              f"(chain.verify re-hache chaque lot contre la racine de son entrée « lot »)")
+    if "segments" in s:
+        print("  chain.verify ne re-hache pas (tous) les lots dans ce code : re-hachage de chaque lot mesuré à part :")
+        line("re-hachage de tous les lots (segments.verify_segment)", s["segments"], None)
+    inc = s["incremental"]
+    line(f"incrémentale après un lot de plus ({_fmt(extra)} feuilles)", inc, None)
+    print(f"  → l’incrémentale relit les entrées postérieures à la dernière tête vérifiée et re-hache les lots qu’elles "
+          f"engagent : {_num(inc['seconds'] / c['seconds'] * 100)} % du temps de la complète")
 
 
 # -- 3. subject access over a year ------------------------------------------------------------------------------------
@@ -516,7 +522,8 @@ def main() -> int:
         return 0
 
     print(f"Machine : {os.cpu_count()} cœurs ; Python {sys.version.split()[0]} ; SQLite {sqlite3.sqlite_version} ; "
-          f"base {'PostgreSQL' if args.pg else 'SQLite'} ; {dt.datetime.now().isoformat(timespec='minutes')}")
+          f"base {'PostgreSQL' if args.pg else 'SQLite'} ; {dt.datetime.now().isoformat(timespec='minutes')} ; "
+          f"charge moyenne au départ {_num(os.getloadavg()[0], 2)} (d’autres processus partagent les cœurs)")
     ok = True
     with tempfile.TemporaryDirectory(prefix="spie-bench-audit-", dir=args.dossier) as tmp:
         work = Path(tmp)
@@ -531,6 +538,7 @@ def main() -> int:
         if "3" in args.parties and store is not None:
             year = measure_year(work, args.jours, args.feuilles_par_jour, store["home"], store["env"], "bench-00000", None)
             report_year(year, args.jours, args.feuilles_par_jour, args.lots[0])
+    print(f"\nCharge moyenne à la fin : {_num(os.getloadavg()[0], 2)}")
     return 0 if ok else 1
 
 
