@@ -30,8 +30,14 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
 
 @pytest.fixture(autouse=True)
-def _embedded_store_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+def _embedded_store_by_default(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     monkeypatch.delenv("SPIE_HUB_DATABASE_URL", raising=False)
+    # Every audit append is sealed by a signed head: a test that appends without the hub_home fixture signs with a
+    # test key, in a home of its own (never the checkout's .spie-hub). Tests about a missing key remove it.
+    if "SPIE_HUB_HOME" not in os.environ:
+        monkeypatch.setenv("SPIE_HUB_HOME", str(tmp_path_factory.mktemp("hub-par-defaut")))
+    if "SPIE_HUB_SIGNING_KEY" not in os.environ and "SPIE_HUB_SIGNING_KEY_FILE" not in os.environ:
+        monkeypatch.setenv("SPIE_HUB_SIGNING_KEY", "s1:" + base64.b64encode(b"s" * 32).decode())
 
 
 @pytest.fixture

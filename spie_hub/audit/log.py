@@ -67,9 +67,9 @@ class AuditLog:
     @property
     def signer(self) -> Signer:
         if self._signer is None:
-            from spie_hub.audit.signing import load_hub_signer
+            from spie_hub.audit.signing import load_signing_key
 
-            self._signer = load_hub_signer()
+            self._signer = load_signing_key()
         return self._signer
 
     def seal(self) -> TreeHead | None:
