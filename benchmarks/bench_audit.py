@@ -287,6 +287,8 @@ def report_flow(rows: list[dict[str, Any]], backend: str) -> bool:
         print(f"    vérification incrémentale de fin de DAG (hors exécution) : {_s(r['verify_seconds'])}, "
               f"{r['verify_entries']} entrée(s) relue(s), {'intègre' if r['verify_ok'] else 'ÉCHEC'} ; "
               f"pic RSS du processus {r['peak_rss_mb']:.0f} Mo")
+        print(f"    → avec cette vérification : {_pct((r['evidence'] + r['verify_seconds']) / r['seconds'])} de la durée de "
+              "l’exécution")
         met = met and share_all <= TARGET_SHARE and r["verify_ok"]
     return met and same
 
