@@ -63,9 +63,11 @@ from consent.fhir_build import (
 )
 from consent.json_stream import TooLarge, bundle_entries
 from schemas.categories import CategorieDonnees
+from spie_hub.audit.actions import record_action, remove_orphan_actions
 from spie_hub.audit.log import AuditEvent, AuditLog, canonical, now
 from spie_hub.core.errors import ConfigurationError
 from spie_hub.core.failpoints import failpoint
+from spie_hub.core.home import HubHome
 from spie_hub.core.nir import NirInvalide, normaliser_nir
 from spie_hub.privacy.pseudonym import Pseudonymiser
 from spie_hub.registry import ConsentIssuer, ConsentRegistry, consent_registry
@@ -699,6 +701,9 @@ class _Importer:
                                       subject=pivot))
 
 
+#: The audited action a consent import batch is (spie_hub/audit/actions.py).
+IMPORT_ACTION = "import-consentements"
+
 #: "SPIEHUB" + 3: consent import batches, one at a time (the store's creation is + 1, the publication gate + 2).
 _IMPORT_LOCK_KEY = 0x5350_4945_4855_4203
 
@@ -716,7 +721,8 @@ def _one_import_at_a_time(connection: Connection) -> None:
 
 def import_resources(entries: Iterable[tuple[str, Any]], engine: Engine, pseudonymiser: Pseudonymiser, *,
                      emetteur: str = "hub", today: dt.date | None = None, batch: int = 1000,
-                     issuer: ConsentIssuer | None = None, registry: ConsentRegistry | None = None) -> ImportReport:
+                     issuer: ConsentIssuer | None = None, registry: ConsentRegistry | None = None,
+                     home: HubHome | None = None) -> ImportReport:
     """Import entries by batches: each batch's consents and their audit entries commit in one transaction.
 
     ``emetteur``'s authority is ``issuer``, else its declaration in the registry's ``consentements`` section. An
@@ -726,6 +732,8 @@ def import_resources(entries: Iterable[tuple[str, Any]], engine: Engine, pseudon
     ``consent.decision.registry_authority``.
     """
     importer = _Importer(engine, pseudonymiser, _context(emetteur, issuer, registry), today or dt.date.today())
+    home = home or HubHome.from_env()
+    audit = AuditLog(engine)
     if importer.ctx.registry_unreadable:
         importer.report.restrictions.append("registre des flux illisible : aucun accord retenu, seuls les refus, "
                                             "oppositions et retraits s'appliquent (à tous les destinataires)")
@@ -742,12 +750,19 @@ def import_resources(entries: Iterable[tuple[str, Any]], engine: Engine, pseudon
         if not chunk:
             break
         seen += len(chunk)
+        before = (importer.report.importes, importer.report.retraits)
         with engine.begin() as connection:
             _one_import_at_a_time(connection)
+            remove_orphan_actions(engine, home, IMPORT_ACTION)  # under the import lock: none is being written
             for where, raw in chunk:
                 importer.add(connection, where, raw)
             failpoint("consentements-lot")  # stored, not yet audited: a kill here must leave neither
-            AuditLog(engine).append(importer.events, connection)
+            # One log entry per batch, however many people it holds (the log's size counts actions: receipts
+            # carry it); each consent's event is in the batch file it names.
+            record_action(audit, connection, home, IMPORT_ACTION, {
+                "emetteur": importer.emetteur, "importes": importer.report.importes - before[0],
+                "retraits": importer.report.retraits - before[1]}, importer.events)
+            failpoint("consentements-journal")  # batch file written, entry not committed: an orphan, removed next time
         importer.events = []
     return importer.report
 

@@ -41,6 +41,7 @@ from connectors.transports.registry import open_transport
 from consent.decision import ConsentIndex, decide, registry_authority
 from schemas.categories import CategorieDonnees
 from spie_hub.audit import segments
+from spie_hub.audit.actions import record_action, remove_orphan_actions
 from spie_hub.audit.log import AuditEvent, AuditLog, now
 from spie_hub.core.home import HubHome
 from spie_hub.privacy.pseudonym import Pivot, Pseudonymiser
@@ -134,18 +135,8 @@ def notice_reference(secret: bytes, recipient: str, hub_ref: str) -> str:
     return "r-" + digest.hex()[:16]
 
 
-def _noticed(engine: Engine, revocation_id: int, recipient: str, pseudonym: str) -> set[str]:
-    """Files a notice line of this withdrawal already named for this recipient and pseudonym (from the audit)."""
-    with engine.connect() as connection:
-        payloads = connection.execute(select(audit_log.c.payload).where(
-            audit_log.c.subject == pseudonym, audit_log.c.recipient == recipient,
-            audit_log.c.event == "avis-suppression")).scalars().all()
-    files: set[str] = set()
-    for payload in payloads:
-        data = json.loads(payload)
-        if data.get("retrait") == revocation_id:
-            files.update(data.get("fichiers", []))
-    return files
+#: The audited action one propagation pass is (spie_hub/audit/actions.py): one log entry, its notices in a batch.
+PROPAGATION_ACTION = "propagation-retraits"
 
 
 class Received:
@@ -156,6 +147,7 @@ class Received:
         wanted = sorted(set(pseudonyms))
         self.decisions: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
         self.files: dict[tuple[str, str, str], str] = {}  # (run, recipient, flow) → delivered file
+        self.noticed: dict[tuple[str, str, Any], set[str]] = defaultdict(set)  # (recipient, pseudonym, withdrawal)
         if not wanted:
             return
         with engine.connect() as connection:
@@ -167,6 +159,15 @@ class Received:
         for event in segments.find(home, wanted, runs=delivering):
             if event.event == "decision" and event.recipient and event.subject and event.run_id:
                 self.decisions[(event.recipient, event.subject)].append((event.run_id, event.payload))
+        # The notice lines earlier passes sent, from their committed batches (a notice line is never sent twice).
+        with engine.connect() as connection:
+            passes = set(connection.execute(select(audit_log.c.run_id).where(
+                audit_log.c.event == segments.LOT_EVENT,
+                audit_log.c.run_id.like(PROPAGATION_ACTION + "-%"))).scalars())
+        for event in segments.find(home, wanted, runs=passes) if passes else ():
+            if event.event == "avis-suppression" and event.recipient and event.subject:
+                data = json.loads(event.payload)
+                self.noticed[(event.recipient, event.subject, data.get("retrait"))].update(data.get("fichiers", []))
 
     def of(self, recipient: str, pseudonym: str, flow: str) -> dict[str, set[str]]:
         """Category → names of the files of ``flow`` in which ``recipient`` received it about this person."""
@@ -221,10 +222,15 @@ def _propagate(engine: Engine, home: HubHome, pseudonymiser: Pseudonymiser, flow
     if plan is not None and (plan["journalise"] or _audited(engine, plan)):
         return _carry_out(engine, home, known, plan, plan_path)  # an interrupted propagation, finished as planned
     report = PropagationReport()
+    remove_orphan_actions(engine, home, PROPAGATION_ACTION)  # under the exclusive gate: no pass is being written
     with engine.connect() as connection:
         pending = connection.execute(select(revocations).where(revocations.c.propagated_at.is_(None))
                                      .order_by(revocations.c.id)).all()
     if not pending:
+        # A pass with nothing to propagate is an action too: one entry, as a pass with withdrawals (the log's
+        # size, which receipts carry, must not tell that someone withdrew).
+        with engine.begin() as connection:
+            record_action(AuditLog(engine), connection, home, PROPAGATION_ACTION, {"retraits": 0, "avis": 0}, [])
         return report
     lines: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
     events: list[AuditEvent] = []
@@ -251,8 +257,12 @@ def _propagate(engine: Engine, home: HubHome, pseudonymiser: Pseudonymiser, flow
                          for rid, rows in sorted(lines.items())}}
     # A plan first (private), so that an interruption anywhere below is finished as planned, never done twice.
     _write_plan(plan_path, plan)
-    # Write-ahead, as for deliveries: the notices are in the audit before any file is visible.
-    AuditLog(engine).append(events)
+    # Write-ahead, as for deliveries: the notices are in the audit before any file is visible. One entry for the
+    # whole pass, whatever the number of withdrawals and notices: each one's event is in the batch it names.
+    with engine.begin() as connection:
+        record_action(AuditLog(engine), connection, home, PROPAGATION_ACTION,
+                      {"retraits": report.retraits, "avis": report.avis, "propagation": token}, events,
+                      batch=_batch_of(plan))
     plan["journalise"] = True
     _write_plan(plan_path, plan)
     return _carry_out(engine, home, known, plan, plan_path)
@@ -278,7 +288,7 @@ def _plan_one(engine: Engine, pseudonymiser: Pseudonymiser, index: ConsentIndex,
             reasons |= {_reason(current.categories[CategorieDonnees(c)].fondement) for c in lost_by_flow[flow_id]}
         # One line per pseudonym the recipient received data under (a key rotation gives it a new one).
         for pseudonym in pseudonymiser.recipient_pseudonyms(pivot, rid):
-            already = _noticed(engine, revocation.id, rid, pseudonym)
+            already = received_by.noticed.get((rid, pseudonym, revocation.id), set())
             wanted: dict[str, set[str]] = defaultdict(set)  # category → files still to name
             for flow_id, lost in lost_by_flow.items():
                 received = received_by.of(rid, pseudonym, flow_id)
@@ -328,12 +338,15 @@ def _write_plan(path: Path, plan: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
+def _batch_of(plan: dict[str, Any]) -> str:
+    """The pass's audited action id, from its plan's token (found again after an interruption)."""
+    return f"{PROPAGATION_ACTION}-{plan['jeton'][:16]}"
+
+
 def _audited(engine: Engine, plan: dict[str, Any]) -> bool:
-    """Whether the plan's audit entries were appended before an interruption (they carry its token)."""
+    """Whether the plan's audit entry was committed before an interruption (its id comes from the plan's token)."""
     with engine.connect() as connection:
-        payloads = connection.execute(select(audit_log.c.payload).where(
-            audit_log.c.subject == plan["sujet"], audit_log.c.event == "retrait-propage")).scalars().all()
-    return any(json.loads(p).get("propagation") == plan["jeton"] for p in payloads)
+        return connection.execute(select(audit_log.c.seq).where(audit_log.c.run_id == _batch_of(plan))).first() is not None
 
 
 def _carry_out(engine: Engine, home: HubHome, known: dict[str, dict[str, Recipient]], plan: dict[str, Any],

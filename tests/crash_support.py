@@ -247,6 +247,11 @@ def store_state(database_url: str, home: Path | None = None) -> StoreState:
                         if '"decision":"livre"' in e.payload})
         events += [{"seq": None, "run_id": run_id, "event": "decision-livre", "recipient": recipient, "payload": "{}"}
                    for run_id, recipient in livre]
+        # The per-person events of audited actions (consent imports, withdrawal propagation) of committed batches.
+        committed_now = segments.committed_lots(engine)
+        events += [{"seq": None, "run_id": e.run_id, "event": e.event, "recipient": e.recipient, "payload": e.payload}
+                   for e in segments.iter_events(home) if e.event not in segments.RECORD_EVENTS
+                   and e.path_rel in committed_now]
         result = verify(engine)
         ok, reason = result.ok, result.reason
         committed = segments.committed_lots(engine)

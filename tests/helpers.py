@@ -63,3 +63,12 @@ def first_delivery(tmp_path: Path, households: int, seed: int, anomaly_rate: flo
     pseudonymiser = load_pseudonymiser(home)
     import_consents(bundle, engine, pseudonymiser, emetteur="departement-052")
     return home, engine, pseudonymiser, flux, bundle, run_flow("caf-vers-departement", flux, home)
+
+
+def audit_events(engine, home, event: str) -> list:  # noqa: ANN001 - an SQLAlchemy engine, a HubHome or path
+    """The per-person events of one kind the audit holds in its committed batches (runs' decisions, consent
+    imports, withdrawal propagation: spie_hub/audit/segments.py), each with run_id, recipient, subject, payload."""
+    from spie_hub.audit import segments
+
+    committed = segments.committed_lots(engine)
+    return [e for e in segments.iter_events(home, event=event) if e.path_rel in committed]

@@ -47,15 +47,15 @@ def _install(point: str) -> None:
 
         revocation._write_plan = write_plan  # type: ignore[assignment]
     elif point == "journal-ecrit":
-        base = revocation.AuditLog
+        # The pass's entry committed, the plan not yet marked as audited: killed when it is about to be.
+        original_write = revocation._write_plan
 
-        class KilledAfterAppend(base):  # type: ignore[misc, valid-type]
-            def append(self, events: Any) -> Any:
-                result = super().append(events)
+        def write_plan_after_audit(path: Path, plan: dict[str, Any]) -> None:
+            if plan["journalise"]:
                 _die()
-                return result
+            original_write(path, plan)
 
-        revocation.AuditLog = KilledAfterAppend  # type: ignore[misc]
+        revocation._write_plan = write_plan_after_audit  # type: ignore[assignment]
     elif point == "premier-avis":
         original_open = revocation.open_transport
 

@@ -22,7 +22,7 @@ from consent.json_stream import MAX_ENTRY_CHARS
 from spie_hub.core.nir import NirInvalide, normaliser_nir
 from spie_hub.privacy.keys import PseudonymisationKey
 from spie_hub.privacy.pseudonym import Pseudonymiser
-from spie_hub.store import audit_log, consents, open_store
+from spie_hub.store import consents, open_store
 
 NIR = "2820251108030"
 P = Pseudonymiser(PseudonymisationKey("t1", b"k" * 32))
@@ -199,6 +199,40 @@ print(report.importes, len(report.erreurs))
 """
 
 
+def _audited_imports(engine) -> int:
+    """Consent versions the audit records: each in its import batch's file, named by one committed log entry."""
+    from spie_hub.audit import segments
+    from spie_hub.core.home import HubHome
+
+    committed = segments.committed_lots(engine)
+    return sum(1 for e in segments.iter_events(HubHome.from_env(), event="consentement-importe")
+               if e.path_rel in committed)
+
+
+def test_a_consent_import_killed_after_writing_its_batch_file_leaves_an_orphan_the_next_import_removes(
+        database_url, tmp_path) -> None:
+    from spie_hub.audit import segments
+    from spie_hub.core.home import HubHome
+
+    path = _late_type_bundle(tmp_path / "b.json", 150)
+    env = dict(os.environ, SPIE_HUB_FAILPOINT="consentements-journal:2", PYTHONPATH=str(REPO))
+    killed = subprocess.run([sys.executable, "-c", _CHILD, database_url, str(path)], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    engine = open_store(database_url)
+    files = list(segments.segment_files(HubHome.from_env()))
+    assert len(files) == 2 and len(segments.committed_lots(engine)) == 1  # the second batch's file has no entry
+    env.pop("SPIE_HUB_FAILPOINT")
+    again = subprocess.run([sys.executable, "-c", _CHILD, database_url, str(path)], env=env, cwd=REPO,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "Lot orphelin supprimé" in again.stderr
+    committed = segments.committed_lots(engine)
+    assert {segments._rel_of(HubHome.from_env(), f) for f in segments.segment_files(HubHome.from_env())} == set(committed)
+    assert _audited_imports(engine) == 150
+    engine.dispose()
+
+
 def test_a_consent_import_killed_between_storing_and_auditing_leaves_neither(database_url, tmp_path) -> None:
     path = _late_type_bundle(tmp_path / "b.json", 250)
     env = dict(os.environ, SPIE_HUB_FAILPOINT="consentements-lot:2", PYTHONPATH=str(REPO))
@@ -210,9 +244,7 @@ def test_a_consent_import_killed_between_storing_and_auditing_leaves_neither(dat
     def counts() -> tuple[int, int]:
         with engine.connect() as c:
             stored = c.execute(select(func.count()).select_from(consents)).scalar_one()
-            audited = c.execute(select(func.count()).select_from(audit_log)
-                                .where(audit_log.c.event == "consentement-importe")).scalar_one()
-        return stored, audited
+        return stored, _audited_imports(engine)
 
     assert counts() == (100, 100)  # the first batch, with its audit; the second left nothing
     env.pop("SPIE_HUB_FAILPOINT")
@@ -236,8 +268,7 @@ def test_two_imports_of_the_same_bundle_at_once_store_each_version_once_and_both
     engine = open_store(database_url)
     with engine.connect() as c:
         versions = c.execute(select(consents.c.consent_id, func.count()).group_by(consents.c.consent_id)).all()
-        audited = c.execute(select(func.count()).select_from(audit_log)
-                            .where(audit_log.c.event == "consentement-importe")).scalar_one()
+    audited = _audited_imports(engine)
     assert len(versions) == 300 and {n for _, n in versions} == {1} and audited == 300
     engine.dispose()
 

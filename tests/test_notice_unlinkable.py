@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import people_of
-from sqlalchemy import select
+from helpers import audit_events, people_of
 
 from consent.fhir_build import consent
 from consent.fhir_import import import_resources
@@ -27,7 +26,7 @@ from spie_hub.demo.data import generate
 from spie_hub.privacy.pseudonym import load_pseudonymiser
 from spie_hub.registry import load_flows
 from spie_hub.run.lifecycle import run_flow
-from spie_hub.store import audit_log, open_store
+from spie_hub.store import open_store
 
 FLOW = "caf-vers-departement"
 DEP, PLATFORM = "departement-052", "plateforme-insertion"
@@ -91,9 +90,7 @@ def test_two_recipients_notified_of_one_withdrawal_share_no_reference_nor_file_t
     identifiers = ("Pseudonyme", "Fichiers concernés", REFERENCE)
     assert not {dep_row[k] for k in identifiers} & {platform_row[k] for k in identifiers}
     # The DPO finds each notice again: its audit entry holds the hub's reference and the recipient's own.
-    with engine.connect() as connection:
-        entries = {r.recipient: json.loads(r.payload) for r in connection.execute(
-            select(audit_log.c.recipient, audit_log.c.payload).where(audit_log.c.event == "avis-suppression"))}
+    entries = {e.recipient: json.loads(e.payload) for e in audit_events(engine, home, "avis-suppression")}
     assert entries[DEP]["reference_avis"] == dep_row[REFERENCE]
     assert entries[PLATFORM]["reference_avis"] == platform_row[REFERENCE]
     assert entries[DEP]["consentement"] == entries[PLATFORM]["consentement"]  # the hub's own, kept for the DPO

@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import first_delivery, people_of
-from sqlalchemy import select
+from helpers import audit_events, first_delivery, people_of
 
 from consent.fhir_import import import_consents
 from consent.revocation import propagate_withdrawals
@@ -17,7 +16,6 @@ from spie_hub.demo.data import generate
 from spie_hub.registry import load_flows
 from spie_hub.run.lifecycle import run_flow
 from spie_hub.run.withdrawals import propagate
-from spie_hub.store import audit_log
 
 FLOW = "caf-vers-departement"
 DEP = "departement-052"
@@ -64,8 +62,7 @@ def test_the_recipients_that_received_the_data_get_a_deletion_notice_once(delive
     assert not list((home.root / "outbox" / "plateforme-insertion").glob("avis-suppression_*"))
     again = propagate_withdrawals(engine, home, pseudonymiser, load_flows())
     assert (again.retraits, again.avis) == (0, 0)
-    with engine.connect() as c:
-        notices = c.execute(select(audit_log.c.recipient, audit_log.c.subject).where(audit_log.c.event == "avis-suppression")).all()
+    notices = [(e.recipient, e.subject) for e in audit_events(engine, home, "avis-suppression")]
     assert sorted(s for _, s in notices) == sorted(expected) and {r for r, _ in notices} == {DEP}
 
 

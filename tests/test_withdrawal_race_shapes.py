@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import first_delivery, people_of
+from helpers import audit_events, first_delivery, people_of
 from sqlalchemy import insert, select
 
 from consent.fhir_import import import_consents
 from consent.revocation import propagate_withdrawals, withdrawal_concerns
 from spie_hub.audit.log import now
 from spie_hub.registry import load_flows
-from spie_hub.store import audit_log, revocations
+from spie_hub.store import revocations
 
 DEP = "departement-052"
 HEADER = "identifiant;nir;type;decision;statut;destinataires;categories;debut;fin\n"
@@ -98,9 +98,7 @@ def test_a_deletion_notice_names_no_partner_consent_identifier_in_its_reason(del
     assert len(rows) == 1 and rows[0]["Motif"].startswith("retrait ou opposition de la personne")
     for column in ("Pseudonyme", "Catégories à supprimer", "Fichiers concernés", "Motif", "Date d'effet"):
         assert nir[:13] not in rows[0][column], column
-    with engine.connect() as connection:
-        payloads = connection.execute(select(audit_log.c.payload).where(
-            audit_log.c.event == "avis-suppression")).scalars().all()
+    payloads = [e.payload for e in audit_events(engine, home, "avis-suppression")]
     for payload in payloads:
         data = json.loads(payload)
         assert nir[:13] not in json.dumps({k: v for k, v in data.items() if k != "consentement"})
