@@ -769,7 +769,7 @@ def import_resources(entries: Iterable[tuple[str, Any]], engine: Engine, pseudon
 
 def import_consents(path: Path, engine: Engine, pseudonymiser: Pseudonymiser, *, emetteur: str = "hub",
                     today: dt.date | None = None, issuer: ConsentIssuer | None = None,
-                    registry: ConsentRegistry | None = None) -> ImportReport:
+                    registry: ConsentRegistry | None = None, home: HubHome | None = None) -> ImportReport:
     """Import a FHIR JSON file (Bundle, streamed entry by entry, or one Consent) or a CSV file in the hub's layout."""
     if path.suffix.lower() == ".csv":
         from consent.csv_import import read_csv_consents
@@ -782,7 +782,7 @@ def import_consents(path: Path, engine: Engine, pseudonymiser: Pseudonymiser, *,
             reason = type(error).__name__ if isinstance(error, OSError) else str(error)
             return ImportReport(erreurs=[f"{path.name} : fichier illisible ({reason})"])
         report = import_resources(entries, engine, pseudonymiser, emetteur=emetteur, today=today, issuer=issuer,
-                                  registry=registry)
+                                  registry=registry, home=home)
         report.erreurs[:0] = row_errors
         return report
     try:
@@ -791,6 +791,6 @@ def import_consents(path: Path, engine: Engine, pseudonymiser: Pseudonymiser, *,
         return ImportReport(erreurs=[f"{path.name} : fichier illisible ({type(error).__name__})"])
     with handle:
         report = import_resources(bundle_entries(handle), engine, pseudonymiser, emetteur=emetteur, today=today,
-                                  issuer=issuer, registry=registry)
+                                  issuer=issuer, registry=registry, home=home)
     report.erreurs = [e if not e.startswith("fichier illisible") else f"{path.name} : {e}" for e in report.erreurs]
     return report

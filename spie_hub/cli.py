@@ -130,7 +130,7 @@ def cmd_consent_import(args: argparse.Namespace) -> int:
             return 2
     home, engine, pseudonymiser = _store_and_key()
     report = import_consents(Path(args.fichier), engine, pseudonymiser, emetteur=args.emetteur,  # type: ignore[arg-type]
-                             issuer=issuer)
+                             issuer=issuer, home=home)
     _print_consent_report(report)
     engine.dispose()  # type: ignore[attr-defined]
     _print_propagation(propagate(home))

@@ -32,13 +32,13 @@ def test_a_failed_import_into_a_full_inbox_keeps_the_file_for_the_next_pass(hub_
     def inbox_full(*_args: object, **_kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(consent_inbox, "import_consents", store_failed)
-    monkeypatch.setattr(LocalFolder, "store_file", inbox_full)
-    with pytest.raises(RuntimeError):
-        consent_inbox.import_consent_inboxes(home, engine, pseudonymiser)
+    with pytest.MonkeyPatch.context() as patch:  # undone alone: the hub's environment (keys, home) stays
+        patch.setattr(consent_inbox, "import_consents", store_failed)
+        patch.setattr(LocalFolder, "store_file", inbox_full)
+        with pytest.raises(RuntimeError):
+            consent_inbox.import_consent_inboxes(home, engine, pseudonymiser)
     kept = [p for p in (home.staging / "consentements").rglob("*") if p.is_file() and p.read_bytes() == original]
     assert kept, "the only copy of the partner's file was removed"
-    monkeypatch.undo()
     report = consent_inbox.import_consent_inboxes(home, engine, pseudonymiser)
     assert [f for f in report.fichiers if f.rapport is not None and f.rapport.importes + f.rapport.retraits >= 0]
     assert not [p for p in (home.staging / "consentements").rglob("*") if p.is_file() and p.read_bytes() == original]

@@ -75,7 +75,7 @@ def run_demo(households: int = 1000, with_airflow: bool = True) -> int:
           f"({stats.anomalies} NIR volontairement erronés) → {flux}")
 
     engine = open_store(home.database_url)
-    report = import_consents(consents, engine, load_pseudonymiser(home), emetteur=EMETTEUR)
+    report = import_consents(consents, engine, load_pseudonymiser(home), emetteur=EMETTEUR, home=home)
     print(f"3. Consentements FHIR importés : {report.importes} ({stats.consentements} accords, {stats.refus} refus), "
           f"erreurs : {len(report.erreurs)}")
 
@@ -137,7 +137,7 @@ def _withdraw_and_report(home: HubHome, engine: object, consents: Path, stamp: s
     pseudonymiser = load_pseudonymiser(home)
     withdrawals = home.root / "demo" / f"retraits_{stamp}.csv"
     count = write_withdrawals(consents, withdrawals, 12)
-    report = import_consents(withdrawals, engine, pseudonymiser, emetteur=EMETTEUR)  # type: ignore[arg-type]
+    report = import_consents(withdrawals, engine, pseudonymiser, emetteur=EMETTEUR, home=home)  # type: ignore[arg-type]
     propagation = propagate_withdrawals(engine, home, pseudonymiser, load_flows())  # type: ignore[arg-type]
     print(f"6. {count} retraits de consentement importés (CSV du hub : {withdrawals}) : {report.retraits} enregistrés, "
           f"{propagation.avis} avis de suppression déposés chez les destinataires")

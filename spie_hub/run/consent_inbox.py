@@ -165,7 +165,8 @@ def import_consent_inboxes(home: HubHome, engine: object, pseudonymiser: Pseudon
                 try:
                     os.replace(claimed.path, copy)
                     item.rapport = import_consents(copy, engine, pseudonymiser,  # type: ignore[arg-type]
-                                                   emetteur=issuer.id, issuer=issuer, registry=registry, today=today)
+                                                   emetteur=issuer.id, issuer=issuer, registry=registry, today=today,
+                                                   home=home)
                     item.archive = str(_archive(home, issuer.id, copy, claimed.sha256, suffix))
                     settled = True
                 except BaseException:
