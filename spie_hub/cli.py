@@ -492,6 +492,8 @@ def cmd_recover(args: argparse.Namespace) -> int:
                   + (f" ({', '.join(report.annulees)})" if report.annulees else ""))
             print(f"  entrées restituées à la boîte de dépôt : {report.entrees_restituees}")
             print(f"  fichiers temporaires supprimés : {report.temporaires}")
+            for line in report.lignes_lots():
+                print(f"  {line}")
             for error in report.erreurs:
                 print(f"  ! {error}")
             pending += len(report.erreurs)
