@@ -336,7 +336,7 @@ def cmd_purge(_args: argparse.Namespace) -> int:
     print(f"Exécutions : {stored.executions} exécution(s) et {stored.livraisons} ligne(s) de livraison ; "
           f"{stored.preparations} dossier(s) de préparation laissé(s) par une exécution ; "
           f"{stored.exports} export(s) ou rapport(s)")
-    print(f"Journal d'audit : {dropped} entrée(s) au-delà de {days} jours (purge ancrée sur un point de contrôle signé)")
+    print(f"Journal d'audit : {dropped} entrée(s) au-delà de {days} jours (purge annoncée au journal, coupée sur une tête signée)")
     for reason in stored.gardes:
         print(f"  conservé : {reason}")
     print("Chaque purge est inscrite au journal d'audit (effectifs seulement).")

@@ -159,8 +159,8 @@ def _export_and_verify(home: HubHome, engine: object, stamp: str) -> None:
     published.parent.mkdir(parents=True, exist_ok=True)
     published.write_text(signer.public_pem, encoding="utf-8")
     folder = home.root / "exports" / f"audit_{stamp}"
-    export_bundle(engine, folder, signer)  # type: ignore[arg-type]
+    export_bundle(engine, folder, signer, home=home)  # type: ignore[arg-type]
     result = verify_bundle(folder, [published]).result
     state = "intègre" if result.ok else f"ALTÉRÉ ({result.reason})"
     print(f"7. Journal exporté ({folder}) et vérifié hors ligne avec la clé publique {published.name} : {state}, "
-          f"{result.entries} entrées, {result.checkpoints} points de contrôle signés")
+          f"{result.entries} entrées, {result.checkpoints} têtes signées, lots de décisions compris")
