@@ -263,7 +263,8 @@ def cmd_dpo_person(args: argparse.Namespace) -> int:
         return 2
     _home, engine, pseudonymiser = _store_and_key()
     report = subject_access(engine, pseudonymiser, nir, flows, demandeur=args.demandeur,  # type: ignore[arg-type]
-                            motif=args.motif, repli=repli)
+                            motif=args.motif, repli=repli, home=_home,
+                            proofs=Path(args.preuves) if args.preuves else None)
     if args.json:
         print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
         return 0
@@ -287,6 +288,8 @@ def cmd_dpo_person(args: argparse.Namespace) -> int:
             if e.champs:
                 line = f", ligne {e.ligne}" if e.ligne else ""
                 print(f"      fichier {e.fichier}{line} ; colonnes transmises : {', '.join(e.champs)}")
+            if e.preuve:
+                print(f"      preuve : {Path(args.preuves) / e.preuve}")
         else:
             print(f"  - {e.date} {e.evenement}{how}" + (f" → {e.destinataire}" if e.destinataire else "")
                   + (f" : {e.motif}" if e.motif else "") + (f" ; {e.fichier}" if e.fichier else ""))
@@ -522,6 +525,29 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         return 0
     print(f"Journal d'audit ALTÉRÉ à l'entrée n° {result.first_bad_seq} : {result.reason}")
     return 1
+
+
+def cmd_audit_proof(args: argparse.Namespace) -> int:
+    """Check one person's decision proof (spie-hub dpo personne --preuves) with the published key alone."""
+    from spie_hub.audit.proofs import check_decision_proof
+    from spie_hub.audit.signing import public_b64_from_pem
+
+    try:
+        proof = json.loads(Path(args.fichier).read_text(encoding="utf-8"))
+        public = public_b64_from_pem(Path(args.cle_publique).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        _err(f"Lecture impossible : {error}")
+        return 2
+    head = proof.get("tete") if isinstance(proof, dict) and isinstance(proof.get("tete"), dict) else {}
+    problems = check_decision_proof(proof, {str(head.get("cle", "")): public}) if isinstance(proof, dict) else [
+        "preuve illisible"]
+    if problems:
+        for problem in problems:
+            print(f"PREUVE INVALIDE : {problem}")
+        return 1
+    print(f"Preuve valide : décision inscrite dans le lot « {json.loads(proof['entree']['payload']).get('lot')} », "
+          f"lui-même dans le journal signé (taille {head['taille']}, racine {str(head['racine'])[:16]}…).")
+    return 0
 
 
 def cmd_audit_consistency(args: argparse.Namespace) -> int:
@@ -815,6 +841,8 @@ def build_parser() -> argparse.ArgumentParser:
     person.add_argument("--demandeur", default=getpass.getuser(), help="qui fait la recherche (journalisé)")
     person.add_argument("--motif", default="demande d'accès (RGPD art. 15)", help="pourquoi (journalisé)")
     person.add_argument("--json", action="store_true")
+    person.add_argument("--preuves", metavar="DOSSIER",
+                        help="écrire la preuve de chaque décision (lot → journal signé), vérifiable avec la clé publiée")
     person.set_defaults(func=cmd_dpo_person)
 
     sub.add_parser("purger", aliases=["purge"], help="purger ce qui dépasse sa durée de conservation : fichiers des "
@@ -845,6 +873,10 @@ def build_parser() -> argparse.ArgumentParser:
     coherence.add_argument("--depuis", type=int, required=True, help="taille de la tête gardée")
     coherence.add_argument("--sortie", help="fichier JSON à écrire (sinon : sortie standard)")
     coherence.set_defaults(func=cmd_audit_consistency)
+    proof = audit_sub.add_parser("preuve", help="vérifier la preuve d'une décision (dpo personne --preuves)")
+    proof.add_argument("fichier")
+    proof.add_argument("--cle-publique", required=True, help="clé publique publiée du hub (PEM)")
+    proof.set_defaults(func=cmd_audit_proof)
     export = audit_sub.add_parser("exporter", help="exporter le journal pour une vérification hors ligne")
     export.add_argument("--sortie", required=True, help="dossier à écrire")
     export.set_defaults(func=cmd_audit_export)

@@ -158,3 +158,35 @@ def test_one_persons_decision_is_proven_from_its_batch_up_to_a_signed_head(hub_h
         else forged["feuille"][5].replace("livre", "retenu")
     assert check_decision_proof(forged, trusted) == ["la décision n'est pas dans le lot que l'entrée engage (preuve "
                                                      "d'inclusion fausse)"]
+
+
+def test_the_dpo_hands_a_person_proofs_of_their_decisions_checkable_with_the_published_key(
+        hub_home, tmp_path, published, capsys, monkeypatch) -> None:
+    import io
+
+    from helpers import people_of
+
+    home = HubHome.from_env()
+    flux = tmp_path / "flux.xml"
+    generate(flux, None, 15, seed=5)
+    assert run_flow(FLOW, flux, home).statut == "termine"
+    proofs = tmp_path / "preuves"
+    for person in people_of(flux):
+        if not person["NIR"]:
+            continue
+        monkeypatch.setattr("sys.stdin", io.StringIO(person["NIR"] + "\n"))
+        assert main(["dpo", "personne", "--preuves", str(proofs)]) == 0
+        if list(proofs.glob("preuve-*.json")):
+            break
+    out = capsys.readouterr().out
+    files = sorted(proofs.glob("preuve-*.json"))
+    assert files and "preuve :" in out
+    for path in files:
+        assert person["NIR"] not in path.read_text(encoding="utf-8")
+        assert main(["audit", "preuve", str(path), "--cle-publique", str(published)]) == 0
+    forged = json.loads(files[0].read_text(encoding="utf-8"))
+    forged["lot"]["chemin"] = forged["lot"]["chemin"][:-1] if forged["lot"]["chemin"] else ["00" * 32]
+    files[0].write_text(json.dumps(forged), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["audit", "preuve", str(files[0]), "--cle-publique", str(published)]) == 1
+    assert "PREUVE INVALIDE" in capsys.readouterr().out

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -56,6 +57,8 @@ class Exchange:
     ligne: int | None = None
     #: How the person was found: "nir" (NIR-based pivot) or "repli" (the partner's fallback identifiers).
     pivot: str = "nir"
+    #: With ``proofs``: the file holding this event's proof, from its batch up to a signed head (spie_hub/audit/proofs.py).
+    preuve: str | None = None
 
 
 @dataclass
@@ -168,9 +171,11 @@ def _limits(flows: dict[str, Flow], nir_given: bool, repli: dict[str, list[str]]
 
 def subject_access(engine: Engine, pseudonymiser: Pseudonymiser, nir: str | None, flows: dict[str, Flow], *,
                    demandeur: str, motif: str, repli: dict[str, list[str]] | None = None,
-                   home: hub_home.HubHome | None = None) -> AccessReport:
+                   home: hub_home.HubHome | None = None, proofs: Path | None = None) -> AccessReport:
     """Every exchange about one person, found by their NIR and/or, per flow, the partner's fallback identifiers.
-    ``home``: where the runs' segments are (the environment's hub by default)."""
+    ``home``: where the runs' segments are (the environment's hub by default). ``proofs``: a folder where each
+    event found in a batch gets its proof (inclusion in the batch, the batch in the signed log), for the person or
+    an auditor to check with the hub's published key alone."""
     repli = repli or {}
     home = home or hub_home.HubHome.from_env()
     if not nir and not repli:
@@ -249,5 +254,20 @@ def subject_access(engine: Engine, pseudonymiser: Pseudonymiser, nir: str | None
             exchange.motif = f"retrait {payload.get('consentement')}"
         else:
             exchange.motif = payload.get("consentement") or payload.get("motif")
+        if proofs is not None and isinstance(row, segments.SegmentEvent):
+            exchange.preuve = _write_proof(engine, home, proofs, row, len(report.echanges) + 1)
         report.echanges.append(exchange)
     return report
+
+
+def _write_proof(engine: Engine, home: hub_home.HubHome, folder: Path, event: segments.SegmentEvent, number: int) -> str | None:
+    from spie_hub.audit.proofs import prove_decision
+
+    try:
+        proof = prove_decision(engine, home, event)
+    except LookupError:
+        return None  # the batch's entry was purged under retention: nothing left to prove it with
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"preuve-{number:04d}.json"
+    path.write_text(json.dumps(proof, ensure_ascii=False, indent=1), encoding="utf-8")
+    return path.name
