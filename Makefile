@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export SPIE_HUB_HOME ?= $(CURDIR)/.spie-hub
 export PYTHONWARNINGS ?= ignore
 
-.PHONY: install demo test bench schema clean
+.PHONY: install demo test bench bench-audit schema clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test: install
 
 bench: install
 	$(PY) benchmarks/bench_caf_flow.py
+
+# The audit at national scale (issue 10): rows and bytes per million people, share of run time, verify of 10 M
+# decisions, a year of subject access (about 10 minutes on 2 cores; docs/performances.md).
+bench-audit: install
+	$(PY) benchmarks/bench_audit.py --foyers 2000 20000
 
 schema: install
 	$(PY) -m schemas.jsonschema
