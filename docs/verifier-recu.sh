@@ -330,10 +330,12 @@ if [ -n "$kept" ]; then
 		verify_head "$P" tete "tête de la preuve de cohérence"
 		consistent "$old_size" "$head_size" "$old_root" "$head_root" "$P" chemin ||
 			invalid "tête gardée : le journal ne prolonge plus la tête de taille $old_size que vous avez gardée : réécrit, tronqué ou réordonné avant elle"
-		[ "$head_size" -ne "$size" ] || [ "$head_root" = "$root" ] ||
-			invalid "la tête de la preuve et celle du reçu ont la même taille et des racines différentes (deux journaux)"
+		# The proof must end at THIS receipt's head: a proof to another head (even the kept one itself) proves
+		# nothing about the log this receipt's delivery is in.
+		[ "$head_size" -eq "$size" ] && [ "$head_root" = "$root" ] ||
+			invalid "la preuve de cohérence n'aboutit pas à la tête de ce reçu (taille $size) : demandez-la avec spie-hub audit coherence --depuis $old_size --vers $size"
 	else
-		invalid "tête gardée : aucune preuve de cohérence depuis la taille $old_size dans ce reçu ; demandez-la au hub (spie-hub audit coherence --depuis $old_size) et passez-la avec --coherence"
+		invalid "tête gardée : aucune preuve de cohérence depuis la taille $old_size dans ce reçu ; demandez-la au hub (spie-hub audit coherence --depuis $old_size --vers $size) et passez-la avec --coherence"
 	fi
 	extends=" ; le journal prolonge la tête gardée (taille $old_size)"
 fi

@@ -552,13 +552,16 @@ def cmd_audit_proof(args: argparse.Namespace) -> int:
 
 def cmd_audit_consistency(args: argparse.Namespace) -> int:
     """A consistency proof from a size a witness kept to the current signed head (what a partner asks for)."""
-    from spie_hub.audit.heads import latest_head
+    from spie_hub.audit.heads import head_at, latest_head
     from spie_hub.audit.tree import consistency_proof
     from spie_hub.store import open_store
 
     engine = open_store(HubHome.from_env().database_url)
     with engine.connect() as connection:
-        head = latest_head(connection)
+        head = head_at(connection, args.vers) if args.vers else latest_head(connection)
+        if args.vers and head is None:
+            _err(f"Aucune tête signée de taille {args.vers} (celle d'un reçu : journal.tete.taille)")
+            return 2
         if head is None or not 0 < args.depuis <= head.size:
             _err(f"Taille hors du journal : {args.depuis} (le journal signé a {head.size if head else 0} entrée(s))")
             return 2
@@ -740,7 +743,14 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as error:
             _err(f"Preuve de cohérence illisible : {error}")
             return 2
-    on_demand = [(o, h) for o, h in kept if isinstance(proof, dict) and proof.get("depuis") == h.size]
+    # A kept head the receipt's own consistency proof covers is checked by it, whatever --coherence says; the file
+    # only supplies the proof for a kept head the receipt does not cover.
+    journal = receipt.get("journal") if isinstance(receipt.get("journal"), dict) else {}
+    covered = ((journal.get("coherence") or {}).get("depuis") or {}).get("taille") if isinstance(
+        journal.get("coherence"), dict) else None
+    receipt_size = (journal.get("tete") or {}).get("taille") if isinstance(journal.get("tete"), dict) else None
+    on_demand = [(o, h) for o, h in kept if isinstance(proof, dict) and proof.get("depuis") == h.size
+                 and h.size not in (covered, receipt_size)]
     problems = verify_receipt(path, keys, [k for k in kept if k not in on_demand])
     if on_demand and not problems:
         head = TreeHead.from_json(receipt["journal"]["tete"])
@@ -871,6 +881,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=cmd_audit_verify)
     coherence = audit_sub.add_parser("coherence", help="preuve de cohérence depuis une taille gardée par un témoin")
     coherence.add_argument("--depuis", type=int, required=True, help="taille de la tête gardée")
+    coherence.add_argument("--vers", type=int, help="taille de la tête d'arrivée : celle du reçu à vérifier "
+                           "(défaut : la dernière tête)")
     coherence.add_argument("--sortie", help="fichier JSON à écrire (sinon : sortie standard)")
     coherence.set_defaults(func=cmd_audit_consistency)
     proof = audit_sub.add_parser("preuve", help="vérifier la preuve d'une décision (dpo personne --preuves)")

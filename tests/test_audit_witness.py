@@ -84,7 +84,8 @@ def test_a_history_rewritten_and_re_signed_by_the_operator_fails_the_partners_ne
     if kind == "troncature":  # the previous delivery's entry is gone: the receipt cannot link to the kept head
         assert "aucune preuve de cohérence depuis la taille" in out
         proof = tmp_path / "coherence.json"
-        asked = main(["audit", "coherence", "--depuis", str(held["taille"]), "--sortie", str(proof)])
+        target = json.loads(later.read_text(encoding="utf-8"))["journal"]["tete"]["taille"]
+        asked = main(["audit", "coherence", "--depuis", str(held["taille"]), "--vers", str(target), "--sortie", str(proof)])
         if asked == 0:
             assert main(["recu", "verifier", str(later), "--cle-publique", str(published),
                          "--tete-gardee", str(kept / "recu-1.json"), "--coherence", str(proof)]) == 1

@@ -240,7 +240,8 @@ def test_a_history_rewritten_and_re_signed_fails_against_the_kept_older_receipt(
     assert f"spie-hub audit coherence --depuis {held['taille']}" in result.stderr
     proof = tmp_path / "coherence.json"
     capsys.readouterr()
-    if main(["audit", "coherence", "--depuis", str(held["taille"]), "--sortie", str(proof)]) != 0:
+    target = json.loads(later.read_text(encoding="utf-8"))["journal"]["tete"]["taille"]
+    if main(["audit", "coherence", "--depuis", str(held["taille"]), "--vers", str(target), "--sortie", str(proof)]) != 0:
         assert "Taille hors du journal" in capsys.readouterr().err  # the cut log is shorter than the kept head
         return
     result = _script(bare_path, "--tete-gardee", kept / "recu-1.json", "--coherence", proof, later, published)
@@ -260,7 +261,8 @@ def test_an_older_kept_head_is_checked_with_a_consistency_proof_asked_of_the_hub
     assert result.returncode == 1
     assert f"spie-hub audit coherence --depuis {size}" in result.stderr
     proof = tmp_path / "coherence.json"
-    assert main(["audit", "coherence", "--depuis", str(size), "--sortie", str(proof)]) == 0
+    target = json.loads(third.read_text(encoding="utf-8"))["journal"]["tete"]["taille"]
+    assert main(["audit", "coherence", "--depuis", str(size), "--vers", str(target), "--sortie", str(proof)]) == 0
     result = _script(bare_path, "--tete-gardee", kept / "recu-1.json", "--coherence", proof, third, published)
     assert result.returncode == 0, result.stderr
     assert f"le journal prolonge la tête gardée (taille {size})" in result.stdout

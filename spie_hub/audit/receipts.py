@@ -156,7 +156,7 @@ def _check_kept(origin: str, old: TreeHead, head: TreeHead, proofs: dict[int, tu
                     "(journal réécrit avant elle, puis re-signé)"]
         return []
     return [f"{origin} : aucune preuve de cohérence depuis la taille {old.size} dans ce reçu ; demandez-la au hub "
-            f"(spie-hub audit coherence --depuis {old.size}) et passez-la avec --coherence"]
+            f"(spie-hub audit coherence --depuis {old.size} --vers {head.size}) et passez-la avec --coherence"]
 
 
 def check_consistency_file(data: Mapping[str, Any], head: TreeHead, kept: TreeHead, trusted: Mapping[str, str]) -> str | None:
@@ -171,11 +171,14 @@ def check_consistency_file(data: Mapping[str, Any], head: TreeHead, kept: TreeHe
         return problem
     if start != kept.size:
         return f"preuve de cohérence depuis la taille {start}, la tête gardée a la taille {kept.size}"
+    # The proof must end at this receipt's own head: a proof to any other head (the kept one itself, or a head of
+    # another log) proves nothing about the log this delivery is in.
+    if (target.size, target.root) != (head.size, head.root):
+        return (f"la preuve de cohérence n'aboutit pas à la tête de ce reçu (taille {head.size}) : demandez-la avec "
+                f"spie-hub audit coherence --depuis {kept.size} --vers {head.size}")
     if not merkle.verify_consistency(kept.size, target.size, bytes.fromhex(kept.root), bytes.fromhex(target.root), proof):
         return (f"le journal ne prolonge plus la tête de taille {kept.size} que vous avez gardée : réécrit, tronqué ou "
                 "réordonné avant elle")
-    if target.size >= head.size and target.size == head.size and target.root != head.root:
-        return "la tête de la preuve et celle du reçu ont la même taille et des racines différentes (deux journaux)"
     return None
 
 
