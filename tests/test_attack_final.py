@@ -24,7 +24,7 @@ from spie_hub.demo.data import generate
 from spie_hub.privacy.pseudonym import load_pseudonymiser
 from spie_hub.registry import get_flow
 from spie_hub.run import flow_run
-from spie_hub.run.lifecycle import pending_inputs, process_inbox_file, run_flow, settle
+from spie_hub.run.lifecycle import pending_inputs, process_inbox_file, settle
 from spie_hub.store import audit_log, open_store, runs
 
 FLOW = "caf-vers-departement"

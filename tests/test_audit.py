@@ -472,3 +472,33 @@ def test_a_truncated_store_re_signed_is_caught_by_the_hubs_last_verification(eng
     truncate_and_resign(engine, SIGNER, 3)
     result = check(engine, home, incremental=False)
     assert not result.ok and "tronqué" in result.reason
+
+
+def test_a_backdated_entry_is_refused_and_cannot_make_young_history_purgeable(engine, home, monkeypatch) -> None:
+    """The hub's clock set back, or a row written by hand with an old date: an entry is never dated before the one
+    it follows (the hub keeps the previous time, the database refuses the row), so a purge's age check holds."""
+    from spie_hub.audit import log as log_module
+    from spie_hub.audit.purge import purge_audit
+    from spie_hub.core.errors import ConfigurationError
+
+    monkeypatch.setattr(log_module, "now", lambda: "2000-01-01T00:00:00.000000+00:00")
+    AuditLog(engine, SIGNER).append([AuditEvent("note", {"texte": "horloge reculée"})])
+    monkeypatch.undo()
+    rows = entries(engine)
+    assert rows[-1]["ts"] == rows[-2]["ts"], "the clock set back gives the previous entry's time"
+    forged = rows[-1] | {"seq": 8, "ts": "2000-01-01T00:00:00.000000+00:00", "prev_hash": rows[-1]["hash"]}
+    forged["hash"] = entry_hash(forged)
+    with pytest.raises(DBAPIError, match="datée avant la précédente"), engine.begin() as c:
+        c.execute(audit_log.insert().values(**forged))
+    with pytest.raises((ConfigurationError, DBAPIError), match="moins de 365 jours"):
+        purge_audit(engine, SIGNER, dt.datetime(2001, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(days=10_000))
+    assert check(engine, home).ok
+
+
+def test_the_verifier_refuses_an_entry_dated_before_the_one_it_follows(engine, home) -> None:
+    rows = entries(engine)
+    rows[3]["ts"] = "2000-01-01T00:00:00+00:00"
+    drop_all_guards(engine)
+    rebuild(engine, rows, SIGNER)
+    result = check(engine, home, incremental=False)
+    assert not result.ok and result.first_bad_seq == 4 and "antidaté" in result.reason

@@ -336,7 +336,7 @@ def _range(text: str | None, *, end: bool) -> dt.date | None:
 def _holds(period: dict[str, str] | None) -> bool:
     period = period or {}
     start, end = _range(period.get("start"), end=False), _range(period.get("end"), end=True)
-    return (start is None or start <= PROP_DAY) and (end is None or PROP_DAY <= end)
+    return (start is None or start <= PROP_DAY) and (end is None or end >= PROP_DAY)
 
 
 def _recipient_of(actor: dict[str, Any]) -> str | None:

@@ -111,6 +111,11 @@ def test_a_key_is_retired_once_nothing_depends_on_it_and_the_answer_says_what_re
     with engine.begin() as c:  # the owner's floor, lowered to reach the end of retention within a test
         c.exec_driver_sql("UPDATE audit_policy SET min_age_days = 0")
     purge_audit(engine, load_hub_signer(home), dt.datetime.now(dt.UTC) + dt.timedelta(days=1))  # end of retention
+    from spie_hub.registry import load_flows
+    from spie_hub.run.retention import purge_segments
+
+    # ... of the batches too (the import's per-consent events are in its batch file).
+    purge_segments(engine, home, load_flows(), dt.datetime.now(dt.UTC) + dt.timedelta(days=4000))
     assert main(["cles", "retirer", "--kid", "k1"]) == 0
     assert [k.kid for k in KeyRing.from_file(home.keys / "pseudonymisation.json").keys] == ["k2"]
     # Still applies under the current key.

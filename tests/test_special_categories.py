@@ -14,7 +14,8 @@ import pytest
 from connectors.formats.csv_output import CsvOutput
 from connectors.transports.local import LocalFolderOptions
 from consent.decision import ConsentIndex, ConsentVersion, Rule, decide
-from schemas.categories import CATEGORIE_DU_BLOC, CategorieDonnees as C
+from schemas.categories import CATEGORIE_DU_BLOC
+from schemas.categories import CategorieDonnees as C
 from schemas.codes import Frein
 from schemas.spie_v1 import PersonneSPIE
 from spie_hub.core.home import REGISTRY_PATH

@@ -23,13 +23,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
-from spie_hub.audit.chain import Anchor, LogChecker, LotCheck, VerifyResult, seal, store_anchor, store_heads, store_keys
+from spie_hub.audit.chain import (
+    Anchor,
+    LogChecker,
+    LotCheck,
+    VerifyResult,
+    nodes_below_anchor,
+    seal,
+    store_anchor,
+    store_heads,
+    store_keys,
+)
 from spie_hub.audit.heads import Signer, TreeHead
 from spie_hub.audit.receipts import check_journal, kept_head, receipt_valid
 from spie_hub.audit.signing import public_b64_from_pem
-from spie_hub.store import audit_log
+from spie_hub.store import audit_log, audit_nodes
 
 ENTRIES, HEADS, ANCHOR, KEYS = "journal.jsonl", "tetes.jsonl", "ancre.json", "cles-publiques.json"
 COLUMNS = ("seq", "ts", "run_id", "event", "flow", "recipient", "subject", "payload", "prev_hash", "hash")
@@ -67,8 +77,15 @@ def export_bundle(engine: Engine, folder: Path, signer: Signer | None = None, ba
         for head in store_heads(engine):
             if head.size >= anchor.seq:
                 out.write(json.dumps(head.as_json(), ensure_ascii=False, separators=(",", ":")) + "\n")
+    from spie_hub.audit.chain import _min_age
+
+    with engine.connect() as connection:  # the kept subtrees of the purged prefix: witnesses older than the purge
+        below = [{"niveau": r.level, "n": r.idx, "empreinte": r.hash} for r in connection.execute(
+            select(audit_nodes).where(((audit_nodes.c.idx + 1) * func.power(2, audit_nodes.c.level)) <= anchor.seq))
+        ] if anchor.seq else []
     (folder / ANCHOR).write_text(json.dumps({"taille": anchor.seq, "empreinte": anchor.hash,
-                                             "frontiere": [h.hex() for h in anchor.frontier]}, indent=1) + "\n",
+                                             "frontiere": [h.hex() for h in anchor.frontier], "noeuds": below,
+                                             "age_minimal_lots_jours": _min_age(engine)}, indent=1) + "\n",
                                  encoding="utf-8")
     (folder / KEYS).write_text(json.dumps(store_keys(engine), indent=2) + "\n", encoding="utf-8")
     if signer is not None and hasattr(signer, "public_pem"):
@@ -157,17 +174,21 @@ def verify_bundle(folder: Path, public_keys_pem: list[Path] | None = None, recei
             if not any(head.verify({head.kid: k}) is None for k in trusted_list):
                 return BundleVerdict(_fail(f"tête gardée {path.name} : signature invalide"), notes)
             witnesses.append((f"la tête gardée {path.name}", head))
-        for origin, head in witnesses:
-            if head.size < anchor.seq:
-                notes.append(f"{origin} (taille {head.size}) précède la purge (ancre à {anchor.seq}) : à vérifier par "
-                             "une preuve de cohérence (spie-hub audit coherence)")
         if check_lot is None and (folder / "audit" / "lots").is_dir():
             from spie_hub.audit.chain import lot_check
 
             check_lot = lot_check(folder)
         elif check_lot is None:
             notes.append("export sans les fichiers des lots (décisions par personne) : seules leurs racines sont vérifiées")
-        checker = LogChecker(heads, trusted, anchor, [w for w in witnesses if w[1].size >= anchor.seq], None, check_lot)
+        kept_nodes = {(int(n["niveau"]), int(n["n"])): bytes.fromhex(n["empreinte"]) for n in anchor_data.get("noeuds", [])}
+
+        def node(level: int, index: int) -> bytes:
+            if (level, index) not in kept_nodes:
+                raise LookupError((level, index))
+            return kept_nodes[(level, index)]
+
+        checker = LogChecker(heads, trusted, anchor, witnesses, None, check_lot, nodes_below_anchor(node, anchor),
+                             int(anchor_data.get("age_minimal_lots_jours", 365)))
         result = checker.run(_jsonl(folder / ENTRIES))
     except _BadLine as error:
         return BundleVerdict(_fail(f"ligne {error.line} illisible (JSON altéré)"), notes)

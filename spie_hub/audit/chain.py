@@ -29,8 +29,9 @@ from spie_hub.audit.log import AuditLog, entry_hash
 from spie_hub.audit.tree import StoredNodes, entry_leaf, frontier_keys
 from spie_hub.store import GENESIS_HASH, audit_anchor, audit_head, audit_heads, audit_keys, audit_log
 
-#: A ``lot`` entry's payload → None, or what is wrong with its batch (spie_hub/audit/segments.py).
-LotCheck = Callable[[dict[str, Any]], str | None]
+#: A ``lot`` entry's payload, and whether a ``purge-lots`` entry names it → None, or what is wrong with its batch
+#: (spie_hub/audit/segments.py). A purged batch may be absent; present, it must still verify.
+LotCheck = Callable[[dict[str, Any], bool], str | None]
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class Anchor:
     seq: int = 0
     hash: str = GENESIS_HASH
     frontier: tuple[bytes, ...] = ()
+    #: A retention purge's anchor (a ``purge-journal`` entry must announce it), not a verification's starting point.
+    purged: bool = True
 
     def root(self) -> bytes:
         return merkle.TreeBuilder(self.seq, self.frontier).root()
@@ -68,8 +71,13 @@ class LogChecker:
     witnesses: Sequence[tuple[str, TreeHead]] = ()
     nodes: Callable[[list[tuple[int, int]]], dict[tuple[int, int], bytes]] | None = None
     check_lot: LotCheck | None = None
-    _lots: list[tuple[int, Any]] = field(default_factory=list, init=False)
-    _purged: set[str] = field(default_factory=set, init=False)
+    #: Checks a witness head older than the anchor against the kept subtrees of the purged prefix (None: say so).
+    below_anchor: Callable[[TreeHead], str | None] | None = None
+    #: No batch may be purged younger than this (days between its ``lot`` entry and the ``purge-lots`` entry).
+    min_lot_age_days: int = 0
+    _lots: list[tuple[int, Any, str]] = field(default_factory=list, init=False)
+    _purged: dict[str, str] = field(default_factory=dict, init=False)
+    _computed: list[tuple[int, int, bytes]] = field(default_factory=list, init=False)
 
     def run(self, entries: Iterable[Mapping[str, Any]], head_row: tuple[int, str] | None = None) -> VerifyResult:
         heads = sorted(self.heads, key=lambda h: h.size)
@@ -81,7 +89,8 @@ class LogChecker:
         witnessed = {h.size for _, h in self.witnesses}
         anchor = self.anchor
         builder = merkle.TreeBuilder(anchor.seq, anchor.frontier, on_node=self._collect)
-        self._computed: list[tuple[int, int, bytes]] = []
+        announced = anchor.seq == 0 or not anchor.purged
+        last_ts = ""
         if anchor.seq:
             root = builder.root()
             if anchor.seq in by_size and by_size[anchor.seq].root != root.hex():
@@ -104,17 +113,27 @@ class LogChecker:
                 return self._fail(count, seq, "chaînage rompu (entrée supprimée, insérée ou déplacée)")
             if entry_hash(dict(row)) != row["hash"]:
                 return self._fail(count, seq, "contenu modifié (empreinte SHA-256 différente)")
+            # Never dated before the entry it follows (the database refuses it too): a backdated entry would let a
+            # purge's age check pass on minutes-old history.
+            if _instant(row["ts"]) < _instant(last_ts):
+                return self._fail(count, seq, "entrée datée avant la précédente (horodatage antidaté)")
+            last_ts = row["ts"]
+            if not announced and row["event"] == "purge-journal":
+                announced = _announces(row["payload"], anchor)
             builder.add(entry_leaf(row["hash"]))
             if seq in by_size and by_size[seq].root != builder.root().hex():
                 return self._fail(count, seq, f"ne correspond plus à la tête signée de taille {seq} (journal réécrit)")
             if seq in witnessed:
                 roots[seq] = builder.root()
             if self.check_lot is not None and row["event"] in ("lot", "purge-lots"):
-                self._note_lot(seq, row["event"], row["payload"])
+                self._note_lot(seq, row["event"], row["payload"], row["ts"])
             if len(self._computed) >= 20_000 and (problem := self._compare_nodes()):
                 return self._fail(count, seq, problem)
             expected_seq, expected_prev, last_hash, count = seq + 1, row["hash"], row["hash"], count + 1
         last = expected_seq - 1
+        if not announced:
+            return self._fail(count, anchor.seq, f"ancre de purge à l'entrée n° {anchor.seq} qu'aucune entrée "
+                                                 "« purge-journal » n'annonce (début du journal supprimé ou ancre déplacée)")
         beyond = [h.size for h in heads if h.size > last]
         if beyond:
             return self._fail(count, last + 1, f"journal tronqué : une tête signée atteste {max(beyond)} entrée(s), "
@@ -136,8 +155,13 @@ class LogChecker:
                 return self._fail(count, last + 1, f"{origin} atteste une tête de {witness.size} entrée(s) ; le journal "
                                                    f"n'en a plus que {last} (tronqué)")
             got = roots.get(witness.size)
-            if got is None:
-                continue  # before the anchor: checked by a consistency proof (spie-hub recu verifier)
+            if got is None:  # before the anchor: against the subtrees kept for the purged prefix
+                problem = self.below_anchor(witness) if self.below_anchor is not None else (
+                    "ne peut être vérifiée sans les sous-arbres de la partie purgée")
+                if problem:
+                    return self._fail(count, witness.size, f"la tête de taille {witness.size} que {origin} a gardée "
+                                                           f"(antérieure à la purge) : {problem}")
+                continue
             if got.hex() != witness.root:
                 return self._fail(count, witness.size, f"ne correspond plus à la tête de taille {witness.size} que "
                                                        f"{origin} a gardée (journal réécrit avant cette tête, puis "
@@ -146,7 +170,7 @@ class LogChecker:
         return VerifyResult(True, count, checkpoints=len([h for h in heads if h.size >= anchor.seq]),
                             first_seq=anchor.seq + 1, size=last, root=final)
 
-    def _note_lot(self, seq: int, event: str, payload: str) -> None:
+    def _note_lot(self, seq: int, event: str, payload: str, ts: str) -> None:
         """Batches are checked once the walk is over: a ``purge-lots`` entry later in the log may say that a batch's
         file was removed under retention (then its absence is no tampering)."""
         import json
@@ -156,18 +180,24 @@ class LogChecker:
         except ValueError:
             data = None
         if event == "lot":
-            self._lots.append((seq, data))
+            self._lots.append((seq, data, ts))
         elif isinstance(data, dict):
-            self._purged.update(str(lot.get("lot")) for lot in data.get("lots") or [] if isinstance(lot, dict))
+            for lot in data.get("lots") or []:
+                if isinstance(lot, dict):
+                    self._purged.setdefault(str(lot.get("lot")), ts)
 
     def _check_lots(self) -> tuple[int, str] | None:
-        for seq, data in self._lots:
+        import datetime as dt
+
+        for seq, data, ts in self._lots:
             if not isinstance(data, dict):
                 return seq, "entrée « lot » illisible"
-            if str(data.get("lot")) in self._purged:
-                continue
+            purged_at = self._purged.get(str(data.get("lot")))
+            if purged_at is not None and _instant(purged_at) - _instant(ts) < dt.timedelta(days=self.min_lot_age_days):
+                return seq, (f"lot {data.get('lot')} déclaré purgé avant sa durée de conservation minimale "
+                             f"({self.min_lot_age_days} jours)")
             assert self.check_lot is not None
-            if problem := self.check_lot(data):
+            if problem := self.check_lot(data, purged_at is not None):
                 return seq, problem
         return None
 
@@ -189,6 +219,42 @@ class LogChecker:
     @staticmethod
     def _fail(count: int, seq: int | None, reason: str) -> VerifyResult:
         return VerifyResult(False, count, seq, reason)
+
+
+def _instant(ts: str) -> Any:
+    """An entry's time for comparison (any ISO 8601 form the log holds); the empty string is the beginning."""
+    import datetime as dt
+
+    if not ts:
+        return dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+    value = dt.datetime.fromisoformat(ts)
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def _announces(payload: str, anchor: Anchor) -> bool:
+    import json
+
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("jusqua") == anchor.seq and data.get("ancre") == anchor.hash
+
+
+def nodes_below_anchor(nodes: merkle.NodeSource, anchor: Anchor) -> Callable[[TreeHead], str | None]:
+    """A witness head older than the anchor is checked against the kept subtrees: their root at its size must be its
+    root, and a consistency proof from them must lead to the anchor's root (which the entries after it continue)."""
+    def check(witness: TreeHead) -> str | None:
+        try:
+            if merkle.root(nodes, witness.size).hex() != witness.root:
+                return "les sous-arbres conservés ne donnent plus sa racine (journal réécrit avant elle)"
+            proof = merkle.consistency_path(nodes, witness.size, anchor.seq)
+        except LookupError:
+            return "sous-arbres de la partie purgée absents"
+        if not merkle.verify_consistency(witness.size, anchor.seq, bytes.fromhex(witness.root), anchor.root(), proof):
+            return "la partie purgée ne la prolonge plus (journal réécrit avant elle)"
+        return None
+    return check
 
 
 # -- the store ----------------------------------------------------------------------------------------------------
@@ -213,6 +279,29 @@ def store_anchor(engine: Engine) -> Anchor:
         keys = frontier_keys(row.seq)
         nodes.prefetch(keys)
         return Anchor(row.seq, row.hash or "", tuple(nodes(lv, i) for lv, i in keys))
+
+
+class _CachedNodes:
+    """A ``merkle.NodeSource`` over the store (one read per node, cached)."""
+
+    def __init__(self, read: Callable[[list[tuple[int, int]]], dict[tuple[int, int], bytes]]) -> None:
+        self.read, self.cache = read, {}  # type: ignore[var-annotated]
+
+    def __call__(self, level: int, index: int) -> bytes:
+        key = (level, index)
+        if key not in self.cache:
+            self.cache.update(self.read([key]))
+        if key not in self.cache:
+            raise LookupError(key)
+        return self.cache[key]
+
+
+def _min_age(engine: Engine) -> int:
+    from spie_hub.store import audit_policy
+
+    with engine.connect() as connection:
+        value = connection.execute(select(audit_policy.c.min_age_days)).scalar()
+    return 365 if value is None else int(value)
 
 
 def _stored_nodes(engine: Engine) -> Callable[[list[tuple[int, int]]], dict[tuple[int, int], bytes]]:
@@ -252,9 +341,16 @@ def verify_store(engine: Engine, trusted: Mapping[str, str], batch: int = 10_000
     if since is not None and since.seq > anchor.seq:
         anchor = since
     heads = [h for h in store_heads(engine) if h.size >= anchor.seq]
-    checker = LogChecker(heads, trusted, anchor, witnesses, _stored_nodes(engine), check_lot)
+    read = _stored_nodes(engine)
+    checker = LogChecker(heads, trusted, anchor, witnesses, read, check_lot,
+                         nodes_below_anchor(_CachedNodes(read), store_anchor(engine)), _min_age(engine))
     with engine.connect() as connection:
         head_row = tuple(connection.execute(select(audit_head.c.seq, audit_head.c.hash)).one())
+        purged_anchor = store_anchor(engine).seq
+        left = connection.execute(select(audit_log.c.seq).where(audit_log.c.seq <= purged_anchor).limit(1)).scalar()
+        if left is not None:
+            return VerifyResult(False, 0, left, f"entrée n° {left} encore présente sous l'ancre de purge (n° "
+                                                f"{purged_anchor}) : ancre déplacée, ces entrées ne seraient plus vérifiées")
         result = connection.execution_options(stream_results=True, yield_per=batch).execute(
             select(audit_log).where(audit_log.c.seq > anchor.seq).order_by(audit_log.c.seq))
         return checker.run(result.mappings(), head_row)  # type: ignore[arg-type]
@@ -265,12 +361,18 @@ def lot_check(home: Any) -> LotCheck:
     ``home``: the hub's home, or an export folder holding ``audit/lots``."""
     from spie_hub.audit import segments
 
-    def check(payload: dict[str, Any]) -> str | None:
+    def check(payload: dict[str, Any], purged: bool) -> str | None:
         try:
             ref = segments.SegmentRef.from_payload(payload)
         except (KeyError, TypeError, ValueError):
             return "entrée « lot » incomplète"
-        return segments.verify_segment(home, ref)
+        if purged:
+            try:
+                if not segments.resolve(home, ref.path_rel).exists():
+                    return None  # removed under retention, as a later entry says
+            except ValueError as error:
+                return str(error)
+        return segments.verify_segment(home, ref)  # present, even if said purged: it must still be what it was
     return check
 
 
@@ -305,7 +407,7 @@ def verify(engine: Engine, batch: int = 10_000, *, home: Any = None, trusted: Ma
                         keys = frontier_keys(head.size)
                         nodes.prefetch(keys)
                         frontier = tuple(nodes(lv, i) for lv, i in keys)
-                    since = Anchor(head.size, str(kept["empreinte"]), frontier)
+                    since = Anchor(head.size, str(kept["empreinte"]), frontier, purged=False)
                     if since.root().hex() != head.root:
                         return VerifyResult(False, 0, head.size, "l'arbre stocké ne donne plus la racine de la tête "
                                                                  "vérifiée la dernière fois (journal réécrit avant elle)")

@@ -117,7 +117,9 @@ class AuditLog:
         connection.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq))
         seq, prev = connection.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)).one()
         rows = []
-        ts = now()
+        # Never before the entry it follows (the database refuses it): a clock set back gives the previous time.
+        last_ts = connection.execute(select(audit_log.c.ts).where(audit_log.c.seq == seq)).scalar() if seq else None
+        ts = max(now(), last_ts) if last_ts else now()
         for run_id, event, flow, recipient, subject, payload in items:
             seq += 1
             digest = _hash(prev, seq, ts, run_id, event, flow, recipient, subject, payload)

@@ -68,6 +68,22 @@ _PG = [
       RETURN removed;
     END $$""",
 ]
+#: An entry is never dated before the one it follows: a purge checks the age of what it removes, and a backdated
+#: entry would make minutes-old history look old enough.
+_PG_TS = [
+    """CREATE OR REPLACE FUNCTION spie_audit_ts_forward() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF NEW.ts::timestamptz < (SELECT ts::timestamptz FROM audit_log WHERE seq = NEW.seq - 1) THEN
+        RAISE EXCEPTION 'journal d''audit : entrée n° % datée avant la précédente, refusée', NEW.seq
+          USING ERRCODE = 'check_violation';
+      END IF;
+      RETURN NEW;
+    END $$""",
+    "DROP TRIGGER IF EXISTS spie_ts_forward ON audit_log",
+    "CREATE TRIGGER spie_ts_forward BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION spie_audit_ts_forward()",
+    "ALTER TABLE audit_log ENABLE ALWAYS TRIGGER spie_ts_forward",
+]
+
 #: Every audit table refuses what appending does not need; ``ENABLE ALWAYS`` keeps the triggers firing under
 #: ``session_replication_role = replica`` (which silences ordinary triggers: a superuser's quiet delete).
 _PG_TRIGGERS = {
@@ -82,6 +98,9 @@ _PG_TRIGGERS = {
 }
 
 _SQLITE = [
+    """CREATE TRIGGER IF NOT EXISTS spie_audit_ts_forward BEFORE INSERT ON audit_log
+       WHEN NEW.ts < (SELECT ts FROM audit_log WHERE seq = NEW.seq - 1)
+       BEGIN SELECT RAISE(ABORT, 'journal d''audit : entrée datée avant la précédente, refusée'); END""",
     """CREATE TRIGGER IF NOT EXISTS spie_audit_no_update BEFORE UPDATE ON audit_log
        BEGIN SELECT RAISE(ABORT, 'journal d''audit en ajout seul : UPDATE refusé'); END""",
     """CREATE TRIGGER IF NOT EXISTS spie_audit_no_delete BEFORE DELETE ON audit_log
@@ -160,10 +179,12 @@ def install_guards(engine: Engine) -> None:
             # finds them in place and changes nothing. An attacker who dropped one gets it back on the next open.
             present = connection.execute(text(
                 "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-                "WHERE t.tgname IN ('spie_append_only', 'spie_no_truncate') AND t.tgenabled = 'A' "
+                "WHERE t.tgname IN ('spie_append_only', 'spie_no_truncate', 'spie_ts_forward') AND t.tgenabled = 'A' "
                 "AND c.relname = ANY(:tables)"), {"tables": list(_PG_TRIGGERS)}).scalar_one()
-            if present == 2 * len(_PG_TRIGGERS):
+            if present == 2 * len(_PG_TRIGGERS) + 1:
                 return
+            for statement in _PG_TS:
+                connection.execute(text(statement))
             for statement in _PG:
                 connection.execute(text(statement))
             for table, when in _PG_TRIGGERS.items():
