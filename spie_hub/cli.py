@@ -550,6 +550,21 @@ def cmd_audit_proof(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_seal(_args: argparse.Namespace) -> int:
+    """Seal a log written by an earlier version (checked against its signed checkpoints first)."""
+    from spie_hub.audit.chain import seal
+    from spie_hub.audit.signing import load_hub_signer
+    from spie_hub.store import open_store
+
+    home = HubHome.from_env()
+    head = seal(open_store(home.database_url), load_hub_signer(home))
+    if head is None:
+        print("Journal vide : rien à sceller.")
+    else:
+        print(f"Journal scellé : tête signée de taille {head.size}, racine {head.root[:16]}… (clé {head.kid}).")
+    return 0
+
+
 def cmd_audit_consistency(args: argparse.Namespace) -> int:
     """A consistency proof from a size a witness kept to the current signed head (what a partner asks for)."""
     from spie_hub.audit.heads import head_at, latest_head
@@ -879,6 +894,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "clés publiées (depuis la dernière vérification, ou --complet)")
     verify.add_argument("--complet", action="store_true", help="relire tout le journal, pas seulement la fin")
     verify.set_defaults(func=cmd_audit_verify)
+    audit_sub.add_parser("sceller", help="sceller un journal d'une version antérieure (après vérification de ses "
+                         "points de contrôle signés)").set_defaults(func=cmd_audit_seal)
     coherence = audit_sub.add_parser("coherence", help="preuve de cohérence depuis une taille gardée par un témoin")
     coherence.add_argument("--depuis", type=int, required=True, help="taille de la tête gardée")
     coherence.add_argument("--vers", type=int, help="taille de la tête d'arrivée : celle du reçu à vérifier "

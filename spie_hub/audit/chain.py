@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from spie_hub.audit import merkle
-from spie_hub.audit.heads import Signer, TreeHead, latest_head
+from spie_hub.audit.heads import Signer, TreeHead
 from spie_hub.audit.log import AuditLog, entry_hash
 from spie_hub.audit.tree import StoredNodes, entry_leaf, frontier_keys
 from spie_hub.store import GENESIS_HASH, audit_anchor, audit_head, audit_heads, audit_keys, audit_log
@@ -336,24 +336,50 @@ def default_trust(home: Any = None, signer: Signer | None = None, engine: Engine
 
 def verify_store(engine: Engine, trusted: Mapping[str, str], batch: int = 10_000, check_lot: LotCheck | None = None,
                  since: Anchor | None = None, witnesses: Sequence[tuple[str, TreeHead]] = ()) -> VerifyResult:
-    """Walk the log from the purge anchor (or from ``since``, a head verified earlier) against the signed heads."""
-    anchor = store_anchor(engine)
-    if since is not None and since.seq > anchor.seq:
-        anchor = since
+    """Walk the log from the purge anchor (or from ``since``, a head verified earlier) against the signed heads.
+
+    Other processes may append meanwhile: the heads are read first, the walk stops at the last of them (an append
+    commits its entries, nodes and head together, so everything up to it is there), and the end of the log is then
+    checked in one statement (one snapshot): no entry beyond the last head, the head row on the last entry."""
+    purge = store_anchor(engine)
+    anchor = since if since is not None and since.seq > purge.seq else purge
     heads = [h for h in store_heads(engine) if h.size >= anchor.seq]
+    sealed = max((h.size for h in heads), default=anchor.seq)
     read = _stored_nodes(engine)
-    checker = LogChecker(heads, trusted, anchor, witnesses, read, check_lot,
-                         nodes_below_anchor(_CachedNodes(read), store_anchor(engine)), _min_age(engine))
+    checker = LogChecker(heads, trusted, anchor, witnesses, read, check_lot, nodes_below_anchor(_CachedNodes(read), purge),
+                         _min_age(engine))
     with engine.connect() as connection:
-        head_row = tuple(connection.execute(select(audit_head.c.seq, audit_head.c.hash)).one())
-        purged_anchor = store_anchor(engine).seq
-        left = connection.execute(select(audit_log.c.seq).where(audit_log.c.seq <= purged_anchor).limit(1)).scalar()
+        left = connection.execute(select(audit_log.c.seq).where(audit_log.c.seq <= purge.seq).limit(1)).scalar()
         if left is not None:
             return VerifyResult(False, 0, left, f"entrée n° {left} encore présente sous l'ancre de purge (n° "
-                                                f"{purged_anchor}) : ancre déplacée, ces entrées ne seraient plus vérifiées")
+                                                f"{purge.seq}) : ancre déplacée, ces entrées ne seraient plus vérifiées")
+        if not heads and connection.execute(select(audit_log.c.seq).limit(1)).scalar() is not None:
+            return VerifyResult(False, 0, None, "journal d'une version antérieure du hub, pas encore scellé : "
+                                                "`spie-hub audit sceller` le vérifie contre ses points de contrôle "
+                                                "signés, puis le scelle")
         result = connection.execution_options(stream_results=True, yield_per=batch).execute(
-            select(audit_log).where(audit_log.c.seq > anchor.seq).order_by(audit_log.c.seq))
-        return checker.run(result.mappings(), head_row)  # type: ignore[arg-type]
+            select(audit_log).where(audit_log.c.seq > anchor.seq, audit_log.c.seq <= sealed).order_by(audit_log.c.seq))
+        verdict = checker.run(result.mappings())  # type: ignore[arg-type]
+    if not verdict.ok:
+        return verdict
+    with engine.connect() as connection:
+        last, signed, head_seq, head_hash = connection.execute(select(
+            select(func.max(audit_log.c.seq)).scalar_subquery(), select(func.max(audit_heads.c.size)).scalar_subquery(),
+            select(audit_head.c.seq).scalar_subquery(), select(audit_head.c.hash).scalar_subquery())).one()
+        last, signed = last or 0, signed or 0
+        if last > signed:
+            return VerifyResult(False, verdict.entries, signed + 1, f"entrées n° {signed + 1} à {last} sans tête signée "
+                                "(fin du journal non scellée : ajoutée hors du hub, ou têtes supprimées)")
+        if signed > last:
+            return VerifyResult(False, verdict.entries, last + 1, f"journal tronqué : une tête signée atteste {signed} "
+                                f"entrée(s), le journal s'arrête à l'entrée n° {last}")
+        if head_seq != last:
+            return VerifyResult(False, verdict.entries, min(head_seq, last) + 1, "tête de chaîne incohérente avec le "
+                                f"journal (n° {head_seq}, dernière entrée n° {last} : fin du journal supprimée ?)")
+        if head_seq == verdict.size and verdict.size and head_hash != connection.execute(
+                select(audit_log.c.hash).where(audit_log.c.seq == head_seq)).scalar():
+            return VerifyResult(False, verdict.entries, head_seq, "tête de chaîne incohérente avec le journal")
+    return verdict
 
 
 def lot_check(home: Any) -> LotCheck:
@@ -421,24 +447,28 @@ def verify(engine: Engine, batch: int = 10_000, *, home: Any = None, trusted: Ma
         if problem := check_stamps(engine, home, since.seq if since else 0):
             result = VerifyResult(False, result.entries, None, problem)
     if result.ok:
-        _remember(engine, state)
+        _remember(engine, state, result.size)
     return VerifyResult(**{**result.__dict__, "notes": tuple(notes) + result.notes})
 
 
-def _remember(engine: Engine, state: Path) -> None:
+def _remember(engine: Engine, state: Path, size: int) -> None:
+    """Keep the head this verification reached (never a later one an append committed meanwhile: unchecked)."""
     import json
+    import os
+    import tempfile
+
+    from spie_hub.audit.heads import head_at
 
     with engine.connect() as connection:
-        head = latest_head(connection)
-        if head is None:
-            return
-        digest = connection.execute(select(audit_log.c.hash).where(audit_log.c.seq == head.size)).scalar()
-    if digest is None:
+        head = head_at(connection, size)
+        digest = connection.execute(select(audit_log.c.hash).where(audit_log.c.seq == size)).scalar()
+    if head is None or digest is None:
         return
     state.parent.mkdir(parents=True, exist_ok=True)
-    temporary = state.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"tete": head.as_json(), "empreinte": digest}), encoding="utf-8")
-    temporary.replace(state)
+    fd, temporary = tempfile.mkstemp(prefix=".verification-", suffix=".tmp", dir=state.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump({"tete": head.as_json(), "empreinte": digest}, handle)
+    os.replace(temporary, state)  # two verifications at once: each renames its own file, the last one stays
 
 
 def ensure_signer(engine: Engine, signer: Signer) -> None:

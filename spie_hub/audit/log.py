@@ -81,10 +81,10 @@ class AuditLog:
             latest = latest_head(connection)
             if seq == 0:
                 return latest
-            size = _tree_size(connection, seq)
+            signer = self.signer
+            size = _tree_size(connection, seq, signer)
             if latest is not None and latest.size == size:
                 return latest
-            signer = self.signer
             record_signer(connection, signer)
             self.last_head = sign_head(signer, size, tree_root(connection, size), now())
             store_head(connection, self.last_head)
@@ -135,23 +135,64 @@ class AuditLog:
                 rows,
             )
             connection.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
-            size, root = append_leaves(connection, _tree_size(connection, rows[0][0] - 1), (row[-1] for row in rows))
             signer = self.signer
+            size, root = append_leaves(connection, _tree_size(connection, rows[0][0] - 1, signer), (row[-1] for row in rows))
             record_signer(connection, signer)
             self.last_head = sign_head(signer, size, root, ts)
             store_head(connection, self.last_head)
         return seq, prev
 
 
-def _tree_size(connection: Connection, entries: int) -> int:
-    """The tree's size before an append (``entries`` = the log's last seq): a store from before the tree, or whose
-    last append predates it, gets the missing leaves first, read from its entries."""
+def _tree_size(connection: Connection, entries: int, signer: Signer | None = None) -> int:
+    """The tree's size before an append (``entries`` = the log's last seq). A store from before the tree gets its
+    leaves first, once its chain has been checked against the signed checkpoints of that version (a log rewritten
+    before the upgrade must not be sealed as if it were intact); a store already purged by that version cannot be
+    given a tree (its first leaves are gone): said, never guessed."""
     last = connection.execute(select(func.max(audit_nodes.c.idx)).where(audit_nodes.c.level == 0)).scalar()
     size = 0 if last is None else last + 1
-    if size < entries:
+    if size >= entries:
+        return size
+    first = connection.execute(select(func.min(audit_log.c.seq))).scalar()
+    if first != 1 and size == 0:
+        from spie_hub.core.errors import ConfigurationError
+
+        raise ConfigurationError(
+            "Journal d'audit créé par une version antérieure du hub et déjà purgé : son arbre de Merkle ne peut pas "
+            "être reconstruit (ses premières entrées n'existent plus). Exportez-le avec cette version "
+            "(spie-hub audit exporter), conservez l'export, puis recréez la base (docs/exploitation.md, « Base de "
+            "données » : pas encore de migrations).")
+    if size == 0:
+        _check_legacy_chain(connection, entries, signer)
+    while size < entries:
         hashes = connection.execute(select(audit_log.c.hash).where(audit_log.c.seq > size, audit_log.c.seq <= entries)
-                                    .order_by(audit_log.c.seq)).scalars().all()
-        if len(hashes) != entries - size:
-            raise ValueError("entrées du journal absentes : l'arbre ne peut pas être complété (journal altéré)")
+                                    .order_by(audit_log.c.seq).limit(50_000)).scalars().all()
+        if not hashes:
+            raise ValueError("entrées du journal absentes : l'arbre ne peut être complété (journal altéré)")
         size, _ = append_leaves(connection, size, hashes)
     return size
+
+
+def _check_legacy_chain(connection: Connection, entries: int, signer: Signer | None) -> None:
+    """The chain of a log written before the tree, against its signed checkpoints (``audit_checkpoints``)."""
+    from spie_hub.audit.signing import verify_signature
+    from spie_hub.core.errors import ConfigurationError
+    from spie_hub.store import GENESIS_HASH, audit_checkpoints
+
+    checkpoints = {r.seq: r for r in connection.execute(select(audit_checkpoints))}
+    keys = {signer.kid: signer.public_b64} if signer is not None else {}
+    prev, expected = GENESIS_HASH, 1
+    rows = connection.execution_options(stream_results=True, yield_per=10_000).execute(
+        select(audit_log).where(audit_log.c.seq <= entries).order_by(audit_log.c.seq))
+    for row in rows.mappings():
+        if row["seq"] != expected or row["prev_hash"] != prev or entry_hash(dict(row)) != row["hash"]:
+            raise ConfigurationError(f"Journal d'audit d'une version antérieure altéré à l'entrée n° {row['seq']} : "
+                                     "il ne sera pas scellé (spie-hub audit verify avec cette version le localise).")
+        cp = checkpoints.get(row["seq"])
+        if cp is not None:
+            statement = canonical({"type": "spie-hub/point-de-controle/v1", "seq": cp.seq, "empreinte": cp.hash,
+                                   "horodatage": cp.ts, "cle": cp.kid}).encode()
+            signed = cp.kid in keys and verify_signature(keys[cp.kid], statement, cp.signature)
+            if cp.hash != row["hash"] or (cp.kid in keys and not signed):
+                raise ConfigurationError(f"Journal d'audit d'une version antérieure réécrit : l'entrée n° {cp.seq} ne "
+                                         "correspond plus à son point de contrôle signé ; il ne sera pas scellé.")
+        prev, expected = row["hash"], expected + 1
