@@ -14,7 +14,9 @@ rolled back or killed in between, the file is an orphan with no entry, removed a
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +25,7 @@ from sqlalchemy import Connection
 
 from spie_hub.audit import segments
 from spie_hub.audit.log import AuditEvent, AuditLog, canonical
+from spie_hub.core.errors import StorageError
 from spie_hub.core.home import HubHome
 
 log = logging.getLogger("spie_hub.audit")
@@ -39,9 +42,14 @@ def record_action(log_: AuditLog, connection: Connection, home: HubHome, kind: s
     ``batch``: the action's id (``action_id(kind)`` by default), the entry's ``run_id``."""
     batch = batch or action_id(kind)
     if events:
-        ref = segments.write_segment(home, batch, None, (
-            (e.event, e.recipient, e.subject, e.payload if isinstance(e.payload, str) else canonical(e.payload))
-            for e in events))
+        try:
+            ref = segments.write_segment(home, batch, None, (
+                (e.event, e.recipient, e.subject, e.payload if isinstance(e.payload, str) else canonical(e.payload))
+                for e in events))
+        except (OSError, sqlite3.Error) as error:  # disk full, most likely: said in French, nothing stored
+            if not isinstance(error, OSError):
+                error = OSError(errno.ENOSPC if "full" in str(error) else errno.EIO, str(error))
+            raise StorageError.from_os(error, segments.lots_root(home)) from None
         try:
             log_.append([AuditEvent(segments.LOT_EVENT, ref.payload() | {"action": kind, **summary}, run_id=batch)],
                         connection)
@@ -63,11 +71,14 @@ def remove_orphan_actions(engine: Any, home: HubHome, kind: str) -> list[str]:
         return []
     from sqlalchemy import func, select
 
-    from spie_hub.store import audit_log
+    from spie_hub.store import audit_anchor, audit_log
 
     committed = segments.committed_lots(engine)
-    with engine.connect() as connection:  # a batch older than the log's first entry lost it to retention: not ours
-        log_starts = connection.execute(select(func.min(audit_log.c.ts))).scalar()
+    with engine.connect() as connection:
+        # A batch older than the log's first entry may have lost its entry to retention: not an orphan. Nothing was
+        # ever purged (anchor 0): every batch no entry names is one, however old (the store's first import killed).
+        purged = connection.execute(select(audit_anchor.c.seq)).scalar()
+        log_starts = connection.execute(select(func.min(audit_log.c.ts))).scalar() if purged else ""
     removed = segments.remove_orphans(home, lambda rel: rel in committed, ids, log_starts)
     for rel in removed:
         log.warning("Lot orphelin supprimé (%s interrompu avant son entrée au journal) : %s", kind, rel)

@@ -218,7 +218,12 @@ def subject_access(engine: Engine, pseudonymiser: Pseudonymiser, nir: str | None
                 "source": public_source(json.loads(row.source or "{}"), flows)})
         logged = connection.execute(select(audit_log).where(
             audit_log.c.subject.in_([*nir_pivots, *fallback_pivots, *found_by])).order_by(audit_log.c.seq)).all()
-        decided = list(segments.find(home, [*nir_pivots, *fallback_pivots, *found_by]))
+        # Only batches a log entry commits: a file left by an interrupted action (an import rolled back) is no
+        # exchange, and must not be told to the person as one.
+        committed = segments.committed_lots(engine)
+        decided = [e for e in segments.find(home, [*nir_pivots, *fallback_pivots, *found_by],
+                                            runs={segments.run_of(Path(p).name) for p in committed})
+                   if e.path_rel in committed]
         # One history, in time order: the log's rows and the runs' per-record events (a segment's time is its
         # run's commit, just before the run's own rows).
         rows: list[Any] = sorted([*((r.ts, 1, r.seq, r) for r in logged), *((e.ts, 0, e.index, e) for e in decided)],
