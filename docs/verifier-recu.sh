@@ -82,6 +82,8 @@ function str(   start, c) {
 }
 function emit(path, tok) { if (mode == "flat") print path " " tok }
 function value(path, depth,   c, tok, out, cnt, i, j, key, k, v, tk, tv) {
+	# A receipt is small and shallow: bounds keep a hostile file from making this parser slow (it sorts keys).
+	if (depth > 16) fail("imbrication trop profonde")
 	ws(); c = substr(s, pos, 1)
 	if (c == "{") {
 		pos++; cnt = 0; ws()
@@ -94,6 +96,7 @@ function value(path, depth,   c, tok, out, cnt, i, j, key, k, v, tk, tv) {
 			k = substr(key, 2, length(key) - 2)
 			v = value(path == "" ? k : path "." k, depth + 1)
 			if (!(depth == 0 && k == sans)) { cnt++; K[depth, cnt] = k; V[depth, cnt] = key ":" v }
+			if (cnt > 128) fail("objet trop grand")
 			ws(); c = substr(s, pos, 1); pos++
 			if (c == "}") break
 			if (c != ",") fail("« , » ou « } » attendu")
@@ -113,6 +116,7 @@ function value(path, depth,   c, tok, out, cnt, i, j, key, k, v, tk, tv) {
 		while (1) {
 			v = value(path "." cnt, depth + 1)
 			out = out (cnt > 0 ? "," : "") v; cnt++
+			if (cnt > 4096) fail("tableau trop grand")
 			ws(); c = substr(s, pos, 1); pos++
 			if (c == "]") break
 			if (c != ",") fail("« , » ou « ] » attendu")
@@ -164,7 +168,10 @@ END {
 	if (mode == "canon") printf "%s", out
 }'
 
-flat() { awk -v mode=flat -v sans= "$JSON_AWK" "$1" > "$2" || { printf 'JSON illisible : %s\n' "$1" >&2; exit 2; }; }
+flat() {
+	[ "$(wc -c < "$1")" -le 1048576 ] || { printf 'fichier trop grand pour un reçu : %s\n' "$1" >&2; exit 2; }
+	awk -v mode=flat -v sans= "$JSON_AWK" "$1" > "$2" || { printf 'JSON illisible : %s\n' "$1" >&2; exit 2; }
+}
 # get FLAT PATH: the raw JSON token at PATH (empty when absent).
 get() { awk -v k="$2" 'index($0, k " ") == 1 { print substr($0, length(k) + 2); exit }' "$1"; }
 # text TOKEN: a JSON string token decoded, to stdout (bytes as they are, no newline added).

@@ -733,6 +733,24 @@ def cmd_audit_offline(args: argparse.Namespace) -> int:
     return 1
 
 
+class _PublishedKey(dict):
+    """The one published key the partner was given, whatever key id a receipt or a head names (a head signed by
+    another key then fails its signature, never finds a key it should not)."""
+
+    def __init__(self, public: str) -> None:
+        super().__init__()
+        self.public = public
+
+    def get(self, _kid: object, _default: object = None) -> str:  # type: ignore[override]
+        return self.public
+
+    def __getitem__(self, _kid: object) -> str:
+        return self.public
+
+    def __contains__(self, _kid: object) -> bool:
+        return True
+
+
 def cmd_receipt_verify(args: argparse.Namespace) -> int:
     from spie_hub.audit.heads import TreeHead
     from spie_hub.audit.receipts import check_consistency_file, kept_head, verify_receipt
@@ -741,46 +759,40 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
     path = Path(args.manifeste)
     try:
         receipt = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        public = public_b64_from_pem(Path(args.cle_publique).read_text(encoding="utf-8"))
+        keys = _PublishedKey(public_b64_from_pem(Path(args.cle_publique).read_text(encoding="utf-8")))
         kept = [(f"la tête gardée {Path(p).name}", kept_head(Path(p))) for p in args.tete_gardee or []]
-    except (OSError, ValueError) as error:
-        _err(f"Lecture impossible : {error}")
+        proof = json.loads(Path(args.coherence).read_text(encoding="utf-8")) if args.coherence else {}
+    except (OSError, ValueError, RecursionError) as error:
+        _err(f"Lecture impossible : {error}" if not isinstance(error, RecursionError) else
+             "Lecture impossible : JSON trop imbriqué")
         return 2
-    if not isinstance(receipt, dict):
-        receipt = {}
-    kid = str((receipt.get("signature") or {}).get("cle", "")) if isinstance(receipt.get("signature"), dict) else ""
-    head_kid = str(((receipt.get("journal") or {}).get("tete") or {}).get("cle", "")) if isinstance(receipt.get("journal"), dict) else ""
-    keys = {kid: public, head_kid: public} | {h.kid: public for _, h in kept}
-    proof: dict = {}
-    if args.coherence:
-        try:
-            proof = json.loads(Path(args.coherence).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            _err(f"Preuve de cohérence illisible : {error}")
-            return 2
-    # A kept head the receipt's own consistency proof covers is checked by it, whatever --coherence says; the file
-    # only supplies the proof for a kept head the receipt does not cover.
+    receipt = receipt if isinstance(receipt, dict) else {}
+    proof = proof if isinstance(proof, dict) else {}
     journal = receipt.get("journal") if isinstance(receipt.get("journal"), dict) else {}
-    covered = ((journal.get("coherence") or {}).get("depuis") or {}).get("taille") if isinstance(
-        journal.get("coherence"), dict) else None
-    receipt_size = (journal.get("tete") or {}).get("taille") if isinstance(journal.get("tete"), dict) else None
-    on_demand = [(o, h) for o, h in kept if isinstance(proof, dict) and proof.get("depuis") == h.size
-                 and h.size not in (covered, receipt_size)]
+    coherence = journal.get("coherence") if isinstance(journal.get("coherence"), dict) else {}
+    since = coherence.get("depuis") if isinstance(coherence.get("depuis"), dict) else {}
+    head = journal.get("tete") if isinstance(journal.get("tete"), dict) else {}
+    # A kept head the receipt's own consistency proof covers is checked by it, whatever --coherence says; the file
+    # only supplies the proof for a kept head the receipt does not cover, and must end at this receipt's head.
+    on_demand = [(o, h) for o, h in kept if proof.get("depuis") == h.size
+                 and h.size not in (since.get("taille"), head.get("taille"))]
     problems = verify_receipt(path, keys, [k for k in kept if k not in on_demand])
     if on_demand and not problems:
-        head = TreeHead.from_json(receipt["journal"]["tete"])
-        tete = proof.get("tete") if isinstance(proof.get("tete"), dict) else {}
-        for origin, old in on_demand:
-            if problem := check_consistency_file(proof, head, old, keys | {str(tete.get("cle")): public}):
-                problems.append(f"{origin} : {problem}")
+        try:
+            current = TreeHead.from_json(head)
+        except ValueError as error:
+            problems.append(str(error))
+        else:
+            for origin, old in on_demand:
+                if problem := check_consistency_file(proof, current, old, keys):
+                    problems.append(f"{origin} : {problem}")
     if problems:
         for problem in problems:
             print(f"REÇU INVALIDE : {problem}")
         return 1
-    head = receipt["journal"]["tete"]
     print(f"Reçu valide : {receipt['fichier']} ({receipt['enregistrements']} enregistrement(s)), signé par le hub "
-          f"(clé {kid}) ; livraison prouvée dans le journal signé (taille {head['taille']}, racine {head['racine'][:16]}…)"
-          + (f" ; le journal prolonge {len(kept)} tête(s) gardée(s)" if kept else "")
+          f"(clé {receipt['signature']['cle']}) ; livraison prouvée dans le journal signé (taille {head['taille']}, "
+          f"racine {head['racine'][:16]}…)" + (f" ; le journal prolonge {len(kept)} tête(s) gardée(s)" if kept else "")
           + ". Gardez ce reçu : sa tête servira à vérifier les suivants.")
     return 0
 

@@ -192,6 +192,7 @@ def verify_bundle(folder: Path, public_keys_pem: list[Path] | None = None, recei
         result = checker.run(_jsonl(folder / ENTRIES))
     except _BadLine as error:
         return BundleVerdict(_fail(f"ligne {error.line} illisible (JSON altéré)"), notes)
-    except (OSError, KeyError, ValueError, TypeError) as error:
-        return BundleVerdict(_fail(f"dossier d'export incomplet ou illisible ({type(error).__name__})"), notes)
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, OverflowError, RecursionError) as error:
+        return BundleVerdict(_fail(f"dossier d'export, reçu ou tête gardée incomplet ou illisible "
+                                   f"({type(error).__name__})"), notes)
     return BundleVerdict(result, notes)

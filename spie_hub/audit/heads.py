@@ -60,13 +60,17 @@ class TreeHead:
     def from_json(cls, data: Mapping[str, Any]) -> TreeHead:
         """Read a head from a receipt or a file (``ValueError`` when a field is missing or of the wrong type)."""
         try:
-            head = cls(int(data["taille"]), str(data["racine"]), str(data["horodatage"]), str(data["cle"]),
-                       str(data["signature"]))
-        except (KeyError, TypeError, ValueError):
+            size = data["taille"]
+            if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 1 << 62:
+                raise ValueError
+            if not all(isinstance(data[k], str) for k in ("racine", "horodatage", "cle", "signature")):
+                raise ValueError
+            head = cls(size, data["racine"], data["horodatage"], data["cle"], data["signature"])
+            if len(head.root) != 64 or head.root != head.root.lower():
+                raise ValueError
+            bytes.fromhex(head.root)
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise ValueError("tête de journal incomplète ou illisible") from None
-        if isinstance(data["taille"], bool) or head.size < 0 or len(head.root) != 64:
-            raise ValueError("tête de journal incomplète ou illisible")
-        bytes.fromhex(head.root)
         if "enonce" in data and data["enonce"] != head.statement:
             raise ValueError("l'énoncé de la tête ne correspond pas à ses champs")
         return head

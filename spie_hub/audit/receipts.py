@@ -94,7 +94,24 @@ def _previous_head(connection: Connection, recipient_id: str, before_seq: int) -
 
 def check_journal(receipt: Mapping[str, Any], trusted: Mapping[str, str], kept: list[tuple[str, TreeHead]] = ()) -> list[str]:  # type: ignore[assignment]
     """Problems with a receipt's ``journal`` block (empty: the delivery is in the signed log, and the log extends
-    every ``kept`` head, each given with where it came from)."""
+    every ``kept`` head, each given with where it came from). Whatever the shapes of a hostile file, problems
+    in French, never an exception."""
+    try:
+        return _check_journal(receipt, trusted, kept)
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError):
+        return ["bloc « journal » du reçu incomplet ou illisible"]
+
+
+def _entry_shaped(entry: Any) -> bool:
+    hexes = ("prev_hash", "hash")
+    return (isinstance(entry, dict) and all(k in entry for k in ENTRY_FIELDS)
+            and isinstance(entry["seq"], int) and not isinstance(entry["seq"], bool) and entry["seq"] > 0
+            and all(isinstance(entry[k], str) and len(entry[k]) == 64 for k in hexes)
+            and all(isinstance(entry[k], str) for k in ("ts", "event", "payload"))
+            and all(entry[k] is None or isinstance(entry[k], str) for k in ("run_id", "flow", "recipient", "subject")))
+
+
+def _check_journal(receipt: Mapping[str, Any], trusted: Mapping[str, str], kept: list[tuple[str, TreeHead]]) -> list[str]:
     block = receipt.get("journal")
     if not isinstance(block, dict):
         return ["le reçu ne porte aucune tête du journal"]
@@ -102,13 +119,15 @@ def check_journal(receipt: Mapping[str, Any], trusted: Mapping[str, str], kept: 
         head = TreeHead.from_json(block["tete"])
         entry = block["entree"]
         path = [bytes.fromhex(h) for h in block["inclusion"]["chemin"]]
-        index = int(block["inclusion"]["index"])
-    except (KeyError, TypeError, ValueError):
+        index = block["inclusion"]["index"]
+        if not isinstance(index, int) or isinstance(index, bool) or len(path) > 64:
+            raise ValueError
+    except (KeyError, TypeError, ValueError, AttributeError):
         return ["bloc « journal » du reçu incomplet ou illisible"]
     if problem := head.verify(trusted):
         return [problem]
     problems: list[str] = []
-    if not isinstance(entry, dict) or any(k not in entry for k in ENTRY_FIELDS):
+    if not _entry_shaped(entry):
         return ["entrée du journal incomplète dans le reçu"]
     if entry_hash(entry) != entry["hash"]:
         problems.append("l'entrée du journal jointe au reçu ne correspond pas à son empreinte (modifiée)")
@@ -164,8 +183,10 @@ def check_consistency_file(data: Mapping[str, Any], head: TreeHead, kept: TreeHe
     try:
         target = TreeHead.from_json(data["tete"])
         proof = [bytes.fromhex(h) for h in data["chemin"]]
-        start = int(data["depuis"])
-    except (KeyError, TypeError, ValueError):
+        start = data["depuis"]
+        if not isinstance(start, int) or isinstance(start, bool) or len(proof) > 128:
+            raise ValueError
+    except (KeyError, TypeError, ValueError, AttributeError):
         return "preuve de cohérence illisible"
     if problem := target.verify(trusted):
         return problem
@@ -194,11 +215,16 @@ def verify_receipt(path: Path, keys: Mapping[str, str], kept: list[tuple[str, Tr
     """Problems found with a manifest, the file it describes and its proofs (empty list: the receipt holds)."""
     try:
         receipt = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return [f"manifeste illisible : {path.name}"]
-    if not isinstance(receipt, dict) or not receipt_valid(receipt, keys):
+    try:
+        valid = isinstance(receipt, dict) and receipt_valid(receipt, keys)
+    except (TypeError, ValueError, AttributeError, RecursionError):
+        valid = False
+    if not valid:
         return ["signature du manifeste invalide : il a été modifié ou n'a pas été émis par le hub"]
-    data = path.with_name(Path(str(receipt.get("fichier", ""))).name)
+    name = Path(str(receipt.get("fichier", ""))).name
+    data = path.with_name(name) if name not in ("", ".", "..") else path.parent / "\0"
     if not data.is_file():
         return [f"fichier livré absent à côté du manifeste : {receipt.get('fichier')}"]
     digest = hashlib.sha256()
@@ -212,7 +238,10 @@ def verify_receipt(path: Path, keys: Mapping[str, str], kept: list[tuple[str, Tr
 
 def kept_head(path: Path) -> TreeHead:
     """A head kept by a witness: a file holding a head, or an earlier receipt (its ``journal.tete``)."""
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ValueError("fichier illisible (JSON trop imbriqué)") from None
     if isinstance(data, dict) and isinstance(data.get("journal"), dict):
         data = data["journal"].get("tete")
     elif isinstance(data, dict) and isinstance(data.get("tete"), dict):
