@@ -158,7 +158,7 @@ function unescape(t,   out, i, c, e, cp, lo) {
 	}
 	return out
 }
-{ s = s $0 "\n" }
+{ s = s $0 "\n"; if (length(s) > 1048576) { printf "JSON illisible : fichier trop grand pour un reçu\n" > "/dev/stderr"; bad = 1; exit 2 } }
 END {
 	if (bad) exit 2
 	n = length(s); pos = 1
@@ -169,7 +169,6 @@ END {
 }'
 
 flat() {
-	[ "$(wc -c < "$1")" -le 1048576 ] || { printf 'fichier trop grand pour un reçu : %s\n' "$1" >&2; exit 2; }
 	awk -v mode=flat -v sans= "$JSON_AWK" "$1" > "$2" || { printf 'JSON illisible : %s\n' "$1" >&2; exit 2; }
 }
 # get FLAT PATH: the raw JSON token at PATH (empty when absent).
