@@ -454,7 +454,8 @@ def _blocking(row: dict[str, Any], ctx: _Context, named: list[str]) -> None:
     rules = [{"effet": "deny", "destinataires": sorted(set(recipients)), "categories": ALL_CATEGORIES,
               "debut": None, "fin": None}]
     source = json.loads(row["source"])
-    source["retrait_sans_consentement_connu"] = row["status"]
+    # A controlled value only: the partner's status text could be anything, a NIR included (shown on subject access).
+    source["retrait_sans_consentement_connu"] = row["status"] if row["status"] in {*WITHDRAWN, "active"} else "autre"
     row.update(status="active", decision="deny", rules=canonical(rules), source=canonical(source),
                grantees=json.dumps(sorted(set(recipients))), categories=json.dumps(ALL_CATEGORIES))
 
@@ -566,6 +567,10 @@ class _Importer:
         if not isinstance(raw, dict):
             return
         status, decision = raw.get("status"), raw.get("decision")
+        # Any shape may come from a partner: a status that is no string is no withdrawal word (never a TypeError
+        # that would roll the whole batch back, the oppositions before it with it).
+        status = status if isinstance(status, str) else None
+        decision = decision if isinstance(decision, str) else None
         opposition = "opposition" in json.dumps(raw.get("category"), default=str)
         # decision deny with provisions is a grant (its provisions are the permitted exceptions): not a refusal
         if not (status in WITHDRAWN or (decision == "deny" and not raw.get("provision")) or opposition):
