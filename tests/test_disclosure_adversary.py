@@ -48,7 +48,7 @@ NOTICE_TOKEN = re.compile(r"(?<=_)[0-9a-f]{12}(?=\.csv$)")
 FRESH_KEYS = {"execution", "genere_le", "traite_le", "point_de_controle", "valeur",
               # The audit head and entry a receipt carries (docs/divulgation.md): hashes, times and signatures are
               # fresh; their sizes and positions (``taille``, ``index``, ``seq``, the path's length) are compared.
-              "racine", "enonce", "horodatage", "signature", "hash", "prev_hash", "ts", "run_id", "sha256"}
+              "racine", "enonce", "horodatage", "signature", "hash", "prev_hash", "ts", "run_id", "sha256", "sel"}
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -122,6 +123,7 @@ class AuditLog:
         ts = max(now(), last_ts) if last_ts else now()
         for run_id, event, flow, recipient, subject, payload in items:
             seq += 1
+            payload = _salted(payload)
             digest = _hash(prev, seq, ts, run_id, event, flow, recipient, subject, payload)
             rows.append((seq, ts, run_id, event, flow, recipient, subject, payload, prev, digest))
             prev = digest
@@ -196,3 +198,13 @@ def _check_legacy_chain(connection: Connection, entries: int, signer: Signer | N
                 raise ConfigurationError(f"Journal d'audit d'une version antérieure réécrit : l'entrée n° {cp.seq} ne "
                                          "correspond plus à son point de contrôle signé ; il ne sera pas scellé.")
         prev, expected = row["hash"], expected + 1
+
+
+def _salted(payload: str) -> str:
+    """Every entry carries a random salt (``sel``): a receipt's inclusion path holds its neighbours' leaf hashes, and
+    a neighbour whose content is guessable (another recipient's empty delivery, a pass with no withdrawal) could
+    otherwise be confirmed by hashing a guess — telling a recipient what happened to others."""
+    salt = secrets.token_hex(16)
+    if payload.startswith("{") and payload.endswith("}"):
+        return f'{{"sel":"{salt}"' + ("}" if payload == "{}" else "," + payload[1:])
+    return payload
