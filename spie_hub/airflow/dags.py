@@ -171,8 +171,9 @@ def verify_audit(flow_id: str | None = None) -> dict[str, Any]:
     if not result.ok:
         raise HubError(f"Journal d'audit altéré à l'entrée n° {result.first_bad_seq} : {result.reason}")
     if stuck:
-        raise HubError(f"Livraison inachevée (exécution(s) {', '.join(stuck)}) : un dépôt de destinataire refuse "
-                       "l'écriture ; réparer le dépôt, puis `spie-hub reprise` (détail dans le journal d'audit, « reprise »)")
+        raise HubError(f"Livraison inachevée (exécution(s) {', '.join(stuck)}) : interrompue (un dépôt de destinataire "
+                       "qui refuse l'écriture, un retrait arrivé pendant la publication, un arrêt) ; `spie-hub reprise` "
+                       "la complète ou l'annule et dit pourquoi (détail dans le journal d'audit, « reprise »)")
     return {"entrees": result.entries}
 
 
