@@ -15,6 +15,7 @@ import select
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,16 +329,21 @@ def test_a_development_key_is_said_once_on_stderr_to_a_person_at_a_terminal(hub_
     process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                stderr=child_fd, stdin=subprocess.DEVNULL)
     os.close(child_fd)
-    stdout, _ = process.communicate(timeout=120)
     said = b""
-    while select.select([main_fd], [], [], 1)[0]:
-        try:
-            chunk = os.read(main_fd, 4096)
-        except OSError:  # the terminal's other end closed
+    # Read the terminal while the child runs (under load, what it wrote must not be lost once it has exited).
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if select.select([main_fd], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(main_fd, 4096)
+            except OSError:  # the terminal's other end closed: everything was read
+                break
+            if not chunk:
+                break
+            said += chunk
+        elif process.poll() is not None:
             break
-        if not chunk:
-            break
-        said += chunk
+    stdout, _ = process.communicate(timeout=120)
     os.close(main_fd)
     text = said.decode()
     assert process.returncode == 0 and stdout == b"fin\n"

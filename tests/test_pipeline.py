@@ -66,10 +66,11 @@ def test_every_input_record_is_delivered_rejected_or_withheld(demo_run) -> None:
     assert counts.livres + counts.retenus + summary.rejetes == summary.lus and summary.accounted()
     assert len(_rows(counts.fichier)) == counts.livres
     with engine.connect() as c:
-        logged = [(r.event, r.recipient) for r in c.execute(select(audit_log.c.event, audit_log.c.recipient))]
+        logged = [(r.event, r.recipient) for r in c.execute(select(audit_log.c.event, audit_log.c.recipient).where(
+            audit_log.c.run_id == summary.run_id))]
     # The per-record events are the run's segment, committed by one "lot" row of the log.
     assert ("decision", RECIPIENT) not in logged and logged.count(("lot", None)) == 1
-    events = [(e.event, e.recipient) for e in segments.iter_events(home)]
+    events = [(e.event, e.recipient) for e in segments.iter_events(home, runs=[summary.run_id])]
     for rid, each in summary.destinataires.items():
         assert events.count(("decision", rid)) == each.livres + each.retenus
     assert events.count(("rejet", None)) == summary.rejetes

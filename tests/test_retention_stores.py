@@ -118,7 +118,7 @@ def test_every_store_is_purged_past_its_retention_except_what_is_still_needed(st
     assert payload["consentements"] > 0 and payload["retraits"] > 0 and payload["executions"] == 0
     assert payload["livraisons"] == 0 and payload["exports"] == 2 and payload["preparations"] == 1
     assert set(payload) >= {"limites", "conservation_jours"}
-    assert all(isinstance(v, int) for k, v in payload.items() if k not in ("limites", "conservation_jours", "gardes"))
+    assert all(isinstance(v, int) for k, v in payload.items() if k not in ("limites", "conservation_jours", "gardes", "sel"))
     for subject in pending_subjects:
         assert subject not in entry.payload
     assert any("retrait en attente" in g for g in payload["gardes"])
