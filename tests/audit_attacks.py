@@ -41,7 +41,6 @@ def rebuild(engine: Engine, rows: list[dict[str, Any]], signer: Any, head_sizes:
         anchor = connection.execute(select(audit_anchor.c.seq, audit_anchor.c.hash)).one()
         sizes = head_sizes if head_sizes is not None else [
             s for s in connection.execute(select(audit_heads.c.size)).scalars() if s <= (rows[-1]["seq"] if rows else 0)]
-        ts = {r.size: r.ts for r in connection.execute(select(audit_heads))}
         prev = anchor.hash or GENESIS_HASH
         for row in rows:
             row["prev_hash"] = prev
@@ -62,7 +61,7 @@ def rebuild(engine: Engine, rows: list[dict[str, Any]], signer: Any, head_sizes:
             connection.execute(insert(audit_nodes), nodes)
         for size in sizes:
             if size in roots:
-                head = sign_head(signer, size, roots[size], ts.get(size, "2026-01-01T00:00:00.000000+00:00"))
+                head = sign_head(signer, size, roots[size], rows[size - 1]["ts"])  # a head is dated as its last entry
                 connection.execute(insert(audit_heads).values(size=head.size, root=head.root, ts=head.ts, kid=head.kid,
                                                               signature=head.signature))
         last = rows[-1] if rows else None

@@ -52,7 +52,7 @@ def restricted(postgres_url: str, hub_home: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_after_hardening_the_hub_runs_imports_propagates_and_purges_as_the_restricted_role(
-        restricted: tuple[str, str], tmp_path: Path) -> None:
+        restricted: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     owner_url, app_url = restricted
     flux = tmp_path / "flux.xml"
     generate(flux, None, 30, seed=11, anomaly_rate=0)
@@ -96,6 +96,7 @@ def test_after_hardening_the_hub_runs_imports_propagates_and_purges_as_the_restr
     with owner.begin() as c:
         c.exec_driver_sql("UPDATE audit_policy SET min_age_days = 0")
     owner.dispose()
+    monkeypatch.setenv("SPIE_HUB_AUDIT_MIN_AGE_DAYS", "0")  # the verifier's own floor, agreed for this deployment
     removed = purge_audit(app_store, load_hub_signer(home), dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
     assert removed > 0 and verify(app_store).ok
     with app_store.connect() as c:

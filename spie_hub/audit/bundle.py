@@ -35,6 +35,7 @@ from spie_hub.audit.chain import (
     store_anchor,
     store_heads,
     store_keys,
+    verifier_min_age,
 )
 from spie_hub.audit.heads import Signer, TreeHead
 from spie_hub.audit.receipts import check_journal, kept_head, receipt_valid
@@ -77,15 +78,12 @@ def export_bundle(engine: Engine, folder: Path, signer: Signer | None = None, ba
         for head in store_heads(engine):
             if head.size >= anchor.seq:
                 out.write(json.dumps(head.as_json(), ensure_ascii=False, separators=(",", ":")) + "\n")
-    from spie_hub.audit.chain import _min_age
-
     with engine.connect() as connection:  # the kept subtrees of the purged prefix: witnesses older than the purge
         below = [{"niveau": r.level, "n": r.idx, "empreinte": r.hash} for r in connection.execute(
             select(audit_nodes).where(((audit_nodes.c.idx + 1) * func.power(2, audit_nodes.c.level)) <= anchor.seq))
         ] if anchor.seq else []
     (folder / ANCHOR).write_text(json.dumps({"taille": anchor.seq, "empreinte": anchor.hash,
-                                             "frontiere": [h.hex() for h in anchor.frontier], "noeuds": below,
-                                             "age_minimal_lots_jours": _min_age(engine)}, indent=1) + "\n",
+                                             "frontiere": [h.hex() for h in anchor.frontier], "noeuds": below}, indent=1) + "\n",
                                  encoding="utf-8")
     (folder / KEYS).write_text(json.dumps(store_keys(engine), indent=2) + "\n", encoding="utf-8")
     if signer is not None and hasattr(signer, "public_pem"):
@@ -188,7 +186,7 @@ def verify_bundle(folder: Path, public_keys_pem: list[Path] | None = None, recei
             return kept_nodes[(level, index)]
 
         checker = LogChecker(heads, trusted, anchor, witnesses, None, check_lot, nodes_below_anchor(node, anchor),
-                             int(anchor_data.get("age_minimal_lots_jours", 365)))
+                             verifier_min_age())
         result = checker.run(_jsonl(folder / ENTRIES))
     except _BadLine as error:
         return BundleVerdict(_fail(f"ligne {error.line} illisible (JSON altéré)"), notes)

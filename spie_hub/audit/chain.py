@@ -73,8 +73,11 @@ class LogChecker:
     check_lot: LotCheck | None = None
     #: Checks a witness head older than the anchor against the kept subtrees of the purged prefix (None: say so).
     below_anchor: Callable[[TreeHead], str | None] | None = None
-    #: No batch may be purged younger than this (days between its ``lot`` entry and the ``purge-lots`` entry).
+    #: No history may be purged younger than this: days between a ``lot`` entry and the ``purge-lots`` entry naming
+    #: its batch, and between the signed head at the purge anchor and the ``purge-journal`` entry announcing it.
     min_lot_age_days: int = 0
+    #: The verifier's present: no entry may be dated after it (plus a tolerance for clocks).
+    now: Any = None
     _lots: list[tuple[int, Any, str]] = field(default_factory=list, init=False)
     _purged: dict[str, str] = field(default_factory=dict, init=False)
     _computed: list[tuple[int, int, bytes]] = field(default_factory=list, init=False)
@@ -84,7 +87,12 @@ class LogChecker:
         for head in heads:
             if problem := head.verify(self.trusted):
                 return VerifyResult(False, 0, head.size or None, problem)
-        by_size = {h.size: h for h in heads}
+        by_size: dict[int, TreeHead] = {}
+        for head in heads:
+            if head.size in by_size and by_size[head.size].root != head.root:
+                return VerifyResult(False, 0, head.size, f"deux têtes signées de taille {head.size} aux racines différentes "
+                                                         "(le hub a montré des journaux divergents)")
+            by_size[head.size] = head
         roots: dict[int, bytes] = {}
         witnessed = {h.size for _, h in self.witnesses}
         anchor = self.anchor
@@ -113,19 +121,29 @@ class LogChecker:
                 return self._fail(count, seq, "chaînage rompu (entrée supprimée, insérée ou déplacée)")
             if entry_hash(dict(row)) != row["hash"]:
                 return self._fail(count, seq, "contenu modifié (empreinte SHA-256 différente)")
-            # Never dated before the entry it follows (the database refuses it too): a backdated entry would let a
-            # purge's age check pass on minutes-old history.
-            if _instant(row["ts"]) < _instant(last_ts):
+            # Never dated before the entry it follows (the database refuses it too), nor after the verifier's
+            # present: a backdated or forward-dated entry would let a purge's age check pass on minutes-old history.
+            try:
+                when = _instant(row["ts"])
+            except (TypeError, ValueError, OverflowError):
+                return self._fail(count, seq, "horodatage illisible")
+            if when < _instant(last_ts):
                 return self._fail(count, seq, "entrée datée avant la précédente (horodatage antidaté)")
+            if when > self._present():
+                return self._fail(count, seq, "entrée datée dans le futur (horodatage avancé)")
             last_ts = row["ts"]
-            if not announced and row["event"] == "purge-journal":
-                announced = _announces(row["payload"], anchor)
+            if not announced and row["event"] == "purge-journal" and _announces(row["payload"], anchor):
+                announced = True
+                if problem := self._purge_age(by_size.get(anchor.seq), when):
+                    return self._fail(count, seq, problem)
             builder.add(entry_leaf(row["hash"]))
             if seq in by_size and by_size[seq].root != builder.root().hex():
                 return self._fail(count, seq, f"ne correspond plus à la tête signée de taille {seq} (journal réécrit)")
+            if seq in by_size and by_size[seq].ts != row["ts"]:
+                return self._fail(count, seq, f"tête signée de taille {seq} datée autrement que sa dernière entrée")
             if seq in witnessed:
                 roots[seq] = builder.root()
-            if self.check_lot is not None and row["event"] in ("lot", "purge-lots"):
+            if row["event"] in ("lot", "purge-lots"):
                 self._note_lot(seq, row["event"], row["payload"], row["ts"])
             if len(self._computed) >= 20_000 and (problem := self._compare_nodes()):
                 return self._fail(count, seq, problem)
@@ -170,6 +188,27 @@ class LogChecker:
         return VerifyResult(True, count, checkpoints=len([h for h in heads if h.size >= anchor.seq]),
                             first_seq=anchor.seq + 1, size=last, root=final)
 
+    def _present(self) -> Any:
+        import datetime as dt
+
+        return (self.now or dt.datetime.now(dt.timezone.utc)) + dt.timedelta(hours=1)
+
+    def _purge_age(self, head: TreeHead | None, announced_at: Any) -> str | None:
+        """The purged history's age, from signed data that outlives the purge: the head at the anchor, against the
+        entry announcing the purge."""
+        import datetime as dt
+
+        if head is None:
+            return f"aucune tête signée à l'ancre de purge (taille {self.anchor.seq})"
+        try:
+            age = announced_at - _instant(head.ts)
+        except (TypeError, ValueError, OverflowError):
+            return "horodatage illisible de la tête à l'ancre de purge"
+        if age < dt.timedelta(days=self.min_lot_age_days):
+            return (f"journal purgé jusqu'à l'entrée n° {self.anchor.seq} alors qu'elle avait moins de "
+                    f"{self.min_lot_age_days} jours (purge anticipée)")
+        return None
+
     def _note_lot(self, seq: int, event: str, payload: str, ts: str) -> None:
         """Batches are checked once the walk is over: a ``purge-lots`` entry later in the log may say that a batch's
         file was removed under retention (then its absence is no tampering)."""
@@ -196,8 +235,7 @@ class LogChecker:
             if purged_at is not None and _instant(purged_at) - _instant(ts) < dt.timedelta(days=self.min_lot_age_days):
                 return seq, (f"lot {data.get('lot')} déclaré purgé avant sa durée de conservation minimale "
                              f"({self.min_lot_age_days} jours)")
-            assert self.check_lot is not None
-            if problem := self.check_lot(data, purged_at is not None):
+            if self.check_lot is not None and (problem := self.check_lot(data, purged_at is not None)):
                 return seq, problem
         return None
 
@@ -296,12 +334,16 @@ class _CachedNodes:
         return self.cache[key]
 
 
-def _min_age(engine: Engine) -> int:
-    from spie_hub.store import audit_policy
+#: The youngest history a purge may remove, as the VERIFIER holds it (never read from the store or the export it
+#: verifies, which whoever purges controls): ``SPIE_HUB_AUDIT_MIN_AGE_DAYS``, 365 by default.
+ENV_MIN_AGE = "SPIE_HUB_AUDIT_MIN_AGE_DAYS"
 
-    with engine.connect() as connection:
-        value = connection.execute(select(audit_policy.c.min_age_days)).scalar()
-    return 365 if value is None else int(value)
+
+def verifier_min_age() -> int:
+    import os
+
+    value = os.environ.get(ENV_MIN_AGE, "")
+    return int(value) if value.isdigit() else 365
 
 
 def _stored_nodes(engine: Engine) -> Callable[[list[tuple[int, int]]], dict[tuple[int, int], bytes]]:
@@ -347,7 +389,7 @@ def verify_store(engine: Engine, trusted: Mapping[str, str], batch: int = 10_000
     sealed = max((h.size for h in heads), default=anchor.seq)
     read = _stored_nodes(engine)
     checker = LogChecker(heads, trusted, anchor, witnesses, read, check_lot, nodes_below_anchor(_CachedNodes(read), purge),
-                         _min_age(engine))
+                         verifier_min_age())
     with engine.connect() as connection:
         left = connection.execute(select(audit_log.c.seq).where(audit_log.c.seq <= purge.seq).limit(1)).scalar()
         if left is not None:

@@ -87,7 +87,9 @@ class AuditLog:
             if latest is not None and latest.size == size:
                 return latest
             record_signer(connection, signer)
-            self.last_head = sign_head(signer, size, tree_root(connection, size), now())
+            # A head is dated as its last entry (the verifier checks it): when it was appended, not when sealed.
+            last_ts = connection.execute(select(audit_log.c.ts).where(audit_log.c.seq == size)).scalar() or now()
+            self.last_head = sign_head(signer, size, tree_root(connection, size), last_ts)
             store_head(connection, self.last_head)
             return self.last_head
 
@@ -120,7 +122,12 @@ class AuditLog:
         rows = []
         # Never before the entry it follows (the database refuses it): a clock set back gives the previous time.
         last_ts = connection.execute(select(audit_log.c.ts).where(audit_log.c.seq == seq)).scalar() if seq else None
-        ts = max(now(), last_ts) if last_ts else now()
+        ts = now()
+        try:
+            if last_ts and dt.datetime.fromisoformat(last_ts) > dt.datetime.fromisoformat(ts):
+                ts = last_ts
+        except ValueError:
+            pass  # an unreadable time before: the database refuses it, the verifier says so; never copied
         for run_id, event, flow, recipient, subject, payload in items:
             seq += 1
             payload = _salted(payload)

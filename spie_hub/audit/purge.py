@@ -16,7 +16,7 @@ from sqlalchemy import Engine, func, select
 
 from spie_hub.audit.heads import Signer
 from spie_hub.audit.log import AuditEvent, AuditLog
-from spie_hub.store import audit_anchor, audit_heads, audit_log
+from spie_hub.store import audit_anchor, audit_heads, audit_log, audit_policy
 from spie_hub.store.guards import purge_upto
 
 
@@ -31,6 +31,10 @@ def purge_audit(engine: Engine, signer: Signer, before: dt.datetime) -> int:
         if upto is None or upto <= anchor:
             return 0
         digest = connection.execute(select(audit_log.c.hash).where(audit_log.c.seq == upto)).scalar_one()
+    with engine.connect() as connection:
+        floor = connection.execute(select(audit_policy.c.min_age_days)).scalar()
+    # The floor the database applies is recorded with the purge (a lowered floor is then on record, signed); the
+    # verifier holds its own (SPIE_HUB_AUDIT_MIN_AGE_DAYS) and refuses a purge younger than it.
     AuditLog(engine, signer).append([AuditEvent("purge-journal", {"jusqua": upto, "ancre": digest,
-                                                                  "avant": before.isoformat()})])
+                                                                  "avant": before.isoformat(), "age_minimal_jours": floor})])
     return purge_upto(engine, upto)

@@ -73,7 +73,8 @@ _PG = [
 _PG_TS = [
     """CREATE OR REPLACE FUNCTION spie_audit_ts_forward() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-      IF NEW.ts::timestamptz < (SELECT ts::timestamptz FROM audit_log WHERE seq = NEW.seq - 1) THEN
+      IF NOT isfinite(NEW.ts::timestamptz)
+         OR NEW.ts::timestamptz < (SELECT ts::timestamptz FROM audit_log WHERE seq = NEW.seq - 1) THEN
         RAISE EXCEPTION 'journal d''audit : entrée n° % datée avant la précédente, refusée', NEW.seq
           USING ERRCODE = 'check_violation';
       END IF;
@@ -98,8 +99,9 @@ _PG_TRIGGERS = {
 }
 
 _SQLITE = [
-    """CREATE TRIGGER IF NOT EXISTS spie_audit_ts_forward BEFORE INSERT ON audit_log
-       WHEN NEW.ts < (SELECT ts FROM audit_log WHERE seq = NEW.seq - 1)
+    """CREATE TRIGGER IF NOT EXISTS spie_audit_ts_forward_v2 BEFORE INSERT ON audit_log
+       WHEN julianday(NEW.ts) IS NULL
+         OR julianday(NEW.ts) < (SELECT julianday(ts) FROM audit_log WHERE seq = NEW.seq - 1)
        BEGIN SELECT RAISE(ABORT, 'journal d''audit : entrée datée avant la précédente, refusée'); END""",
     """CREATE TRIGGER IF NOT EXISTS spie_audit_no_update BEFORE UPDATE ON audit_log
        BEGIN SELECT RAISE(ABORT, 'journal d''audit en ajout seul : UPDATE refusé'); END""",
@@ -196,6 +198,7 @@ def install_guards(engine: Engine) -> None:
                 connection.execute(text(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER spie_append_only"))
                 connection.execute(text(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER spie_no_truncate"))
         elif engine.dialect.name == "sqlite":
+            connection.exec_driver_sql("DROP TRIGGER IF EXISTS spie_audit_ts_forward")  # compared text: see _v2
             for statement in _SQLITE + _SQLITE_KEYS:
                 connection.exec_driver_sql(statement)
 
