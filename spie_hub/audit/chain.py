@@ -523,8 +523,7 @@ def ensure_signer(engine: Engine, signer: Signer) -> None:
         connection.rollback()  # a check, not a write: the key is recorded with the first head it signs
 
 
-def seal(engine: Engine, signer: Signer, at: object = None) -> TreeHead | None:
+def seal(engine: Engine, signer: Signer) -> TreeHead | None:
     """The latest signed head, after making sure the log's current size has one (every append signs its own; a
-    store from before the tree gets its tree and head here). ``at`` is accepted for older callers and ignored: a
-    head covers the whole log."""
+    store from before the tree gets its tree and head here, once checked against its signed checkpoints)."""
     return AuditLog(engine, signer).seal()
