@@ -104,6 +104,16 @@ class TypeOrientation(LabelledEnum):
         return {"PED": cls.PRO, "PSO": cls.SOCIO_PRO, "PSP": cls.SOCIAL}[code]
 
 
+class Organisme(LabelledEnum):
+    """The body that carries a person's accompaniment (an orientation's target, a référent's employer)."""
+
+    DEPARTEMENT = ("departement", "Conseil départemental")
+    FRANCE_TRAVAIL = ("france-travail", "France Travail")
+    MISSION_LOCALE = ("mission-locale", "Mission locale")
+    CAP_EMPLOI = ("cap-emploi", "Cap emploi")
+    AUTRE = ("autre", "Autre structure")
+
+
 class Frein(LabelledEnum):
     """The national freins périphériques (crosswalk in shared/formats §6)."""
 

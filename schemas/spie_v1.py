@@ -18,6 +18,7 @@ from schemas.codes import (
     EvenementFranceTravail,
     Frein,
     ImpactFrein,
+    Organisme,
     OrganismePayeur,
     PrecisionDate,
     RolePersonne,
@@ -30,7 +31,7 @@ from schemas.codes import (
     cnaf_labels,
 )
 
-SCHEMA_VERSION = "1.2.0"
+SCHEMA_VERSION = "1.3.0"
 
 Pseudonyme = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,16}\.[0-9a-f]{32}$")]
 CodeInsee = Annotated[str, StringConstraints(pattern=r"^(\d{5}|2[AB]\d{3})$")]
@@ -104,6 +105,7 @@ class Orientation(_Model):
     type: TypeOrientation
     date_decision: dt.date | None = None
     structure: str | None = None
+    organisme: Organisme | None = Field(None, description="Organisme qui porte l'accompagnement (1.3.0)")
 
     @property
     def parcours_france_travail(self) -> str:
@@ -185,7 +187,10 @@ class SanteHandicap(_Model):
     category ever carries them."""
 
     rqth: bool | None = Field(None, description="Reconnaissance de la qualité de travailleur handicapé (RQTH)")
+    date_debut_rqth: dt.date | None = Field(None, description="Début de la RQTH (1.3.0)")
     date_fin_rqth: dt.date | None = None
+    boe: bool | None = Field(None, description="Bénéficiaire de l'obligation d'emploi (BOE, 1.3.0)")
+    esat: bool | None = Field(None, description="Orientation ou accueil en ESAT (1.3.0)")
     handicap: bool | None = Field(None, description="Situation de handicap déclarée (AAH, invalidité, hors RQTH)")
     freins: list[FreinDiagnostique] = Field(default_factory=list, description="Freins de santé du diagnostic")
     actions: list[Action] = Field(default_factory=list, description="Actions d'accompagnement liées à la santé")
@@ -203,7 +208,8 @@ class SanteHandicap(_Model):
         return value
 
     def __bool__(self) -> bool:
-        return any((self.rqth is not None, self.date_fin_rqth, self.handicap is not None, self.freins, self.actions,
+        return any((self.rqth is not None, self.date_debut_rqth, self.date_fin_rqth, self.handicap is not None,
+                    self.boe is not None, self.esat is not None, self.freins, self.actions,
                     self.motifs_droit_rsa, self.motif_inscription_ft))
 
 

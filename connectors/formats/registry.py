@@ -19,9 +19,18 @@ from spie_hub.core.errors import ConfigurationError
 _BUILTIN_READERS: dict[str, str] = {
     "cnaf-vrsb0801": "connectors.formats.cnaf_vrsb:CnafReader",
     "ft-flux-mensuel": "connectors.formats.partner_csv:PartnerCsvReader",
+    "cnaf-contacts": "connectors.formats.cnaf_contacts:CnafContactsReader",
+    "cdb-csv": "connectors.formats.departement_csv:DepartementCsvReader",
+    "ft-extract-spie": "connectors.formats.ft_extract:FtExtractReader",
+    "webrsa-ali": "connectors.formats.webrsa_ali:WebrsaAliReader",
+    "ali-webrsa": "connectors.formats.webrsa_ali:AliWebrsaReader",
+    "jsonl": "connectors.formats.json_lines:JsonLinesReader",
 }
 _BUILTIN_OUTPUTS: dict[str, str] = {
     "csv": "connectors.formats.csv_output:CsvOutput",
+    "webrsa-ali": "connectors.formats.webrsa_ali_output:WebrsaAliOutput",
+    "ali-webrsa": "connectors.formats.webrsa_ali_output:AliWebrsaOutput",
+    "jsonl": "connectors.formats.json_lines_output:JsonLinesOutput",
 }
 _READERS: dict[str, type[Reader]] = {}
 _OUTPUTS: dict[str, type[OutputFormat]] = {}

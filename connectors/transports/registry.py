@@ -13,9 +13,11 @@ from connectors.transports.base import Transport, TransportOptions
 from spie_hub.core.errors import ConfigurationError
 from spie_hub.core.home import HubHome
 
-#: type → "module:Class", imported on first use (SFTP and HTTPS join here in the partners issue).
+#: type → "module:Class", imported on first use.
 _BUILTIN: dict[str, str] = {
     "dossier-local": "connectors.transports.local:LocalFolder",
+    "sftp": "connectors.transports.sftp:SftpFolder",
+    "api-https": "connectors.transports.api_landing:ApiLanding",
 }
 _REGISTERED: dict[str, type[Transport]] = {}
 
