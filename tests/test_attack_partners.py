@@ -86,7 +86,7 @@ def next_names(source: Path, recipient: str) -> tuple[str, str]:
     """What a recipient predicts from ``deliver.Names``: the delivery and its manifest for a given input."""
     flow = get_flow(FLOW)
     rec = next(r for r in flow.destinataires if r.id == recipient)
-    name = Names(flow, sha(source)).delivery(rec, DAY, ".csv")
+    name = Names(flow, sha(source)).delivery(rec, DAY, ".csv", 1)
     return name, Names.manifest(name)
 
 

@@ -19,6 +19,7 @@ import yaml
 from support.memory_transport import MemoryTransport
 
 from connectors.formats.base import BadRecord, InputFacts, OutputFormat, PartnerRecord, Reader, RecordWriter
+from connectors.formats.dictionary import DictionaryEntry, entry
 from connectors.formats.registry import register_output, register_reader, unregister
 from connectors.transports.registry import register_transport, unregister_transport
 from schemas.categories import CATEGORIE_DU_BLOC, CategorieDonnees
@@ -99,6 +100,9 @@ class ToyJsonOutput(OutputFormat):
 
     def media(self) -> dict[str, str]:
         return {"encodage": "UTF-8", "type_media": "application/jsonl"}
+
+    def dictionary(self) -> list[DictionaryEntry]:
+        return [entry(block, block) for block in self.blocks]
 
 
 # -- its configuration: a mapping, an output spec, a registry ------------------------------------------------------

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
+from connectors.formats.dictionary import DictionaryEntry
 from schemas.categories import CategorieDonnees
 from schemas.spie_v1 import PersonneSPIE
 
@@ -113,3 +114,8 @@ class OutputFormat(ABC):
     @abstractmethod
     def media(self) -> dict[str, str]:
         """Encoding facts for the manifest (``encodage``, ``separateur``…)."""
+
+    @abstractmethod
+    def dictionary(self) -> list[DictionaryEntry]:
+        """One entry per field the format writes (``connectors/formats/dictionary.py``): the run publishes it as the
+        delivery's data dictionary, named in the signed manifest."""

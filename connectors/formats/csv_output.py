@@ -9,11 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, BinaryIO, ClassVar
 
 from connectors.formats.base import OutputFormat, RecordWriter
+from connectors.formats.dictionary import DictionaryEntry, entry
 from connectors.formats.reports import french_csv_writer, neutralise
 from schemas.categories import CATEGORIE_DU_BLOC, CategorieDonnees
 from schemas.spie_v1 import PersonneSPIE
@@ -39,14 +40,21 @@ class Column:
     entete: str
     category: CategorieDonnees | None
     get: Callable[[PersonneSPIE, str], str]
+    describe: DictionaryEntry | None = None
 
 
 def _column(spec: dict[str, Any]) -> Column:
     path = spec["champ"].split(".")
     as_label = spec.get("valeur") == "libelle"
     identifier = spec.get("identifiant")
+    described = entry(spec["entete"], spec["champ"], description=spec.get("description"))
+    if identifier is not None:
+        described = replace(described, description=f"{described.description} ({identifier})", type="texte", valeurs="")
+    elif as_label and described.valeurs:
+        described = replace(described, type="libellé", valeurs=" | ".join(
+            v.split(" = ", 1)[-1] for v in described.valeurs.split(" | ")))
     if path == ["pseudonyme"]:
-        return Column(spec["entete"], None, lambda record, pseudonym: pseudonym)
+        return Column(spec["entete"], None, lambda record, pseudonym: pseudonym, described)
     if path[0] not in CATEGORIE_DU_BLOC and path[0] != "version_schema":
         raise ConfigurationError(f"Sortie : champ inconnu {spec['champ']!r}")
 
@@ -63,7 +71,7 @@ def _column(spec: dict[str, Any]) -> Column:
             value = next((i.valeur for i in value or [] if i.systeme == identifier), None)
         return _render(value, as_label)
 
-    return Column(spec["entete"], CATEGORIE_DU_BLOC.get(path[0]), get)
+    return Column(spec["entete"], CATEGORIE_DU_BLOC.get(path[0]), get, described)
 
 
 class CsvRowWriter(RecordWriter):
@@ -112,3 +120,6 @@ class CsvOutput(OutputFormat):
 
     def media(self) -> dict[str, str]:
         return {"encodage": "UTF-8 avec BOM", "separateur": self.separator}
+
+    def dictionary(self) -> list[DictionaryEntry]:
+        return [c.describe for c in self.columns if c.describe is not None]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import heapq
 import io
 import json
@@ -22,14 +23,15 @@ import os
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from connectors.formats.base import OutputFormat, RecordWriter
+from connectors.formats.dictionary import dictionary_csv, dictionary_name
 from connectors.formats.registry import load_output
 from connectors.formats.reports import write_report
 from connectors.transports.base import FileExists, Transport, sha256_stream
@@ -96,8 +98,10 @@ class Names:
     def short(self) -> str:
         return self.input_sha[:12]
 
-    def delivery(self, recipient: Recipient, reference_day: str, extension: str) -> str:
-        return f"{self.flow.id}_{recipient.id}_{reference_day.replace('-', '')}_{self.short}{extension}"
+    def delivery(self, recipient: Recipient, reference_day: str, extension: str, sequence: int) -> str:
+        """``<flux>_<destinataire>_<AAAAMMJJ>_<séquence>_<empreinte>``: the sequence numbers the recipient's files of
+        the day in delivery order; the input's hash keeps a re-run of the same input under the same name."""
+        return f"{self.flow.id}_{recipient.id}_{reference_day.replace('-', '')}_{sequence:03d}_{self.short}{extension}"
 
     @staticmethod
     def manifest(delivery_name: str) -> str:
@@ -350,20 +354,27 @@ class StagedDeliveries:
             self.spool.add("decision", text + f',"ligne":{line}}}', recipient_id, pseudonym)
         return audit
 
-    def manifests(self, names: Names, run_id: str, day: str) -> dict[str, dict[str, Any]]:
-        """The unsigned manifest of each staged file; their "livraison" events go to the spool."""
+    def manifests(self, names: Names, run_id: str, day: str, sequences: dict[str, int]) -> dict[str, dict[str, Any]]:
+        """The unsigned manifest of each staged file and its data dictionary (staged beside it); their "livraison"
+        events go to the spool."""
         out = {}
         for recipient in self.recipients:
             staged = self.staged(recipient)
             output = self.outputs[recipient.id]
-            name = names.delivery(recipient, day, output.extension)
+            name = names.delivery(recipient, day, output.extension, sequences.get(recipient.id, 1))
             counts = self.summary.destinataires[recipient.id]
+            dictionary = dictionary_csv(output.dictionary(), recipient.sortie)
             manifest = {
                 **output.media(),  # first: a format's facts never override the manifest's own keys
                 "fichier": name, "sha256": sha256_file(staged), "octets": staged.stat().st_size,
                 "enregistrements": counts.livres, "version_schema": SCHEMA_VERSION, "flux": self.flow.id,
                 "destinataire": recipient.id, "execution": run_id, "genere_le": now(),
                 "format": recipient.sortie,
+                # The data dictionary travels inside the signed manifest: never a file that could be missing, stale or
+                # half-written in a drop; its name and hash change when the output spec does.
+                "dictionnaire": {"nom": dictionary_name(recipient.sortie, dictionary).removesuffix(".csv"),
+                                 "sha256": hashlib.sha256(dictionary).hexdigest(),
+                                 "champs": [asdict(e) for e in output.dictionary()]},
             }
             # The recipient receives this entry with its receipt (inclusion proof): only what it already knows. Its
             # withheld count stays in the run's "execution-fin" entry, which no partner receives.
@@ -375,6 +386,16 @@ class StagedDeliveries:
 
 def staged_manifest(staging: Path, recipient_id: str) -> Path:
     return staging / f"{recipient_id}.manifest.json"
+
+
+def next_sequence(engine: Engine, flow: Flow, recipient: Recipient, day: str) -> int:
+    """The sequence of the recipient's next file of ``day`` for this flow: one more than its files of that day."""
+    prefix = f"{flow.id}_{recipient.id}_{day.replace('-', '')}_"
+    with engine.connect() as connection:
+        count = connection.execute(select(func.count()).select_from(deliveries).where(
+            deliveries.c.flow == flow.id, deliveries.c.recipient == recipient.id,
+            deliveries.c.file_name.startswith(prefix, autoescape=True))).scalar_one()
+    return int(count) + 1
 
 
 def publish(engine: Engine, home: HubHome, flow: Flow, recipient: Recipient, staging: Path, run_id: str,

@@ -35,6 +35,7 @@ from spie_hub.audit.log import AuditEvent, AuditLog, now
 from spie_hub.audit.receipts import journal_proof, sign_manifest
 from spie_hub.audit.signing import SigningKey
 from spie_hub.audit.spool import AuditSpool
+from spie_hub.audit.trust import fingerprint
 from spie_hub.core.errors import FatalInputError, HubError, RetriableError, StorageError
 from spie_hub.core.failpoints import failpoint
 from spie_hub.core.home import HubHome
@@ -237,7 +238,8 @@ class FlowRun:
         self.summary.anomalies = facts.anomalies
         decider.fold_into(self.summary.destinataires)
         day = facts.date_reference or self.ctx.today.isoformat()
-        manifests = staged.manifests(self.names, self.run_id, day)
+        sequences = {r.id: deliver.next_sequence(self.ctx.engine, self.flow, r, day) for r in active}
+        manifests = staged.manifests(self.names, self.run_id, day, sequences)
         self._stage_returns(staged.rejections)
         # Write-ahead: the decisions and deliveries enter the audit before any file becomes visible, so nothing
         # can leave without its trail. Until the status says "publication", a crash rolls the run back.
@@ -249,6 +251,9 @@ class FlowRun:
         # one entry per action, decisions being batched: its size counts actions, never people (docs/divulgation.md).
         for rid, manifest in manifests.items():
             manifest["journal"] = journal_proof(self.ctx.engine, self.run_id, rid)
+            # The signing key's fingerprint (SHA-256 of the raw public key), to check against the published one.
+            manifest["cle_signature"] = {"identifiant": self.ctx.signer.kid,
+                                         "empreinte_sha256": fingerprint(self.ctx.signer.public_b64)}
             signed = sign_manifest(manifest, self.ctx.signer)
             deliver.staged_manifest(self.staging, rid).write_text(json.dumps(signed, ensure_ascii=False, indent=2),
                                                                   encoding="utf-8")
