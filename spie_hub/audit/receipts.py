@@ -43,6 +43,29 @@ def sign_manifest(manifest: dict[str, Any], signer: Any) -> dict[str, Any]:
     return body | {"signature": {"cle": signer.kid, "algorithme": ALGORITHM, "valeur": signer.sign(canonical(body).encode())}}
 
 
+ACKNOWLEDGEMENT_TYPE = "spie-hub/accuse-de-traitement/v1"
+
+
+def sign_document(document: dict[str, Any], signer: Any, kind: str) -> dict[str, Any]:
+    """``document`` typed ``kind`` and signed (Ed25519 over its canonical JSON, ``signature`` excluded)."""
+    body = dict(document, type=kind)
+    return body | {"signature": {"cle": signer.kid, "algorithme": ALGORITHM, "valeur": signer.sign(canonical(body).encode())}}
+
+
+def document_valid(document: Any, keys: Mapping[str, str], kind: str) -> bool:
+    """Whether ``document`` is of type ``kind`` and signed by one of ``keys`` (kid → base64 public key)."""
+    if not isinstance(document, dict):
+        return False
+    signature = document.get("signature") or {}
+    if not isinstance(signature, dict):
+        return False
+    body = {k: v for k, v in document.items() if k != "signature"}
+    key = keys.get(str(signature.get("cle", "")))
+    if key is None or body.get("type") != kind:
+        return False
+    return verify_signature(key, canonical(body).encode(), str(signature.get("valeur", "")))
+
+
 def receipt_valid(receipt: dict[str, Any], keys: Mapping[str, str]) -> bool:
     signature = receipt.get("signature") or {}
     if not isinstance(signature, dict):

@@ -469,19 +469,45 @@ def write_rejections(transport: Transport, names: Names, rejections: list[tuple[
     return transport.child("rejets").location(names.rejections())
 
 
-def write_acknowledgement(transport: Transport, names: Names, flow: Flow, summary: RunSummary) -> None:
-    """The sender's processing receipt: what it already knows about its own file (records read, records rejected,
-    whose reasons it gets in its rejection report) and the flow's recipients as the registry declares them. No count
-    of delivered or withheld records, exact or banded: a sender that knows its file would difference them across
-    recipients and across padded files to learn who objected. No per-recipient status either: "already delivered"
-    for one recipient and not another would tell that a withdrawal sent part of the run back (docs/divulgation.md)."""
-    receipt = {"flux": flow.id, "fichier_sha256": names.input_sha, "execution": summary.run_id, "traite_le": now(),
-               "enregistrements_lus": summary.lus, "enregistrements_rejetes": summary.rejetes,
-               "destinataires": sorted(r.id for r in flow.destinataires),
-               "note": "Le nombre d'enregistrements livrés ou retenus pour chaque destinataire n'est pas communiqué : "
-                       "il révélerait les personnes qui se sont opposées ou n'ont pas consenti. Les enregistrements "
-                       "rejetés et leurs motifs figurent dans le rapport de rejets."}
-    store_json(transport.child("accuses"), names.acknowledgement(), receipt)
+#: At most this many rejections are listed in an acknowledgement (all of them are in the rejection report).
+ACK_REJECTIONS_LISTED = 1000
+ACK_NOTE = ("Le nombre d'enregistrements livrés ou retenus pour chaque destinataire n'est pas communiqué : il révélerait "
+            "les personnes qui se sont opposées ou n'ont pas consenti. Les enregistrements rejetés et leurs motifs "
+            "figurent ci-dessous et dans le rapport de rejets.")
+
+
+def acknowledgement(names: Names, flow: Flow, run_id: str, received_name: str, *, read: int,
+                    rejections: list[tuple[str, int | None, str]], refusal: str | None = None,
+                    element: str | None = None) -> dict[str, Any]:
+    """The sender's processing receipt, to be signed: its own file (name and hash), accepted or refused, and what it
+    already knows: records read and rejected with their line or element and a French reason. No count of delivered
+    or withheld records, exact or banded: a sender that knows its file would difference them across recipients and
+    across padded files to learn who objected. No per-recipient status either (docs/divulgation.md)."""
+    status = "rejete" if refusal is not None else ("accepte-avec-rejets" if rejections else "accepte")
+    document: dict[str, Any] = {
+        "flux": flow.id, "fichier_recu": received_name, "fichier_sha256": names.input_sha, "execution": run_id,
+        "traite_le": now(), "statut": status, "enregistrements_lus": read,
+        "enregistrements_rejetes": read if refusal is not None else len(rejections),
+        "destinataires": sorted(r.id for r in flow.destinataires)}
+    if refusal is not None:
+        document |= {"motif": refusal, "element": element,
+                     "note": "Le fichier a été rejeté en entier : aucun enregistrement n'a été transmis."}
+    else:
+        document |= {"rejets": [{"position": p, "ligne": line, "motif": reason}
+                                for p, line, reason in rejections[:ACK_REJECTIONS_LISTED]],
+                     "rejets_tous_listes": len(rejections) <= ACK_REJECTIONS_LISTED, "note": ACK_NOTE}
+    return document
+
+
+def staged_acknowledgement(staging: Path) -> Path:
+    return staging / "accuse.json"
+
+
+def write_acknowledgement(transport: Transport, names: Names, document: dict[str, Any]) -> str:
+    """Store the signed acknowledgement in the sender's ``accuses/`` folder (replacing the one of an earlier attempt
+    at the same input)."""
+    store_json(transport.child("accuses"), names.acknowledgement(), document)
+    return transport.child("accuses").location(names.acknowledgement())
 
 
 def write_refusal_notice(transport: Transport, names: Names, reason: str) -> str:

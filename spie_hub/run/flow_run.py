@@ -32,7 +32,7 @@ from consent.decision import ConsentIndex, registry_authority
 from consent.revocation import withdrawal_concerns
 from schemas.spie_v1 import SCHEMA_VERSION
 from spie_hub.audit.log import AuditEvent, AuditLog, now
-from spie_hub.audit.receipts import journal_proof, sign_manifest
+from spie_hub.audit.receipts import ACKNOWLEDGEMENT_TYPE, journal_proof, sign_document, sign_manifest
 from spie_hub.audit.signing import SigningKey
 from spie_hub.audit.spool import AuditSpool
 from spie_hub.audit.trust import fingerprint
@@ -272,6 +272,10 @@ class FlowRun:
 
     def _stage_returns(self, rejections: list[tuple[str, int | None, str]]) -> None:
         (self.staging / REJECTIONS_STAGED).write_text(json.dumps(rejections, ensure_ascii=False), encoding="utf-8")
+        document = deliver.acknowledgement(self.names, self.flow, self.run_id, self.claimed.name, read=self.summary.lus,
+                                           rejections=rejections)
+        deliver.staged_acknowledgement(self.staging).write_text(json.dumps(
+            sign_document(document, self.ctx.signer, ACKNOWLEDGEMENT_TYPE), ensure_ascii=False), encoding="utf-8")
 
     def _quarantine(self, error: FatalInputError) -> RunSummary:
         self.spool.reset()
@@ -279,6 +283,10 @@ class FlowRun:
         returns = deliver.sender_returns(self.flow, self.ctx.home)
         _best_effort(self.summary, "avis de rejet du fichier", lambda: setattr(
             self.summary, "rapport_rejets", deliver.write_refusal_notice(returns, self.names, str(error))))
+        refusal = deliver.acknowledgement(self.names, self.flow, self.run_id, self.claimed.name, read=self.summary.lus,
+                                          rejections=[], refusal=str(error), element=error.element)
+        _best_effort(self.summary, "accusé de rejet", lambda: deliver.write_acknowledgement(
+            returns, self.names, sign_document(refusal, self.ctx.signer, ACKNOWLEDGEMENT_TYPE)))
         # Records parsed before the error are rejected with the file: none was delivered.
         self.summary.rejetes = self.summary.lus
         self.summary.statut = "quarantaine"
@@ -363,7 +371,10 @@ def publish_staged(ctx: RunContext, run_id: str, staging: Path, summary: RunSumm
         rejections = [tuple(r) for r in json.loads(rejections_file.read_text(encoding="utf-8"))]
         _best_effort(summary, "rapport de rejets", lambda: setattr(
             summary, "rapport_rejets", deliver.write_rejections(returns, names, rejections)))  # type: ignore[arg-type]
-    _best_effort(summary, "accusé de traitement", lambda: deliver.write_acknowledgement(returns, names, ctx.flow, summary))
+    staged_ack = deliver.staged_acknowledgement(staging)
+    if staged_ack.exists():
+        document = json.loads(staged_ack.read_text(encoding="utf-8"))
+        _best_effort(summary, "accusé de traitement", lambda: deliver.write_acknowledgement(returns, names, document))
 
 
 class DecisionStale(RetriableError):
