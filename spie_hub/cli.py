@@ -797,12 +797,29 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_flows(_args: argparse.Namespace) -> int:
-    from spie_hub.registry import load_flows
+def _where(options: object) -> str:
+    kind = getattr(options, "type", "?")
+    place = getattr(options, "dossier", None) or getattr(options, "ressource", None) or ""
+    connection = getattr(options, "connexion", None)
+    return f"{kind} {connection + ':' if connection else ''}{place}".strip()
 
+
+def cmd_flows(args: argparse.Namespace) -> int:
+    from spie_hub.registry import consent_registry, load_flows
+
+    if getattr(args, "action", None) == "carte":
+        from spie_hub.registry.flow_map import flow_map_svg
+
+        svg = flow_map_svg(load_flows(), consent_registry())
+        if args.sortie:
+            Path(args.sortie).write_text(svg, encoding="utf-8")
+            print(f"Carte des flux écrite : {args.sortie}")
+        else:
+            sys.stdout.write(svg)
+        return 0
     for flow in load_flows().values():
         print(f"{flow.id} — {flow.titre}")
-        print(f"  source : {flow.partenaire} ({flow.format}, mapping {flow.mapping}), dépôt {flow.transport.dossier}")
+        print(f"  source : {flow.partenaire} ({flow.format}, mapping {flow.mapping}), dépôt {_where(flow.transport)}")
         for recipient in flow.destinataires:
             bases = ", ".join(f"{c.value} ({'base légale : ' + b.article if b.kind == 'legale' else 'consentement'})"
                               for c, b in recipient.politique.items())
@@ -965,7 +982,11 @@ def build_parser() -> argparse.ArgumentParser:
     hsm.add_argument("--sortie", help="écrire la clé publique (PEM) dans ce fichier, ex. audit-s2.pem")
     hsm.set_defaults(func=cmd_keys_hsm_generate)
 
-    sub.add_parser("flux", help="lister les flux déclarés dans le registre").set_defaults(func=cmd_flows)
+    flows = sub.add_parser("flux", help="lister les flux déclarés dans le registre, ou en dessiner la carte")
+    flows.add_argument("action", nargs="?", choices=["liste", "carte"], default="liste",
+                       help="« liste » (par défaut) ou « carte » (SVG généré depuis le registre)")
+    flows.add_argument("--sortie", help="fichier SVG à écrire (sinon la sortie standard)")
+    flows.set_defaults(func=cmd_flows)
     executions = sub.add_parser("executions", help="dernières exécutions des flux")
     executions.add_argument("-n", "--nombre", type=int, default=20)
     executions.set_defaults(func=cmd_runs)
