@@ -171,9 +171,11 @@ def _pinned_keys(connection: PartnerConnection, host: str, port: int) -> paramik
             keys.load(str(known))
         except (OSError, UnicodeDecodeError):
             raise ConfigurationError(f"{where} : fichier « known_hosts » illisible") from None
-    if not keys.lookup(_host_label(host, port)):
-        raise HostKeyRefused(f"{where} : aucune clé d'hôte épinglée pour ce serveur (extra « host_key » : "
-                             "« ssh-ed25519 AAAA… », ou « known_hosts ») ; la connexion est refusée")
+    else:
+        raise ConfigurationError(f"{where} : clé d'hôte du serveur non épinglée (extra « host_key » : "
+                                 "« ssh-ed25519 AAAA… », ou « known_hosts » : chemin) ; la connexion est refusée")
+    # A known_hosts without this server is not an error here: the server's key is then refused as unknown, with its
+    # fingerprint, which the operator checks with the partner.
     return keys
 
 
@@ -317,6 +319,15 @@ def _alive(pid: int) -> bool:
 def _info(name: str, attrs: paramiko.SFTPAttributes) -> FileInfo:
     mode = attrs.st_mode or 0
     return FileInfo(name, int(attrs.st_size or 0), float(attrs.st_mtime or 0), stat.S_ISREG(mode), "")
+
+
+def _abandon(handle: paramiko.SFTPFile) -> None:
+    """A handle of a dropped connection: paramiko would try to flush it again when collected (a warning about a
+    closed socket at a random moment); its buffered bytes are dropped, the temporary is removed by the retry."""
+    with contextlib.suppress(Exception):
+        handle._wbuffer = io.BytesIO()
+        handle.close()
+    handle._closed = True
 
 
 def _status_errno(error: OSError) -> int | None:
@@ -605,7 +616,8 @@ class SftpFolder(Transport):
 
     def _upload(self, sftp: _Sftp, source: BinaryIO, temporary: str, size: int) -> None:
         source.seek(0)
-        with sftp.open(temporary, "wbx", bufsize=_CHUNK) as target:
+        target = sftp.open(temporary, "wbx", bufsize=_CHUNK)
+        try:
             target.set_pipelined(True)
             for chunk in iter(lambda: source.read(_CHUNK), b""):
                 target.write(chunk)
@@ -613,6 +625,10 @@ class SftpFolder(Transport):
             if "fsync@openssh.com" in sftp.extensions:
                 # On disk before it is published (requests are answered in order: the writes come first).
                 sftp.extended("fsync@openssh.com", target.handle)
+            target.close()
+        except BaseException:
+            _abandon(target)
+            raise
         written = sftp.lstat(temporary)
         if written.st_size != size:
             raise StorageError(f"SFTP {self._where()} : fichier incomplet après envoi ; rien n'a été publié")

@@ -36,7 +36,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,18 +189,22 @@ class SshdServer:
             _fail_or_skip("sshd avec comptes chrootés : les tests SFTP doivent tourner en root")
         token = secrets.token_hex(3)
         base = Path(f"/srv/spie-hub-tests-{os.getuid()}-{token}")
-        (base / "etc" / "authorized_keys").mkdir(parents=True, mode=0o755)
-        (base / "chroot").mkdir(mode=0o755)
-        for folder in (base, base / "chroot"):
-            os.chmod(folder, 0o755)
-        host_key = generate_key()
-        key_path = base / "etc" / "ssh_host_ed25519_key"
-        key_path.write_text(host_key.text())
-        os.chmod(key_path, 0o600)
         group = f"sphub{token}"
-        _run("groupadd", group)
-        server = cls(base, _free_port(), group, host_key)
-        server._write_config()
+        try:
+            (base / "etc" / "authorized_keys").mkdir(parents=True, mode=0o755)
+            (base / "chroot").mkdir(mode=0o755)
+            for folder in (base, base / "chroot"):
+                os.chmod(folder, 0o755)
+            host_key = generate_key()
+            key_path = base / "etc" / "ssh_host_ed25519_key"
+            key_path.write_text(host_key.text())
+            os.chmod(key_path, 0o600)
+            _run("groupadd", group)
+            server = cls(base, _free_port(), group, host_key)
+            server._write_config()
+        except BaseException:
+            shutil.rmtree(base, ignore_errors=True)
+            raise
         return server
 
     def _write_config(self) -> None:
@@ -347,6 +351,8 @@ class TcpProxy:
         self.holding = False
         self.cuts = 0
         self.cut_event = threading.Event()
+        #: Called right after a cut (what the server's disk holds at that instant is what a partner could see).
+        self.on_cut: Callable[[], None] | None = None
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -419,6 +425,8 @@ class TcpProxy:
                 with contextlib.suppress(OSError):
                     sock.close()
         self.holding = False  # only now: what was held never reaches the client
+        if self.on_cut is not None and pairs:
+            self.on_cut()
         self.cut_event.set()
 
     def close(self) -> None:
