@@ -21,9 +21,10 @@ import re
 from collections.abc import Iterator
 from typing import BinaryIO, ClassVar
 
+from lxml import etree
+
 from connectors.formats.base import BadRecord, InputFacts, PartnerRecord, Reader
 from connectors.formats.csv_table import Layout, RowProblem, date_cell, read_table, records_from, row_element
-from lxml import etree
 
 REQUIRED = ("MATRICULE", "ROLE PERSONNE", "NUMERO TELEPHONE DOSSIER", "NUMERO TELEPHONE 2 DOSSIER",
             "ADRESSE ELECTRONIQUE DOSSIER")
