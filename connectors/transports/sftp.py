@@ -676,7 +676,13 @@ class SftpFolder(Transport):
             sftp.remove(aside)
             return True
 
-        return self._retry("suppression d'un fichier", action)
+        with _ACTIVE_LOCK:
+            _ACTIVE.add(aside)  # not a dead attempt's: clean_temporaries leaves it to this removal
+        try:
+            return self._retry("suppression d'un fichier", action)
+        finally:
+            with _ACTIVE_LOCK:
+                _ACTIVE.discard(aside)
 
     def move(self, name: str, target: Transport, new_name: str | None = None) -> None:
         """On the same account: one server-side rename that never replaces; elsewhere: stored there, then removed."""

@@ -23,6 +23,7 @@ Dropping a connection: ``TcpProxy`` sits between the hub and sshd; ``cut_after_u
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import grp
 import io
@@ -202,6 +203,7 @@ class SshdServer:
             _run("groupadd", group)
             server = cls(base, _free_port(), group, host_key)
             server._write_config()
+            atexit.register(server.destroy)  # a session ended without its fixture's teardown (KeyboardInterrupt)
         except BaseException:
             shutil.rmtree(base, ignore_errors=True)
             raise
@@ -325,6 +327,8 @@ Match Group {self.group}
             self.accounts.remove(account.name)
 
     def destroy(self) -> None:
+        if not self.base.exists():
+            return
         self.kill()
         for name in list(self.accounts):
             with contextlib.suppress(subprocess.CalledProcessError):
