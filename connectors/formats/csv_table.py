@@ -19,7 +19,7 @@ import datetime as dt
 import io
 import itertools
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -96,9 +96,12 @@ def _clean_header(raw: list[str], layout: Layout) -> tuple[str, ...]:
     return tuple(names)
 
 
-def read_table(stream: BinaryIO, facts: InputFacts, layout: Layout) -> Iterator[tuple[int, dict[str, str] | None, str | None]]:
+def read_table(stream: BinaryIO, facts: InputFacts, layout: Layout,
+               choose: Callable[[tuple[str, ...]], Layout] | None = None) -> Iterator[tuple[int, dict[str, str] | None, str | None]]:
     """Stream the rows of a CSV file: ``(line, cells, problem)``; ``cells`` holds the known columns only (stripped),
-    ``problem`` says why a row cannot be split. Blank lines are skipped. ``facts.unites_lues`` counts the rows."""
+    ``problem`` says why a row cannot be split. Blank lines are skipped. ``facts.unites_lues`` counts the rows.
+    ``choose``: for a format with several kinds of file, picks the layout from the header's names (``layout`` then
+    only gives the separators)."""
     _check_start(stream)
     buffered = io.BufferedReader(stream) if isinstance(stream, io.RawIOBase) else stream  # type: ignore[arg-type]
     text = io.TextIOWrapper(buffered, encoding="utf-8-sig", errors="strict", newline="")  # type: ignore[arg-type]
@@ -111,7 +114,10 @@ def read_table(stream: BinaryIO, facts: InputFacts, layout: Layout) -> Iterator[
             raise FatalInputError("fichier sans en-tête", element="en-tête", line=1)
         separator = sniff_separator(first, layout.separators)
         reader = csv.reader(itertools.chain([first], physical), delimiter=separator, strict=True)
-        header = _clean_header(next(reader), layout)
+        raw = next(reader)
+        if choose is not None:
+            layout = choose(tuple(name.strip() for name in raw))
+        header = _clean_header(raw, layout)
         ignored = [name for name in header if name and name not in layout.known]
         if ignored:
             facts.anomalies.append(f"colonne(s) inconnue(s) ignorée(s) : {', '.join(ignored)}")
