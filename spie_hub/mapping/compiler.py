@@ -3,7 +3,13 @@
 A mapping names, for each field of the shared schema (dotted path), where its value lies in the partner record
 and which transformation applies, picked from a short list. Adding a partner means writing such a file, not code.
 
-XML formats name fields by XPath; CSV formats (``lecture: csv``) by column name, with the same transformations.
+XML formats name fields by XPath; CSV formats (``lecture: csv``) by column name; JSON formats (``lecture: json``, a
+record is one JSON object: a JSON Lines line) by dotted path, with the same transformations.
+
+JSON paths: ``dossier.adresse.codePostal``; a list is walked through (every item), a JSON ``null`` is absent;
+predicates pick items: ``situations[etat='EN_COURS']`` (``=`` or ``!=``, the key may itself be a dotted path),
+``rendez_vous[0]`` (the first, 0-based); ``.`` is the item itself (a list of texts). A text field reads the first
+value found, as XPath's ``string()`` does; ``repeter`` reads every item found.
 
 Speed: all the text paths of one scope (the record, its parent, or a repeated item) are evaluated by a single
 compiled XPath ``concat()`` — one call into libxml2 instead of one per field (measured: 5.5 µs for 12 fields,
@@ -22,6 +28,7 @@ from typing import Any
 import yaml
 from lxml import etree
 
+from schemas import crosswalks
 from schemas.categories import motifs_sante
 from schemas.codes import cnaf_labels
 from spie_hub.core import home as _home
@@ -76,6 +83,116 @@ class _ColumnScope(_Scope):
                 for c in self.paths]
 
 
+_SEGMENT = re.compile(r"([^.\[\]]+|)((?:\[[^\]]*\])*)")
+_PREDICATE = re.compile(r"\[([^\]]*)\]")
+_COMPARISON = re.compile(r"^\s*([^=!\s]+)\s*(!?=)\s*(?:'([^']*)'|\"([^\"]*)\"|([^'\"\s]*))\s*$")
+
+
+def _split_dotted(path: str) -> list[str]:
+    """Split a dotted path on the dots outside brackets (a predicate's value may hold a dot)."""
+    parts, depth, start = [], 0, 0
+    for index, char in enumerate(path):
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+        elif char == "." and depth == 0:
+            parts.append(path[start:index])
+            start = index + 1
+    parts.append(path[start:])
+    return parts
+
+
+def json_text(value: Any) -> str | None:
+    """The text of a JSON scalar, as a CSV cell would hold it: ``true``/``false``, numbers as JSON writes them."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    raise RecordError("objet ou liste au lieu d'une valeur simple")
+
+
+class JsonPath:
+    """A dotted path into a JSON object, evaluated to the list of values it reaches (a node-set, as in XPath)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.steps: list[tuple[str, list[Callable[[list[Any]], list[Any]]]]] = []
+        if path.strip() == ".":
+            return
+        for part in _split_dotted(path):
+            match = _SEGMENT.fullmatch(part.strip())
+            if match is None or not match.group(1):
+                raise ConfigurationError(f"Mapping : chemin JSON mal formé {path!r}")
+            predicates = [self._predicate(p, path) for p in _PREDICATE.findall(match.group(2))]
+            self.steps.append((match.group(1), predicates))
+
+    @staticmethod
+    def _predicate(text: str, path: str) -> Callable[[list[Any]], list[Any]]:
+        if text.strip().isdigit():
+            position = int(text)
+            return lambda nodes: nodes[position:position + 1]
+        match = _COMPARISON.fullmatch(text)
+        if match is None:
+            raise ConfigurationError(f"Mapping : prédicat mal formé [{text}] dans {path!r} (attendu [cle='valeur'] ou [n])")
+        key, operator = JsonPath(match.group(1)), match.group(2)
+        expected = next(v for v in match.group(3, 4, 5) if v is not None)
+
+        def value_of(node: Any) -> str | None:
+            try:
+                found = key.nodes(node)
+                return json_text(found[0]) if found else None
+            except RecordError:
+                return None  # an object where a value is compared never equals it
+
+        if operator == "=":
+            return lambda nodes: [n for n in nodes if value_of(n) == expected]
+        return lambda nodes: [n for n in nodes if value_of(n) != expected]
+
+    def nodes(self, root: Any) -> list[Any]:
+        current: list[Any] = list(root) if isinstance(root, list) else ([] if root is None else [root])
+        for name, predicates in self.steps:
+            found: list[Any] = []
+            for node in current:
+                if isinstance(node, dict) and (value := node.get(name)) is not None:
+                    if isinstance(value, list):
+                        found.extend(v for v in value if v is not None)
+                    else:
+                        found.append(value)
+            for predicate in predicates:
+                found = predicate(found)
+            current = found
+        return current
+
+    def text(self, root: Any) -> str | None:
+        found = self.nodes(root)
+        if not found:
+            return None
+        try:
+            text = json_text(found[0])
+        except RecordError:
+            raise RecordError(f"{self.path} : objet ou liste au lieu d'une valeur simple") from None
+        return (text or "").strip() or None
+
+
+class _JsonScope(_Scope):
+    """The dotted paths read from one JSON object (a JSON Lines record, or an item of a repeated list)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._paths: list[JsonPath] = []
+
+    def compile(self) -> None:
+        self._paths = [JsonPath(p) for p in self.paths]
+
+    def texts(self, element: Any) -> list[str | None]:
+        return [p.text(element) for p in self._paths]
+
+
 @dataclass
 class _Context:
     record: Element
@@ -113,11 +230,56 @@ def _bool(text: str) -> bool:
     raise RecordError("booléen invalide (attendu 0 ou 1)")
 
 
+def _date_iso(text: str) -> dt.date:
+    """An ISO 8601 date, or date-time whose date is kept as written (``2024-05-02T23:30:00+02:00`` → 2 May: the
+    partner's own calendar day, never shifted to UTC)."""
+    try:
+        if len(text) == 10:
+            return dt.date.fromisoformat(text)
+        return dt.datetime.fromisoformat(text).date()
+    except ValueError:
+        raise RecordError("date invalide (format attendu AAAA-MM-JJ ou date-heure ISO 8601)") from None
+
+
 def _code_label(liste: str) -> Callable[[str], str | None]:
     labels = cnaf_labels().get(liste)
-    if labels is None:
-        raise ConfigurationError(f"Liste de codes CNAF inconnue dans un mapping : {liste}")
-    return labels.get
+    if labels is not None:
+        return labels.get
+    # Not a CNAF list: a crosswalk of schemas/crosswalks.py (partner code → shared code), e.g.
+    # FREIN_DEPUIS_FT_CONTRAINTE or ORIENTATION. An unknown code rejects the record: it may mean anything, health too.
+    table = getattr(crosswalks, liste, None) if liste.isupper() else None
+    if not isinstance(table, dict):
+        raise ConfigurationError(f"Liste de codes CNAF ou table de correspondance inconnue dans un mapping : {liste}")
+
+    def convert(text: str) -> str:
+        found = table.get(text)
+        if found is None:
+            raise RecordError(f"code absent de la table {liste}")
+        return str(found.value)
+
+    return convert
+
+
+def _yaml_key(key: object) -> str:
+    """A correspondence key as the partner's text reads (YAML reads ``23`` as a number, ``true`` as a boolean)."""
+    return ("true" if key else "false") if isinstance(key, bool) else str(key)
+
+
+def _correspondence(table: object, others: object, name: str) -> Callable[[str], Any]:
+    """``correspondance: {PARTNER: shared, …}`` declared in the mapping itself; ``autres``: the value of any other
+    code (without it, another code rejects the record — the value itself is never echoed)."""
+    if not isinstance(table, dict) or not table:
+        raise ConfigurationError(f"Mapping : {name} — 'correspondance' doit être une table non vide")
+    known = {_yaml_key(k): v for k, v in table.items()}
+
+    def convert(text: str) -> Any:
+        if text in known:
+            return known[text]
+        if others is not None:
+            return others
+        raise RecordError("valeur absente de la table de correspondance du mapping")
+
+    return convert
 
 
 _SCALAR_TRANSFORMS: dict[str, Callable[[str], Any]] = {
@@ -126,6 +288,7 @@ _SCALAR_TRANSFORMS: dict[str, Callable[[str], Any]] = {
     "date_fr": _date_fr,
     "booleen": _bool,
     "nir": normaliser_nir,
+    "date_iso": _date_iso,
 }
 
 
@@ -144,7 +307,33 @@ class _Compiler:
         index = self.record.register(path)
         return lambda ctx: ctx.texts[index]
 
+    @property
+    def json(self) -> bool:
+        return isinstance(self.record, _JsonScope)
+
+    def present(self, path: str) -> Getter:
+        """Whether ``path`` reaches anything (an element, a non-empty cell, a JSON value that is not ``null``)."""
+        on_parent = path.startswith(PARENT_PREFIX)
+        bare = path.removeprefix(PARENT_PREFIX)
+        if self.json:
+            nodes = JsonPath(bare).nodes
+            return lambda ctx: bool(nodes(ctx.parent if on_parent else ctx.record))
+        if isinstance(self.record, _ColumnScope):
+            text = self.text(path)
+            return lambda ctx: text(ctx) is not None
+        test = etree.XPath(f"boolean({bare})")
+        return lambda ctx: bool(test(ctx.parent if on_parent else ctx.record))
+
     def field(self, name: str, spec: Any) -> Getter:
+        if isinstance(spec, dict) and "si" in spec:
+            # ``si: <path>``: the field exists only when the path reaches something (a constant for a block that
+            # is present, a sortie only when its date is there).
+            condition = self.present(spec["si"])
+            inner = self._field(name, {k: v for k, v in spec.items() if k != "si"})
+            return lambda ctx: inner(ctx) if condition(ctx) else None
+        return self._field(name, spec)
+
+    def _field(self, name: str, spec: Any) -> Getter:
         if isinstance(spec, str):
             spec = {"chemin": spec}
         if not isinstance(spec, dict):
@@ -167,10 +356,44 @@ class _Compiler:
             if transform == "joindre":
                 sep = spec.get("separateur", ":")
                 return lambda ctx: sep.join(v for g in getters if (v := g(ctx)) is not None) or None
-            raise ConfigurationError(f"Mapping : {name} a plusieurs chemins, transformation 'liste' ou 'joindre' attendue")
-        getter = self.text(spec["chemin"])
+            if transform == "premier":  # the first path that holds a value, then ``puis`` (a scalar transformation)
+                then = spec.get("puis", "texte")
+                if then not in _SCALAR_TRANSFORMS:
+                    raise ConfigurationError(f"Mapping : transformation inconnue {then!r} pour {name}")
+                convert_first = _SCALAR_TRANSFORMS[then]
+
+                def first(ctx: _Context) -> Any:
+                    text = next((v for g in getters if (v := g(ctx)) is not None), None)
+                    if text is None:
+                        return spec.get("defaut")
+                    try:
+                        return convert_first(text)
+                    except RecordError as error:
+                        raise RecordError(f"{name} : {error}") from None
+
+                return first
+            raise ConfigurationError(f"Mapping : {name} a plusieurs chemins, transformation 'liste', 'joindre' ou "
+                                     "'premier' attendue")
         default = spec.get("defaut")
-        if transform.startswith("code:"):
+        if transform == "presence":  # true when the path reaches anything (a JSON object such as ``rqth``)
+            reached = self.present(spec["chemin"])
+            return lambda ctx: True if reached(ctx) else default
+        if transform == "liste" and self.json:  # every text the path reaches (``prenoms``: a list of texts)
+            on_parent = spec["chemin"].startswith(PARENT_PREFIX)
+            path = JsonPath(spec["chemin"].removeprefix(PARENT_PREFIX))
+
+            def texts(ctx: _Context) -> list[str]:
+                try:
+                    found = (json_text(v) for v in path.nodes(ctx.parent if on_parent else ctx.record))
+                    return [t.strip() for t in found if t is not None and t.strip()]
+                except RecordError:
+                    raise RecordError(f"{name} : objet ou liste au lieu d'une valeur simple") from None
+
+            return texts
+        getter = self.text(spec["chemin"])
+        if "correspondance" in spec:
+            convert = _correspondence(spec["correspondance"], spec.get("autres"), name)
+        elif transform.startswith("code:"):
             convert = _code_label(transform.removeprefix("code:"))
         elif transform in _SCALAR_TRANSFORMS:
             convert = _SCALAR_TRANSFORMS[transform]
@@ -186,7 +409,7 @@ class _Compiler:
                 return text
 
             getter = checked
-        if transform == "texte":
+        if transform == "texte" and "correspondance" not in spec:
             return lambda ctx: getter(ctx) or default
 
         def get(ctx: _Context) -> Any:
@@ -203,8 +426,12 @@ class _Compiler:
     def repeat(self, name: str, spec: dict[str, Any]) -> Getter:
         path: str = spec["repeter"]
         on_parent = path.startswith(PARENT_PREFIX)
-        items_of = etree.XPath(path.removeprefix(PARENT_PREFIX))
-        item_scope = _Scope()
+        items_of: Callable[[Any], Any]
+        item_scope: _Scope
+        if self.json:
+            items_of, item_scope = JsonPath(path.removeprefix(PARENT_PREFIX)).nodes, _JsonScope()
+        else:
+            items_of, item_scope = etree.XPath(path.removeprefix(PARENT_PREFIX)), _Scope()
         self.repeats.append(item_scope)
         inner = _Compiler(item_scope, self.parent, self.repeats)
         fields = [(key, inner.field(f"{name}.{key}", sub)) for key, sub in spec["champs"].items()]
@@ -223,6 +450,8 @@ def _is_parent_level(spec: Any) -> bool:
     """True when a field reads only the parent element: it is then computed once for all its records."""
     if isinstance(spec, str):
         return spec.startswith(PARENT_PREFIX)
+    if "si" in spec and not str(spec["si"]).startswith(PARENT_PREFIX):
+        return False
     if "constante" in spec:
         return False
     if "repeter" in spec:
@@ -260,6 +489,9 @@ class CompiledMapping:
     #: CODES_CNAF_PARTICULIERS) are the person's own when the household holds one person only; they then go to that
     #: person's ``sante_handicap`` block. Otherwise (and without the option) they are withheld from every member.
     health_alone: bool = False
+    #: ``conditions``: what a record must hold to be read at all (France Travail's ``codeRetour`` S001); each is
+    #: (getter, accepted values, reason, labels of known other values).
+    conditions: tuple[tuple[Getter, frozenset[str], str, dict[str, str]], ...] = ()
 
     def __post_init__(self) -> None:
         self._parent: Element | None = None
@@ -283,6 +515,12 @@ class CompiledMapping:
     def map(self, record: Element, parent: Element) -> dict[str, Any]:
         """Return the nested dict of shared-schema fields; raise ``RecordError`` with a readable reason."""
         ctx = self.context(record, parent)
+        for getter, accepted, reason, labels in self.conditions:
+            if (value := getter(ctx)) not in accepted:
+                # Only a label the mapping declares, or the bare fact: the value itself may be anything.
+                said = "valeur absente" if value is None else f"{labels[value]} ({value})" if value in labels \
+                    else "valeur inattendue"
+                raise RecordError(f"{reason} : {said}")
         # The parent's values are shared by its records: copy its blocks (one level), then add the record's own.
         out = {block: dict(values) if isinstance(values, dict) else values for block, values in self._parent_tree.items()}
         for path, getter in self.record_fields:
@@ -311,8 +549,15 @@ def load_mapping(name: str, directory: Path | None = None) -> CompiledMapping:
         spec = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError:
         raise ConfigurationError(f"Mapping introuvable : {path}") from None
-    csv_format = spec.get("lecture") == "csv"
-    compiler = _Compiler(_ColumnScope(), _ColumnScope()) if csv_format else _Compiler(_Scope(), _Scope())
+    lecture = spec.get("lecture", "xml")
+    if lecture == "csv":
+        compiler = _Compiler(_ColumnScope(), _ColumnScope())
+    elif lecture == "json":
+        compiler = _Compiler(_JsonScope(), _JsonScope())
+    elif lecture == "xml":
+        compiler = _Compiler(_Scope(), _Scope())
+    else:
+        raise ConfigurationError(f"Mapping {name} : lecture inconnue {lecture!r} (xml, csv ou json)")
     parent_fields: list[Field] = []
     record_fields: list[Field] = []
     for key, value in spec["champs"].items():
@@ -323,8 +568,33 @@ def load_mapping(name: str, directory: Path | None = None) -> CompiledMapping:
         raise ConfigurationError(f"Mapping {name} : sante_foyer inconnu {health!r} (seule valeur : personne-seule)")
     nir = compiler.text(spec["pivot"]["nir"])
     fallback = [compiler.text(p) for p in spec["pivot"].get("repli", [])]
+    conditions = tuple(_condition(compiler, name, c) for c in spec.get("conditions", []))
+    columns = tuple(spec.get("colonnes", ()))
+    if lecture == "json":
+        columns = _json_header(name, spec.get("entete"))
     for scope in (compiler.record, compiler.parent, *compiler.repeats):
         scope.compile()
     return CompiledMapping(spec["mapping"], spec["format"], spec.get("enregistrement"), compiler.record, compiler.parent,
-                           parent_fields, record_fields, nir, fallback, tuple(spec.get("colonnes", ())),
-                           tuple(spec.get("cle_unique", ())), health == "personne-seule")
+                           parent_fields, record_fields, nir, fallback, columns,
+                           tuple(spec.get("cle_unique", ())), health == "personne-seule", conditions)
+
+
+def _condition(compiler: _Compiler, name: str, spec: Any) -> tuple[Getter, frozenset[str], str, dict[str, str]]:
+    """``{chemin, egal | parmi, motif, libelles}``: a record whose value is not accepted is rejected with ``motif``."""
+    try:
+        accepted = [spec["egal"]] if "egal" in spec else list(spec["parmi"])
+        return (compiler.text(spec["chemin"]), frozenset(_yaml_key(v) for v in accepted), str(spec["motif"]),
+                {_yaml_key(k): str(v) for k, v in (spec.get("libelles") or {}).items()})
+    except (KeyError, TypeError, AttributeError):
+        raise ConfigurationError(f"Mapping {name} : condition mal décrite (chemin, egal ou parmi, motif)") from None
+
+
+def _json_header(name: str, spec: Any) -> tuple[str, ...]:
+    """``entete: {format, version}``: the header line a JSON Lines file must open with. Handed to the reader as its
+    expected header (``ReaderSettings.columns``: for a CSV the header line, here the header's format and version)."""
+    if spec is None:
+        return ()
+    if not isinstance(spec, dict) or not isinstance(spec.get("format"), str) or not re.fullmatch(
+            r"\d+\.\d+\.\d+", str(spec.get("version", ""))):
+        raise ConfigurationError(f"Mapping {name} : entete attendu sous la forme {{format: nom, version: \"1.0.0\"}}")
+    return (spec["format"], str(spec["version"]))
