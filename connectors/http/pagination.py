@@ -1,0 +1,66 @@
+"""Pagination of partner APIs, as generators: one page in memory at a time.
+
+- ``by_range``: France Travail's style (``range=0-149`` query parameter; ``206 Partial Content`` with a
+  ``Content-Range: <unit> 0-149/1000`` header while more remains, ``200`` on the last page).
+- ``by_page``: a page number and a page size (``page``/``taille``), until a short or empty page.
+
+Both stop at ``max_pages`` with a French error rather than looping forever on a server that always says "more".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from connectors.http.errors import ApiFatalError, redact_path
+from connectors.http.session import PartnerSession
+
+_CONTENT_RANGE = re.compile(r"^\s*[A-Za-z_-]*\s*(\d+)-(\d+)/(\d+|\*)\s*$")
+
+
+def _items(data: Any, key: str | None) -> list[Any]:
+    if key is not None and isinstance(data, dict):
+        data = data.get(key)
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise ApiFatalError("Réponse paginée inattendue : liste attendue")
+    return data
+
+
+def by_range(session: PartnerSession, path: str, *, params: Mapping[str, Any] | None = None,
+             headers: Mapping[str, str] | None = None, size: int = 150, key: str | None = None,
+             max_pages: int = 1000) -> Iterator[Any]:
+    """Every item of a ``range``-paginated list."""
+    start = 0
+    for _ in range(max_pages):
+        response = session.request("GET", path, params={**(params or {}), "range": f"{start}-{start + size - 1}"},
+                                   headers=headers, accept=(200, 204, 206))
+        items = _items(response.data, key)
+        yield from items
+        if response.status != 206 or not items:
+            return
+        match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+        if match is None:
+            start += len(items)
+            continue
+        last, total = int(match.group(2)), match.group(3)
+        if total != "*" and last + 1 >= int(total):
+            return
+        start = last + 1
+    raise ApiFatalError(f"Pagination arrêtée après {max_pages} pages sur {redact_path(path)} (le partenaire annonce toujours une suite)")
+
+
+def by_page(session: PartnerSession, path: str, *, params: Mapping[str, Any] | None = None,
+            headers: Mapping[str, str] | None = None, size: int = 100, key: str | None = None,
+            page_param: str = "page", size_param: str = "taille", first: int = 1, max_pages: int = 1000) -> Iterator[Any]:
+    """Every item of a page-numbered list (a page shorter than ``size`` is the last)."""
+    for number in range(first, first + max_pages):
+        response = session.request("GET", path, params={**(params or {}), page_param: number, size_param: size},
+                                   headers=headers, accept=(200, 204, 206))
+        items = _items(response.data, key)
+        yield from items
+        if len(items) < size:
+            return
+    raise ApiFatalError(f"Pagination arrêtée après {max_pages} pages sur {redact_path(path)} (le partenaire annonce toujours une suite)")
