@@ -90,7 +90,7 @@ def normalise(cells: dict[str, str]) -> dict[str, str]:
         if any(cells.get(c) for c in columns):
             missing = [c for c in needed if not cells.get(c)]
             if missing:
-                raise RowProblem(f"{block} incomplet : {', '.join(missing)} manquant(e)")
+                raise RowProblem(f"bloc « {block} » incomplet : {', '.join(missing)} à renseigner")
     for start, end in _PERIODS:
         if cells.get(start) and cells.get(end) and cells[end] < cells[start]:
             raise RowProblem(f"{end} antérieure à {start}")
