@@ -57,7 +57,8 @@ class Recherche:
     code_retour: str
     resultat: str
     jeton: str | None = None
-    identite_certifiee: bool | None = None
+    #: ``topIdentiteCertifiee`` as answered (``O`` / ``N``), None when absent.
+    certifiee: str | None = None
 
     def __repr__(self) -> str:
         return f"Recherche(code_retour={self.code_retour!r}, resultat={self.resultat!r})"
@@ -84,7 +85,7 @@ def freins(diagnostic: Any) -> list[dict[str, Any]]:
     as shared-schema freins (``schemas/crosswalks.py``)."""
     if not isinstance(diagnostic, Mapping):
         return []
-    thematique = diagnostic.get("thematiqueContrainte")
+    thematique = diagnostic.get("thematiqueContrainte", diagnostic)
     contraintes = thematique.get("contraintes") if isinstance(thematique, Mapping) else None
     if contraintes is None:
         v1 = diagnostic.get("contraintesIndividusDto")
@@ -140,7 +141,7 @@ class FranceTravailClient:
                 raise ApiFatalError(f"API {PARTNER} : usager trouvé sans jeton sur {response.endpoint}",
                                     endpoint=response.endpoint)
             certified = data.get("topIdentiteCertifiee")
-            return Recherche(code, RESULTAT[code], jeton, certified == "O" if certified in ("O", "N") else None)
+            return Recherche(code, RESULTAT[code], jeton, certified if certified in ("O", "N") else None)
         if response.status != 200 and not code:
             raise ApiFatalError(f"API {PARTNER} : réponse {response.status} sans codeRetour sur {response.endpoint}",
                                 status=response.status, endpoint=response.endpoint)
@@ -164,23 +165,28 @@ class FranceTravailClient:
         return list(by_range(self.session, PATH_RENDEZ_VOUS, headers=self._headers(jeton), size=50))
 
     def statut(self, jeton: str) -> Any:
-        data = self.session.request("GET", PATH_STATUT, headers=self._headers(jeton), accept=(200, 204, 404)).data
-        return data.get("m_contrat", data) if isinstance(data, Mapping) else data
+        """The registration status as France Travail gives it (``{"m_contrat": {…}}``), None when it has none."""
+        return self.session.request("GET", PATH_STATUT, headers=self._headers(jeton), accept=(200, 204, 404)).data
 
     def usager(self, nir: str, date_naissance: str) -> dict[str, Any]:
-        """Everything the hub lands about one person: the lookup's outcome, then (found) status, diagnostic with its
-        freins, the open orientation and the partner appointments."""
+        """Everything the hub lands about one person (the line mappings/ft_api_usagers.yaml reads): the lookup's
+        outcome, then (found) the registration status, the diagnostic's contraintes (theme 7) with their freins, the
+        orientations and the partner appointments."""
         found = self.rechercher_usager(nir, date_naissance)
-        line: dict[str, Any] = {"codeRetour": found.code_retour, "resultat": found.resultat, "statut": None,
-                                "diagnostic": None, "freins": [], "orientation": None, "rendez_vous": []}
+        line: dict[str, Any] = {"codeRetour": found.code_retour, "resultat": found.resultat,
+                                "topIdentiteCertifiee": found.certifiee, "statut": None, "diagnostic": None,
+                                "freins": [], "orientation": [], "rendez_vous": []}
         if found.jeton is None:
             return line
-        line["identite_certifiee"] = found.identite_certifiee
         line["statut"] = self.statut(found.jeton)
-        line["diagnostic"] = self.diagnostic(found.jeton)
-        line["freins"] = freins(line["diagnostic"])
-        orientations = self.orientations(found.jeton)
-        line["orientation"] = orientations[0] if orientations else None
+        diagnostic = self.diagnostic(found.jeton)
+        # v4 answers the whole dossier: the contraintes (freins) are its theme 7, which is what is landed.
+        if isinstance(diagnostic, Mapping) and isinstance(diagnostic.get("thematiqueContrainte"), Mapping):
+            line["diagnostic"] = diagnostic["thematiqueContrainte"]
+        else:
+            line["diagnostic"] = diagnostic
+        line["freins"] = freins(diagnostic)
+        line["orientation"] = self.orientations(found.jeton)
         line["rendez_vous"] = self.rendez_vous(found.jeton)
         return line
 

@@ -447,7 +447,7 @@ class PartnerApi:
                         "situations": [], "objectifs": []}
                        for code, valeur in person.get("contraintes", {}).items()]
         self._json(h, 200, {"besoinsParDiagnostic": [], "thematiqueContrainte": {
-            "code": "7", "libelle": "Résoudre ses contraintes personnelles",
+            "code": "7", "libelle": "Résoudre ses contraintes personnelles", "dateExploration": "2025-02-10T10:00:00.000+01:00",
             "declareSansContrainte": {"flag": not contraintes, "date": "2025-02-10T10:00:00.000+01:00"},
             "contraintes": contraintes}})
 
