@@ -164,7 +164,6 @@ class PartnerSession:
         # Nothing from the environment: no ~/.netrc credentials sent to a partner, no REQUESTS_CA_BUNDLE replacing the
         # CA the connection pins; a proxy only when the connection names one.
         self._session.trust_env = False
-        self._session.max_redirects = 0
         self.verify: bool | str = ca_file or True
         self.proxies = {"https": proxy} if proxy else {}
         self._session.headers.update({"User-Agent": "spie-hub", "Accept": "application/json"})
