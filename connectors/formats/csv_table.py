@@ -26,7 +26,7 @@ from typing import BinaryIO
 from lxml import etree
 
 from connectors.formats.base import BadRecord, InputFacts, PartnerRecord
-from connectors.formats.partner_csv import FIELD_LIMIT, _check_start, _Lines
+from connectors.formats.partner_csv import FIELD_LIMIT, _check_start
 from spie_hub.core.errors import FatalInputError
 
 _SEPARATOR_NAMES = {";": "point-virgule « ; »", ",": "virgule « , »", "\t": "tabulation", "|": "barre « | »"}
@@ -96,6 +96,39 @@ def _clean_header(raw: list[str], layout: Layout) -> tuple[str, ...]:
     return tuple(names)
 
 
+LINE_LIMIT = 1 << 20
+
+
+class _Lines:
+    """Physical lines of the file, decoded one by one (so an encoding error names its true line), with their
+    endings counted (to report mixed line endings). A line over 1 MiB stops the file: memory stays bounded."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream, self.crlf, self.lf, self.number = stream, 0, 0, 0
+
+    def __iter__(self) -> Iterator[str]:
+        while raw := self.stream.readline(LINE_LIMIT + 1):
+            self.number += 1
+            if len(raw) > LINE_LIMIT:
+                raise FatalInputError(f"ligne {self.number} de plus de {LINE_LIMIT >> 20} Mio : fichier illisible",
+                                      element="ligne", line=self.number)
+            if self.number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            if b"\x00" in raw:  # Python's csv module accepts NUL since 3.11: refuse it here (binary or corrupt file)
+                raise FatalInputError(f"CSV illisible ligne {self.number} : caractère NUL (fichier binaire ou corrompu)",
+                                      element="ligne", line=self.number)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise FatalInputError(f"encodage : UTF-8 attendu (octet invalide ligne {self.number} ; fichier en "
+                                      "Latin-1 ou Windows-1252 ? le réenregistrer en UTF-8)", line=self.number) from None
+            if line.endswith("\r\n"):
+                self.crlf += 1
+            elif line.endswith("\n"):
+                self.lf += 1
+            yield line
+
+
 def read_table(stream: BinaryIO, facts: InputFacts, layout: Layout,
                choose: Callable[[tuple[str, ...]], Layout] | None = None) -> Iterator[tuple[int, dict[str, str] | None, str | None]]:
     """Stream the rows of a CSV file: ``(line, cells, problem)``; ``cells`` holds the known columns only (stripped),
@@ -104,8 +137,7 @@ def read_table(stream: BinaryIO, facts: InputFacts, layout: Layout,
     only gives the separators)."""
     _check_start(stream)
     buffered = io.BufferedReader(stream) if isinstance(stream, io.RawIOBase) else stream  # type: ignore[arg-type]
-    text = io.TextIOWrapper(buffered, encoding="utf-8-sig", errors="strict", newline="")  # type: ignore[arg-type]
-    lines = _Lines(text)
+    lines = _Lines(buffered)
     physical = iter(lines)
     csv.field_size_limit(FIELD_LIMIT)
     try:
@@ -130,9 +162,6 @@ def read_table(stream: BinaryIO, facts: InputFacts, layout: Layout,
                 yield reader.line_num, None, f"{len(row)} colonne(s) au lieu de {len(header)}"
                 continue
             yield reader.line_num, {name: row[index].strip() for index, name in keep}, None
-    except UnicodeDecodeError:
-        raise FatalInputError(f"encodage : UTF-8 attendu (octet invalide vers la ligne {lines.number + 1} ; fichier "
-                              "en Latin-1 ou Windows-1252 ? le réenregistrer en UTF-8)", line=lines.number + 1) from None
     except csv.Error as error:
         reason = "caractère NUL" if "NUL" in str(error) else \
             f"cellule de plus de {FIELD_LIMIT // 1024} Kio" if "field larger" in str(error) else "guillemet non refermé ou mal placé"
