@@ -14,13 +14,13 @@ Routes (shapes of shared/formats/les-emplois/ft_api_mock_responses.json and READ
 - under ``/milo`` with ``X-Gravitee-Api-Key``: ``evenements`` (GET the queue), ``dossier`` (GET a dossier),
   ``ack`` (POST or GET ``/operateurs/events/{id}/ack``, removes the event from the queue).
 
-Faults (``inject(route, kind, value, count)``, consumed in order, one per request to the route): ``401`` (the
-tokens expire, the request is answered 401), ``429`` (``Retry-After: value``), ``500`` (or ``value`` as status),
-``sommeil`` (sleep ``value`` seconds before answering: a read timeout), ``code-retour`` (the lookup answers
-``value``), ``json-malforme``, ``html`` (a proxy's error page as 200 text/html), ``redirection-externe`` (302 to
-another host), ``redirection-interne`` (307 to the same path on this host), ``filet`` (a body that trickles one byte
-at a time and never finishes), ``sans-fin`` (a body that never ends), ``coupure`` (the connection closed without
-an answer). Every request is recorded (method, path, query, headers, body) for assertions.
+Faults (``inject(route, kind, value, count)``, consumed in order, one per request to the route):
+``401`` (the tokens expire, the request is answered 401), ``429`` (``Retry-After: value``), ``500`` (or ``value``
+as status), ``aucune`` (let one request through), ``sommeil`` (sleep ``value`` seconds before answering: a read
+timeout), ``code-retour`` (the lookup answers ``value``), ``json-malforme``, ``html`` (a proxy's error page as 200
+text/html), ``redirection-externe`` (302 to another host), ``redirection-interne`` (307 to the same path on this
+host), ``filet`` (a body that trickles one byte at a time and never finishes), ``sans-fin`` (a body that never
+ends), ``coupure`` (the connection closed without an answer). Every request is recorded (method, path, query, headers, body) for assertions.
 """
 
 from __future__ import annotations
@@ -234,10 +234,11 @@ class PartnerApi:
             self.state.events.append(event)
         return event
 
-    def add_dossier(self, id_dossier: str, *, nom: str = "MARTIN", prenom: str = "LÉA", cej: bool = True) -> None:
+    def add_dossier(self, id_dossier: str, *, nom: str = "MARTIN", prenom: str = "LÉA", cej: bool = True,
+                    nir: str = "2040552121045") -> None:
         with self.lock:
             self.state.dossiers[id_dossier] = {
-                "idDossier": int(id_dossier), "idJeune": f"j{id_dossier}", "numeroDE": "12345678901",
+                "idDossier": int(id_dossier), "idJeune": f"j{id_dossier}", "numeroDE": "12345678901", "nir": nir,
                 "nomNaissance": nom, "nomUsage": nom, "prenom": prenom, "dateNaissance": "2004-05-17",
                 "mail": None, "adresse": {"numero": "3", "libelleVoie": "rue des Tests", "complement": "",
                                           "codePostal": "52000", "commune": "CHAUMONT"},
@@ -310,6 +311,8 @@ class PartnerApi:
     def _fault(self, h: _Handler, fault: Fault, path: str) -> bool:
         """Apply a fault; True when it answered the request itself."""
         kind = fault.kind
+        if kind == "aucune":  # a request let through: the next fault hits the request after it
+            return False
         if kind == "401":
             with self.lock:
                 for token in self.state.tokens:
