@@ -510,3 +510,85 @@ def test_memory_stays_flat_from_20_000_to_200_000_lines(tmp_path: Path) -> None:
     small = _peak(_big_file(tmp_path / "petit.jsonl", 20_000))
     large = _peak(_big_file(tmp_path / "grand.jsonl", 200_000))
     assert large < small * 1.5 + 256 * 1024, (small, large)
+
+
+# -- the whole run, with a registry written by the test ---------------------------------------------------------------
+
+RUN_REGISTRY = {"flux": {
+    "essai-cap-emploi": {
+        "titre": "Essai : Cap emploi vers le Département, au format Cap emploi v1",
+        "finalite": "Vérifier le lecteur et le format de sortie JSON Lines dans une exécution réelle",
+        "source": {"partenaire": "cap-emploi", "format": "jsonl", "mapping": "cap_emploi",
+                   "transport": {"type": "dossier-local", "dossier": "inbox/cap-emploi", "motif": "*.jsonl"}},
+        "destinataires": {"departement-052": {
+            "libelle": "Département (essai)", "sortie": "jsonl_cap_emploi",
+            "transport": {"type": "dossier-local", "dossier": "outbox/departement-052"},
+            "categories_requises": ["identite"],
+            "politique": {"identite": {"base": "legale", "article": "Article d'essai"},
+                          "orientation-parcours": {"base": "legale", "article": "Article d'essai"},
+                          "diagnostic": {"base": "legale", "article": "Article d'essai"},
+                          "sante-handicap": {"base": "consentement"}}}},
+    },
+    "essai-france-travail": {
+        "titre": "Essai : réponses France Travail atterries vers le Département",
+        "finalite": "Vérifier le mapping des réponses d'API dans une exécution réelle",
+        "source": {"partenaire": "france-travail", "format": "jsonl", "mapping": "ft_api_usagers",
+                   "transport": {"type": "dossier-local", "dossier": "atterrissage/ft/usagers", "motif": "usagers_*.jsonl"}},
+        "destinataires": {"departement-052": {
+            "libelle": "Département (essai)", "sortie": "jsonl_ft_orientation",
+            "transport": {"type": "dossier-local", "dossier": "outbox/departement-052"},
+            "categories_requises": ["identite"],
+            "politique": {"identite": {"base": "legale", "article": "Article d'essai"},
+                          "orientation-parcours": {"base": "legale", "article": "Article d'essai"}}}},
+    },
+}}
+
+
+@pytest.fixture
+def run_registry(tmp_path: Path, hub_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    import yaml
+
+    from spie_hub.core.home import HubHome
+    from spie_hub.registry import clear_cache
+
+    registry = tmp_path / "flows.yaml"
+    registry.write_text(yaml.safe_dump(RUN_REGISTRY, allow_unicode=True), encoding="utf-8")
+    monkeypatch.setenv("SPIE_HUB_FLOWS", str(registry))
+    monkeypatch.setenv("SPIE_HUB_PSEUDO_KEY", "essai:" + "ag" * 22)
+    clear_cache()
+    try:
+        yield HubHome.from_env().ensure()
+    finally:
+        clear_cache()
+
+
+def test_a_real_run_reads_the_cap_emploi_file_and_delivers_cap_emploi_lines_without_health_data(run_registry: Any) -> None:
+    from spie_hub.run.lifecycle import run_flow
+
+    summary = run_flow("essai-cap-emploi", CAP_EMPLOI, run_registry)
+    assert summary.statut == "termine", summary.message
+    assert (summary.lus, summary.rejetes, summary.destinataires["departement-052"].livres) == (3, 0, 3)
+    delivered = Path(summary.destinataires["departement-052"].fichier or "")
+    header, *people = [json.loads(line) for line in delivered.read_text(encoding="utf-8").splitlines()]
+    assert header == HEADER and len(people) == 3
+    for line in people:
+        assert not list(validator().iter_errors(line))
+    text = delivered.read_text(encoding="utf-8")
+    for absent in ("rqth", "boe", "esat", '"25"', "null"):  # sante-handicap needs a consent nobody gave
+        assert absent not in text
+    assert sorted(p["identifiant_cap_emploi"] for p in people) == ["CE52-000101", "CE52-000102", "CE52-000103"]
+    manifest = json.loads(delivered.with_name(delivered.name.removesuffix(".jsonl") + ".manifest.json").read_text())
+    assert manifest["type_media"] == "application/jsonl" and manifest["enregistrements"] == 3
+    assert {c["nom"] for c in manifest["dictionnaire"]["champs"]} >= {"nir", "orientation.parcours", "rqth.date_debut"}
+
+
+def test_a_real_run_rejects_the_france_travail_line_that_found_nobody_and_delivers_the_orientation_lines(run_registry: Any) -> None:
+    from spie_hub.run.lifecycle import run_flow
+
+    summary = run_flow("essai-france-travail", FT_USAGERS, run_registry)
+    assert summary.statut == "termine", summary.message
+    assert (summary.lus, summary.rejetes, summary.destinataires["departement-052"].livres) == (4, 1, 3)
+    delivered = Path(summary.destinataires["departement-052"].fichier or "")
+    lines_out = [json.loads(line) for line in delivered.read_text(encoding="utf-8").splitlines()]
+    assert sorted(line.get("parcours", "-") for line in lines_out) == ["-", "-", "PSO"]
+    assert sorted(line["nir"] for line in lines_out) == ["106075244801244", "188095212109958", "203115212107756"]

@@ -269,7 +269,7 @@ class JsonLinesOutput(OutputFormat):
         return JsonLinesWriter(self, stream)
 
     def media(self) -> dict[str, str]:
-        return {"encodage": "UTF-8 sans BOM", "separateur": "fin de ligne (JSON Lines : un objet JSON par ligne)"}
+        return {"encodage": "UTF-8 sans BOM", "type_media": "application/jsonl"}
 
     def dictionary(self) -> list[DictionaryEntry]:
         return [d for f in self.fields for d in f.describe]
