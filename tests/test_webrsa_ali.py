@@ -400,6 +400,7 @@ def test_the_dictionaries_name_every_written_element_with_its_category_and_codes
     ali = {e.nom: e for e in load_output("ali_departement").dictionary()}
     assert leaf_paths(write("ali_departement", [partner_record()], EVERY)) <= set(ali)
     assert ali["dossier/formulaire_d2/sortie_accompagnement/id_motif_sortie_accompagnement"].categorie == "sorties"
+    assert ("dossier/allocataire/nir", C.IDENTITE) in {(c.entete, c.category) for c in load_output("ali_structure").columns}
     assert "1 = Emploi durable" in ali["dossier/formulaire_d2/sortie_accompagnement/id_motif_sortie_accompagnement"].valeurs
     assert ali["dossier/liste_rendez_vous/rendez_vous/id_statut_rdv"].categorie == "orientation-parcours"
 

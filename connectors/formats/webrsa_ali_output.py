@@ -111,6 +111,18 @@ def _type_id(table: dict[str, int], type_: TypeOrientation, organisme: Any) -> i
     return next(ident for key, ident in table.items() if key.split("/")[0] == type_.value)
 
 
+@dataclass(frozen=True)
+class Column:
+    """An element as the DPO's subject access lists it (``entete``: its path in the file, ``category``)."""
+
+    entete: str
+    category: CategorieDonnees | None
+
+
+def _columns(entries: list[DictionaryEntry]) -> tuple[Column, ...]:
+    return tuple(Column(e.nom, CategorieDonnees(e.categorie) if e.categorie else None) for e in entries)
+
+
 def _values(table: dict[str, int], labels: dict[str, str] | None = None) -> str:
     return " | ".join(f"{ident} = {labels.get(code, code) if labels else code}" for code, ident in table.items())
 
@@ -224,6 +236,11 @@ class WebrsaAliOutput(OutputFormat):
         head = _header("WebRSA-ALI", [("date_generation", generation_time()), ("id_structure_ali", h["id_structure_ali"]),
                                       ("libelle_ali", h["libelle_ali"]), ("fichier_stock", int(h["fichier_stock"]))])
         return _XmlWriter(stream, head, b"</dossiers>\n</WebRSA-ALI>\n", self.dossier)
+
+    @property
+    def columns(self) -> tuple[Column, ...]:
+        """The elements written, as the CSV format's columns: what the DPO's subject access lists."""
+        return _columns(self.dictionary())
 
     def media(self) -> dict[str, str]:
         return {"encodage": "UTF-8", "type_media": "application/xml", "schema": "WebRSA-ALI.xsd"}
@@ -418,6 +435,11 @@ class AliWebrsaOutput(OutputFormat):
         head = _header("ALI-WebRSA", [("date_generation", generation_time()), ("id_structure_ali", h["id_structure_ali"]),
                                       ("fichier_stock", int(h["fichier_stock"]))])
         return _XmlWriter(stream, head, b"</dossiers>\n</ALI-WebRSA>\n", self.dossier)
+
+    @property
+    def columns(self) -> tuple[Column, ...]:
+        """The elements written, as the CSV format's columns: what the DPO's subject access lists."""
+        return _columns(self.dictionary())
 
     def media(self) -> dict[str, str]:
         return {"encodage": "UTF-8", "type_media": "application/xml", "schema": "ALI-WebRSA.xsd"}
