@@ -114,6 +114,7 @@ class Orientation(_Model):
 
 class Referent(_Model):
     structure: str
+    organisme: Organisme | None = Field(None, description="Organisme employeur du référent (1.3.0)")
     fonction: str | None = None
     date_debut: dt.date | None = None
     date_fin: dt.date | None = None
@@ -121,7 +122,7 @@ class Referent(_Model):
 
 class FreinDiagnostique(_Model):
     frein: Frein
-    impact: ImpactFrein
+    impact: ImpactFrein | None = Field(None, description="Impact, quand le partenaire le gradue (1.3.0 : facultatif)")
 
 
 class Diagnostic(_Model):

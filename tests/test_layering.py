@@ -44,6 +44,8 @@ RUN_ALLOWED_CONNECTORS = {
     "connectors.transports.base", "connectors.transports.registry",
     # The hub's own small reports to people (rejections): one French CSV dialect, not a format a flow declares.
     "connectors.formats.reports",
+    # Data dictionaries: generated from the shared schema for any output format (its ``dictionary()`` entries).
+    "connectors.formats.dictionary",
 }
 #: One exception, the hub's private folders (archive, quarantine, the scratch area of stores): they live under
 #: SPIE_HUB_HOME whatever transport a flow declares, so the run reaches them through the local-folder transport
@@ -309,7 +311,6 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 DECLARED_WITHOUT_IMPORT = {
     "psycopg": "pilote PostgreSQL, choisi par SQLAlchemy d'après l'URL postgresql+psycopg://",
     "requests": "notificateur Airflow (spie_hub/airflow/notify.py)",
-    "paramiko": "transport SFTP des partenaires",
 }
 
 

@@ -531,7 +531,9 @@ def _no_shared_inbox(label: str, flows: dict[str, Flow]) -> None:
     other read as a name."""
     seen: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for flow in flows.values():
-        options = flow.transport.model_dump(exclude={"motif", "stabilite_secondes"})
+        # Settings of the connection's behaviour (timeouts, retries) do not make it another place.
+        options = flow.transport.model_dump(exclude={"motif", "stabilite_secondes", "delai_secondes", "tentatives",
+                                                     "intervalle_secondes"})
         place = (str(options.pop("type")), json.dumps(options, sort_keys=True, default=str))
         pattern = flow.transport.motif
         for other_id, other_pattern in seen.get(place, []):
@@ -596,7 +598,9 @@ def _consent_registry(label: str, section: Any, flows: dict[str, Flow]) -> Conse
     known = {r.id for flow in flows.values() for r in flow.destinataires}
     inboxes: dict[str, str] = {}
     for flow in flows.values():
-        options = flow.transport.model_dump(exclude={"motif", "stabilite_secondes"})
+        # Settings of the connection's behaviour (timeouts, retries) do not make it another place.
+        options = flow.transport.model_dump(exclude={"motif", "stabilite_secondes", "delai_secondes", "tentatives",
+                                                     "intervalle_secondes"})
         inboxes[json.dumps(options, sort_keys=True, default=str)] = f"flux {flow.id}"
     issuers: dict[str, ConsentIssuer] = {}
     for pid, issuer in spec.emetteurs.items():

@@ -77,7 +77,8 @@ def claim_from(transport: Transport, name: str, private_dir: Path, *, stability:
         raise Refused("Lien symbolique ou fichier spécial refusé : seuls les fichiers ordinaires sont traités")
     if before.links > 1:  # a second name for a file elsewhere (a key, say): refused like a symbolic link
         raise Refused("Fichier à plusieurs liens physiques refusé : seuls les fichiers déposés une fois sont traités")
-    if (now or time.time()) - before.mtime < stability:
+    # Whole-second times (SFTP) make a file look up to that much older than it is.
+    if (now or time.time()) - before.mtime < stability + getattr(transport, "mtime_resolution", 0.0):
         raise NotReady(f"Fichier trop récent (modifié il y a moins de {stability:g} s) : repris au prochain passage")
     destination = private_dir / INPUT_NAME
     with transport.open(name) as stream:
