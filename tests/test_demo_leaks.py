@@ -52,6 +52,16 @@ def test_the_demo_leaves_no_identity_in_logs_xcoms_or_the_audit(tmp_path: Path) 
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Rapport DPO" in result.stdout
+    # Every flow of the registry ran on its partners' samples, and each recipient's files and withholdings are told.
+    from spie_hub.core.home import REGISTRY_PATH
+    from spie_hub.registry import load_flows
+
+    for flow_id in load_flows(REGISTRY_PATH):
+        if flow_id != "caf-vers-departement":
+            assert f"   {flow_id} : termine" in result.stdout, flow_id
+    for recipient in ("france-travail", "missions-locales", "cap-emploi", "departement-052"):
+        assert f"\n   {recipient}\n     reçu   : " in result.stdout, recipient
+    assert "retenu : " in result.stdout and "hors périmètre du flux" in result.stdout
 
     flux = next((home / "archive" / "caf-vers-departement").glob("*_entree"))
     people = people_of(flux)

@@ -121,7 +121,10 @@ def run_demo(households: int = 1000, with_airflow: bool = True) -> int:
         print(f"\n5. Journal d'audit ALTÉRÉ à l'entrée n° {result.first_bad_seq} : {result.reason}", file=sys.stderr)
         return 1
     _withdraw_and_report(home, engine, consents, stamp)
-    return 0
+    from spie_hub.demo.partners import run_partners
+
+    failures = run_partners(home, engine, skip=FLOW_ID)
+    return 1 if failures else 0
 
 
 def _withdraw_and_report(home: HubHome, engine: object, consents: Path, stamp: str) -> None:
