@@ -22,6 +22,7 @@ from typing import BinaryIO, ClassVar
 from lxml import etree
 
 from connectors.formats.base import BackgroundCheck, BadRecord, InputFacts, PartnerRecord, Reader
+from connectors.formats.xml_errors import translate_schema_message, translate_syntax_message
 from spie_hub.core.errors import FatalInputError
 
 XSD_PATH = Path(__file__).resolve().parent.parent / "xsd" / "vrsb0801.xsd"
@@ -90,8 +91,14 @@ def _located(error: etree.XMLSyntaxError, stream: BinaryIO, encoding: str | None
         found = _first_invalid_foyer(stream, encoding)
         if found is not None:
             foyer, line, message = found
-    message = mask_values(message)
     element = message.split("Element '", 1)[1].split("'", 1)[0] if "Element '" in message else None
+    # libxml2 speaks English: its common messages are translated for the sender's notice (values never quoted).
+    if "Element '" in message:
+        message = translate_schema_message(message)[1]
+    elif wrapped is not None:
+        message = translate_syntax_message(message, line).message
+    else:
+        message = mask_values(message)
     place = ", ".join(filter(None, [f"élément <{element}>" if element else None,
                                     f"foyer n° {foyer}" if foyer else None, f"ligne {line}" if line else None]))
     return FatalInputError(f"Fichier non conforme au schéma vrsb0801.xsd{f' ({place})' if place else ''} : {message}",
