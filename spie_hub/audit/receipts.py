@@ -38,11 +38,6 @@ RECEIPT_TYPE = "spie-hub/recu-de-livraison/v2"
 ENTRY_FIELDS = ("seq", "ts", "run_id", "event", "flow", "recipient", "subject", "payload", "prev_hash", "hash")
 
 
-def sign_manifest(manifest: dict[str, Any], signer: Any) -> dict[str, Any]:
-    body = dict(manifest, type=RECEIPT_TYPE)
-    return body | {"signature": {"cle": signer.kid, "algorithme": ALGORITHM, "valeur": signer.sign(canonical(body).encode())}}
-
-
 ACKNOWLEDGEMENT_TYPE = "spie-hub/accuse-de-traitement/v1"
 
 
@@ -66,15 +61,12 @@ def document_valid(document: Any, keys: Mapping[str, str], kind: str) -> bool:
     return verify_signature(key, canonical(body).encode(), str(signature.get("valeur", "")))
 
 
+def sign_manifest(manifest: dict[str, Any], signer: Any) -> dict[str, Any]:
+    return sign_document(manifest, signer, RECEIPT_TYPE)
+
+
 def receipt_valid(receipt: dict[str, Any], keys: Mapping[str, str]) -> bool:
-    signature = receipt.get("signature") or {}
-    if not isinstance(signature, dict):
-        return False
-    body = {k: v for k, v in receipt.items() if k != "signature"}
-    key = keys.get(str(signature.get("cle", "")))
-    if key is None or body.get("type") != RECEIPT_TYPE:
-        return False
-    return verify_signature(key, canonical(body).encode(), str(signature.get("valeur", "")))
+    return document_valid(receipt, keys, RECEIPT_TYPE)
 
 
 # -- issuing ------------------------------------------------------------------------------------------------------
