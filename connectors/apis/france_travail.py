@@ -13,6 +13,7 @@ about one person (recorded, not retried); ``R…`` are errors (``R998``/``R999``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -44,6 +45,10 @@ RESULTAT = {"S001": "trouve", "S002": "non-trouve", "S003": "plusieurs"}
 R_TRANSIENT = {"R998", "R999"}
 R_TEXT = {"R001": "accès non autorisé", "R997": "erreur de validation de la demande",
           "R998": "un service de France Travail a répondu en erreur", "R999": "service indisponible"}
+
+#: A ``codeRetour`` the hub may show: a letter and three digits. Anything else is the partner's free text (it may echo
+#: what it was sent: a NIR, a token) and is never copied into an error.
+CODE_SHOWN = re.compile(r"^[RS][0-9]{3}$")
 
 PARCOURS = ("PED", "PSO", "PSP")
 #: WebRSA's names of the same parcours, accepted in a staged orientation line.
@@ -145,10 +150,13 @@ class FranceTravailClient:
         if response.status != 200 and not code:
             raise ApiFatalError(f"API {PARTNER} : réponse {response.status} sans codeRetour sur {response.endpoint}",
                                 status=response.status, endpoint=response.endpoint)
-        text = R_TEXT.get(code, "code inconnu")
-        cls = ApiRetriableError if code in R_TRANSIENT else ApiAnswerError
-        message = f"API {PARTNER} : recherche d'usager en erreur, codeRetour {code or '(absent)'} ({text}) sur {response.endpoint}"
-        if cls is ApiAnswerError:
+        if not CODE_SHOWN.match(code):
+            code = "inattendu"  # the partner's free text: never shown, never kept
+            shown = "code inattendu"
+        else:
+            shown = f"codeRetour {code} ({R_TEXT.get(code, 'code inconnu')})"
+        message = f"API {PARTNER} : recherche d'usager en erreur, {shown} sur {response.endpoint}"
+        if code not in R_TRANSIENT:
             raise ApiAnswerError(message, code=code, status=response.status, endpoint=response.endpoint)
         raise ApiRetriableError(message, status=response.status, endpoint=response.endpoint)
 

@@ -8,6 +8,7 @@ new one, once.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -42,6 +43,11 @@ class OAuth2ClientCredentials:
 
     #: Renew this long before the announced expiry (clock skew, a long request started just before).
     MARGIN_SECONDS = 60.0
+    #: The lifetime assumed when ``expires_in`` is absent, unreadable, not finite or not positive.
+    DEFAULT_LIFETIME = 300.0
+    #: A token is kept at least this long, whatever ``expires_in`` says (a 0 s or 1 s lifetime would otherwise mean one
+    #: token request, with the client secret, per API call); a token refused earlier is renewed by the 401 path.
+    MIN_KEEP_SECONDS = 60.0
 
     def __init__(self, token_url: str, client_id: str, client_secret: str, scope: str, *, realm: str | None = None,
                  conn_id: str = "", clock: Callable[[], float] = time.monotonic) -> None:
@@ -67,6 +73,18 @@ class OAuth2ClientCredentials:
         self._token = None
         return True
 
+    @classmethod
+    def keep_seconds(cls, expires_in: object) -> float:
+        """How long a token announced with ``expires_in`` is kept: the lifetime less a margin (at most half the
+        lifetime), never under ``MIN_KEEP_SECONDS``; a missing, non-finite or non-positive value means the default."""
+        try:
+            lifetime = float(expires_in) if not isinstance(expires_in, bool) else math.nan  # type: ignore[arg-type]
+        except (TypeError, ValueError, OverflowError):
+            lifetime = math.nan
+        if not math.isfinite(lifetime) or lifetime <= 0:
+            lifetime = cls.DEFAULT_LIFETIME
+        return max(cls.MIN_KEEP_SECONDS, lifetime - min(cls.MARGIN_SECONDS, lifetime / 2))
+
     def _fetch(self, session: PartnerSession) -> None:
         form = {"grant_type": "client_credentials", "client_id": self._client_id,
                 "client_secret": self._client_secret, "scope": self.scope}
@@ -84,10 +102,6 @@ class OAuth2ClientCredentials:
         if not isinstance(token, str) or not token:
             raise ApiFatalError(f"API {session.partner} : réponse du serveur de jetons sans « access_token » "
                                 f"({redact_url(self.token_url)})", endpoint=response.endpoint)
-        try:
-            lifetime = float(data.get("expires_in", 300))
-        except (TypeError, ValueError):
-            lifetime = 300.0
         self._token = token
-        self._expires_at = self.clock() + max(0.0, lifetime - self.MARGIN_SECONDS)
+        self._expires_at = self.clock() + self.keep_seconds(data.get("expires_in"))
         self.fetched += 1

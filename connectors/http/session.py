@@ -12,8 +12,9 @@ What it guarantees, whatever the partner's server does:
 - **Retries** (bounded): 5xx, 408 and connection errors with exponential backoff and jitter; 429 waits what
   ``Retry-After`` says (seconds or an HTTP date), capped. 401: the authenticator refreshes its token once, then the
   request is sent again.
-- **Redirects** are followed only to the same scheme, host and port; another host is refused (a redirect could send
-  the bearer token or a person's data elsewhere).
+- **Redirects** are followed only for reads (GET, HEAD) and only to the same scheme, host and port; another host is
+  refused without being named (a redirect could send the bearer token or a person's data elsewhere, and its host
+  name is the partner's text). A redirected write (POST, PUT…) is a fatal error, never a change of method.
 - **JSON checked**: ``Content-Type`` must be JSON before the body is parsed; a malformed body is a fatal error
   naming the endpoint — never quoting the body.
 - **Logs** carry the method, the redacted path, the status and the duration; nothing else (no header, no query
@@ -274,13 +275,23 @@ class PartnerSession:
                     if not location:
                         raise ApiFatalError(f"API {self.partner} : redirection sans destination sur {redact_url(current)}",
                                             status=status)
-                    target = urllib.parse.urljoin(current, location)
-                    if _origin(target) != origin:
+                    if method not in ("GET", "HEAD"):
+                        # A write is never followed: following a 301/302/303 would turn it into a GET without its
+                        # body (the partner would receive nothing, and a JSON 200 there would look like success);
+                        # even a 307/308 is refused, as the body (a person's data) would go to an address not chosen.
+                        raise ApiFatalError(f"API {self.partner} : redirection ({status}) refusée pour une écriture "
+                                            f"({method}) sur {redact_url(current)} ; rien n'a été transmis",
+                                            status=status, endpoint=f"{method} {redact_url(current)}")
+                    try:
+                        target = urllib.parse.urljoin(current, location)
+                        same_origin = _origin(target) == origin
+                    except ValueError:
+                        same_origin = False
+                    if not same_origin:
+                        # The target is the partner's text (it may carry a NIR in a host name): never shown.
                         raise ApiFatalError(
-                            f"API {self.partner} : redirection vers un autre hôte refusée "
-                            f"({redact_url(current)} → {redact_url(target)})", status=status)
-                    if status == 303 or (status in (301, 302) and method not in ("GET", "HEAD")):
-                        method, json_body, form = "GET", None, None
+                            f"API {self.partner} : redirection vers un autre hôte refusée sur {redact_url(current)}",
+                            status=status)
                     current, params = target, None  # the query of the new location is the server's
                     continue
                 if status == 429:

@@ -1,0 +1,175 @@
+"""The attacker's findings on the HTTPS partner APIs (briefs/findings/api), kept as regression tests against the real
+local HTTPS server (tests/support/partner_api.py): partner text never echoed, redirected writes never followed,
+token lifetimes clamped, endless answers bounded, one person's fatal answer never blocking a pass, and an event or a
+demande never landed twice after a partial acknowledgement.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.partner_api import PartnerApi, nir15, partner_api
+
+from connectors.apis.common import ClientHooks
+from connectors.apis.france_travail import FranceTravailClient
+from connectors.connections import get_connection
+from connectors.http.errors import ApiError
+from connectors.transports.api_landing import ApiLanding, ApiOptions
+from spie_hub.core.home import HubHome
+
+NIR13, BIRTH = "2820251108030", "1982-02-01"
+PEOPLE = [("2820251108030", "1982-02-01"), ("2730799404078", "1973-07-21"), ("1770393050005", "1977-03-23")]
+
+
+@pytest.fixture
+def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[PartnerApi]:
+    extra: dict[str, Any] = getattr(request, "param", {})
+    with partner_api(tmp_path) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_FT_TEST", json.dumps(server.ft_connection(tentatives=1, **extra)))
+        monkeypatch.setenv("AIRFLOW_CONN_MILO_TEST", json.dumps(server.milo_connection(tentatives=1)))
+        yield server
+
+
+@pytest.fixture
+def home(hub_home: Path) -> Path:
+    HubHome.from_env().ensure()
+    return hub_home
+
+
+def client() -> FranceTravailClient:
+    return FranceTravailClient(get_connection("ft-test"), ClientHooks(sleep=lambda s: None))
+
+
+def transport(home: Path, api: str, ressource: str) -> ApiLanding:
+    connexion = "ft-test" if api == "france-travail" else "milo-test"
+    return ApiLanding(home, ApiOptions(type="api-https", connexion=connexion, api=api, ressource=ressource,
+                                       intervalle_secondes=0), hooks=ClientHooks(sleep=lambda s: None))
+
+
+def _call(function: Any, *args: Any) -> Any:
+    try:
+        return function(*args)
+    except ApiError as error:
+        return error
+
+
+# -- 3: partner text echoed in errors ----------------------------------------------------------------------------
+def test_a_codeRetour_echoing_the_request_never_reaches_the_error(api: PartnerApi) -> None:
+    def recherche(h: Any, body: bytes, **_: Any) -> None:
+        if not api._bearer_ok(h):
+            return
+        asked = json.loads(body)  # the partner's validation error names the field value it refused
+        api._json(h, 400, {"codeRetour": f"R997 nir={asked['nir']} secret={api.client_secret}", "message": "x"})
+
+    api._r_recherche = recherche  # type: ignore[method-assign]
+    with pytest.raises(ApiError) as caught:
+        client().rechercher_usager(NIR13, BIRTH)
+    text = str(caught.value)
+    assert nir15(NIR13) not in text and api.client_secret not in text, text
+    assert "code inattendu" in text
+
+
+def test_a_refused_redirect_never_shows_the_partner_chosen_host(api: PartnerApi) -> None:
+    def statut(h: Any, **_: Any) -> None:
+        api._raw(h, 302, b"", "text/plain", {"Location": f"https://nir-{nir15(NIR13)}.exfiltre.invalid/x"})
+
+    api._r_statut = statut  # type: ignore[method-assign]
+    ft = client()
+    jeton = ft.rechercher_usager(NIR13, BIRTH).jeton
+    assert jeton is not None
+    with pytest.raises(ApiError) as caught:
+        ft.statut(jeton)
+    assert nir15(NIR13) not in str(caught.value) and "exfiltre" not in str(caught.value), str(caught.value)
+
+
+# -- 4: a redirected write -------------------------------------------------------------------------------------------
+def test_a_redirected_write_is_never_followed_nor_recorded_as_pushed(api: PartnerApi, home: Path) -> None:
+    def orientation(h: Any, **_: Any) -> None:  # the gateway sends writes elsewhere (same host)
+        api._raw(h, 302, b"", "text/plain",
+                 {"Location": f"https://127.0.0.1:{api.port}/partenaire/orientationusager/v1/lectureOrientation"})
+
+    api._r_orientation = orientation  # type: ignore[method-assign]
+    landing = transport(home, "france-travail", "orientations")
+    line = {"nir": nir15(NIR13), "date_naissance": BIRTH, "parcours": "PSO", "organisme": "CD"}
+    try:
+        with landing.store("o.jsonl") as handle:
+            handle.write(json.dumps(line).encode() + b"\n")
+    except Exception:  # noqa: BLE001, S110 - refusing is an acceptable outcome
+        pass
+    assert api.state.orientations == []  # France Travail has nothing
+    assert api.requests("lecture-orientation") == [], "the POST was followed as a GET"
+    recorded = []
+    for answers in (home / "atterrissage/ft-test/orientations").rglob("o.reponses.jsonl"):
+        recorded += [json.loads(x) for x in answers.read_text().splitlines()]
+    assert not any(a.get("resultat") == "poussee" for a in recorded), f"recorded as pushed: {recorded}"
+
+
+# -- 6: token lifetime -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("lifetime", [30, 0, -5, "NaN", "1e999"])
+def test_a_short_or_unreadable_token_lifetime_does_not_fetch_a_token_per_request(api: PartnerApi, lifetime: Any) -> None:
+    def token(h: Any, **_: Any) -> None:
+        value = secrets.token_urlsafe(24)
+        with api.lock:
+            api.state.tokens[value] = time.monotonic() + 3600
+        api._raw(h, 200, (f'{{"access_token": "{value}", "token_type": "Bearer", "expires_in": {lifetime}}}').encode(),
+                 "application/json")
+
+    api._r_token = token  # type: ignore[method-assign]
+    ft = client()
+    for _ in range(5):
+        ft.rechercher_usager("2730799404078", "1973-07-21")
+    assert len(api.requests("token")) <= 2, f"{len(api.requests('token'))} tokens for 5 requests"
+
+
+# -- 5: endless answers ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("api", [{"delai_total": 1, "delai_lecture": 0.5}], indirect=True)
+def test_headers_trickled_byte_by_byte_are_cut_at_the_total_deadline(api: PartnerApi) -> None:
+    def statut(h: Any, **_: Any) -> None:
+        h.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Filet: ")
+        h.wfile.flush()
+        end = time.monotonic() + 8
+        try:
+            while time.monotonic() < end and not api.stopping.is_set():
+                h.wfile.write(b"a")
+                h.wfile.flush()
+                time.sleep(0.1)  # well within the 0.5 s read timeout
+            h.wfile.write(b"\r\nContent-Length: 2\r\n\r\n{}")
+        except OSError:
+            pass  # the client hung up: what is expected
+        h.close_connection = True
+
+    api._r_statut = statut  # type: ignore[method-assign]
+    ft = client()
+    jeton = ft.rechercher_usager(NIR13, BIRTH).jeton
+    outcome: list[Any] = []
+    start = time.monotonic()
+    worker = threading.Thread(target=lambda: outcome.append(_call(ft.statut, jeton)), daemon=True)
+    worker.start()
+    worker.join(20)
+    elapsed = time.monotonic() - start
+    # delai_total = 1 s (one attempt): a bound of 3 s is generous.
+    assert elapsed < 3, f"one attempt took {elapsed:.1f} s with a 1 s total deadline (outcome: {outcome})"
+    assert outcome and isinstance(outcome[0], ApiError)
+
+
+def test_a_pagination_that_never_advances_is_stopped_early(api: PartnerApi) -> None:
+    def rendez_vous(h: Any, **_: Any) -> None:
+        if api._person(h) is None:
+            return
+        api._json(h, 206, [{"id": "rdv-0", "date": "2025-03-10T09:00:00", "motif": "ACC", "statut": "PRIS",
+                            "pad": "x" * 2000}], {"Content-Range": "rendez-vous 0-0/*"})
+
+    api._r_rendez_vous = rendez_vous  # type: ignore[method-assign]
+    ft = client()
+    jeton = ft.rechercher_usager(NIR13, BIRTH).jeton
+    result = _call(ft.rendez_vous, jeton)
+    asked = len(api.requests("rendez-vous"))
+    assert asked <= 3, (f"{asked} requests for the same page; result: "
+                        f"{type(result).__name__} of {len(result) if isinstance(result, list) else '-'} duplicate items")
