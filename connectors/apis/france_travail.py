@@ -170,7 +170,9 @@ class FranceTravailClient:
         return data if isinstance(data, list) else ([] if data is None else [data])
 
     def rendez_vous(self, jeton: str) -> list[Any]:
-        return list(by_range(self.session, PATH_RENDEZ_VOUS, headers=self._headers(jeton), size=50))
+        # One person's appointments: a few pages at most; the whole list is kept in the landed line, so bounded.
+        return list(by_range(self.session, PATH_RENDEZ_VOUS, headers=self._headers(jeton), size=50, max_pages=40,
+                             max_items=2000, max_bytes=20 << 20))
 
     def statut(self, jeton: str) -> Any:
         """The registration status as France Travail gives it (``{"m_contrat": {…}}``), None when it has none."""

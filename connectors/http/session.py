@@ -5,8 +5,9 @@ What it guarantees, whatever the partner's server does:
 - **TLS verified**, always: the system's authorities, or the CA file a connection names (``extra.ca_file``); there is
   no switch to turn verification off. Plain ``http://`` is refused.
 - **Bounded in time**: connect and read timeouts, and a *total* deadline per attempt — a server that trickles one
-  byte a second (each read within its timeout) is cut when the deadline passes. Bodies are read with ``read1`` (what
-  the socket has) so that the deadline is checked between reads, not after a read that waits for 64 KiB.
+  byte a second (each read within its timeout), in its TLS handshake, its headers or its body, is cut when the
+  deadline passes: a watchdog timer shuts the attempt's socket down (``_Watchdog``), whatever requests is doing.
+  Bodies are read with ``read1`` (what the socket has) so that the deadline is also checked between reads.
 - **Bounded in size**: a declared ``Content-Length`` above the cap is refused before reading; an answer that never
   ends is cut as soon as it passes ``taille_max`` (50 MiB by default), counted after decompression.
 - **Retries** (bounded): 5xx, 408 and connection errors with exponential backoff and jitter; 429 waits what
@@ -24,10 +25,13 @@ What it guarantees, whatever the partner's server does:
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import logging
 import random
+import socket
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Collection, Mapping
@@ -36,6 +40,9 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPSConnection
+from urllib3.connectionpool import HTTPSConnectionPool
 
 from connectors.http.errors import (
     ApiError,
@@ -112,6 +119,83 @@ class ApiResponse:
     body: bytes = field(default=b"", repr=False)
 
 
+class _Watchdog:
+    """The total deadline of one attempt, enforced from a timer thread: when it fires, every socket the attempt opened
+    or reused is shut down, so that a read blocked in requests/urllib3 (headers trickled one byte at a time, each
+    within the read timeout) fails at once. ``shutdown`` of the plain socket (not the TLS layer's, which is not
+    thread-safe) only wakes the reader; the connection is then discarded by urllib3."""
+
+    _current = threading.local()
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._timer = threading.Timer(max(0.001, seconds), self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Watchdog:
+        self._current.watchdog = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        self._current.watchdog = None
+
+    @classmethod
+    def watch(cls, sock: socket.socket | None) -> None:
+        """Called by the connection (on connect and before each request) in the attempt's thread."""
+        watchdog = getattr(cls._current, "watchdog", None)
+        if watchdog is None or sock is None:
+            return
+        with watchdog._lock:
+            watchdog._sockets.append(sock)
+            expired = watchdog.expired
+        if expired:
+            _shutdown(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shutdown(sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed: nothing left to wake
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _WatchedConnection(HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _Watchdog.watch(sock)  # before the TLS handshake, which a server may trickle too
+        return sock
+
+
+class _WatchedPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedConnection
+
+    def _validate_conn(self, conn: Any) -> None:
+        super()._validate_conn(conn)
+        _Watchdog.watch(getattr(conn, "sock", None))  # a kept-alive connection reused by this attempt
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """requests' adapter whose HTTPS connections report their sockets to the attempt's watchdog."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {**self.poolmanager.pool_classes_by_scheme, "https": _WatchedPool}
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme, "https": _WatchedPool}
+        return manager
+
+
 class _Transient(Exception):
     """One attempt failed in a way worth another (connection, timeout, deadline, 5xx)."""
 
@@ -165,6 +249,8 @@ class PartnerSession:
         # Nothing from the environment: no ~/.netrc credentials sent to a partner, no REQUESTS_CA_BUNDLE replacing the
         # CA the connection pins; a proxy only when the connection names one.
         self._session.trust_env = False
+        self._session.mount("https://", _WatchedAdapter())
+        self._session.mount("http://", _WatchedAdapter())
         self.verify: bool | str = ca_file or True
         self.proxies = {"https": proxy} if proxy else {}
         self._session.headers.update({"User-Agent": "spie-hub", "Accept": "application/json"})
@@ -200,7 +286,15 @@ class PartnerSession:
         while True:
             attempt += 1
             try:
-                response = self._attempt(method, url, params, json_body, form, headers, authenticate)
+                watchdog = _Watchdog(settings.deadline)
+                with watchdog:
+                    try:
+                        response = self._attempt(method, url, params, json_body, form, headers, authenticate)
+                    except (_Transient, ApiError, OSError, requests.exceptions.RequestException):
+                        if not watchdog.expired:
+                            raise
+                        raise _Transient(f"réponse jamais terminée (délai total de {settings.deadline:g} s "
+                                         "dépassé)") from None
             except _Transient as failure:
                 if attempt >= settings.attempts:
                     status = f" (dernier statut {failure.status})" if failure.status else ""
