@@ -173,3 +173,68 @@ def test_a_pagination_that_never_advances_is_stopped_early(api: PartnerApi) -> N
     asked = len(api.requests("rendez-vous"))
     assert asked <= 3, (f"{asked} requests for the same page; result: "
                         f"{type(result).__name__} of {len(result) if isinstance(result, list) else '-'} duplicate items")
+
+
+# -- 1: one person's fatal answer ---------------------------------------------------------------------------------------
+def poison(api: PartnerApi, nir13: str, code: str = "R997") -> None:
+    """France Travail answers a validation error for ONE person, every time (her data, not the service)."""
+    original = api._r_recherche
+
+    def recherche(h: Any, body: bytes, forced_code: str | None = None, **kw: Any) -> None:
+        asked = json.loads(body)
+        return original(h, body=body, forced_code=code if asked.get("nir") == nir15(nir13) else forced_code, **kw)
+
+    api._r_recherche = recherche  # type: ignore[method-assign]
+
+
+def test_one_person_answered_R997_never_blocks_the_usagers_landing(api: PartnerApi, home: Path) -> None:
+    poison(api, PEOPLE[1][0])
+    landing = transport(home, "france-travail", "usagers")
+    demandes = home / "atterrissage/ft-test/usagers/demandes"
+    demandes.mkdir(parents=True)
+    (demandes / "d.jsonl").write_text("".join(json.dumps({"nir": n, "date_naissance": d}) + "\n" for n, d in PEOPLE))
+    landing.list()
+    assert list(demandes.iterdir()) == []  # consumed
+    (landed,) = (home / "atterrissage/ft-test/usagers").glob("usagers_*.jsonl")
+    lines = [json.loads(x) for x in landed.read_text().splitlines()]
+    assert [line["resultat"] for line in lines] == ["trouve", "erreur", "trouve"]
+    assert lines[1]["codeRetour"] == "R997" and nir15(PEOPLE[1][0]) not in lines[1]["motif"]
+
+
+def test_a_service_wide_error_still_stops_the_usagers_landing_and_keeps_the_demandes(api: PartnerApi, home: Path) -> None:
+    poison(api, PEOPLE[1][0], "R999")
+    landing = transport(home, "france-travail", "usagers")
+    demandes = home / "atterrissage/ft-test/usagers/demandes"
+    demandes.mkdir(parents=True)
+    (demandes / "d.jsonl").write_text("".join(json.dumps({"nir": n, "date_naissance": d}) + "\n" for n, d in PEOPLE))
+    with pytest.raises(ApiError):
+        landing.list()
+    assert [p.name for p in demandes.iterdir()] == ["d.jsonl"]
+    assert not list((home / "atterrissage/ft-test/usagers").glob("usagers_*.jsonl"))
+
+
+def test_one_line_answered_R997_never_blocks_the_rest_of_a_push(api: PartnerApi, home: Path) -> None:
+    poison(api, PEOPLE[1][0])
+    landing = transport(home, "france-travail", "orientations")
+    lines = [{"nir": nir15(n), "date_naissance": d, "parcours": "PED", "organisme": "CD"} for n, d in PEOPLE]
+    with landing.store("o.jsonl") as handle:
+        for line in lines:
+            handle.write(json.dumps(line).encode() + b"\n")
+    pushed = [nir for nir, _ in api.state.orientations]
+    assert len(pushed) == 2 and (PEOPLE[2][0] in pushed or nir15(PEOPLE[2][0]) in pushed), pushed
+    answers = home / "atterrissage/ft-test/orientations/envois/o.reponses.jsonl"
+    recorded = [json.loads(x) for x in answers.read_text().splitlines()]
+    assert [a["resultat"] for a in recorded] == ["poussee", "erreur", "poussee"]
+
+
+def test_one_hostile_event_never_blocks_the_i_milo_queue(api: PartnerApi, home: Path) -> None:
+    api.add_dossier("123456")
+    good = api.add_event("123456")
+    with api.lock:  # one event whose idDossier is not an id (a path, a partner bug)
+        api.state.events.append({"identifiant": "ev2", "idDossier": "../../admin", "type": "DOSSIER",
+                                 "action": "UPDATE", "idType": 1, "date": "2025-03-01T08:00:00Z"})
+    transport(home, "i-milo", "evenements").list()
+    assert good["identifiant"] in api.state.acked and "ev2" in api.state.acked
+    (landed,) = (home / "atterrissage/milo-test/evenements").glob("evenements_*.jsonl")
+    lines = [json.loads(x) for x in landed.read_text().splitlines()]
+    assert lines[0]["dossier"] is not None and lines[1]["dossier"] is None and "idDossier invalide" in lines[1]["motif"]

@@ -96,12 +96,13 @@ class OAuth2ClientCredentials:
                 raise ConfigurationError(
                     f"Connexion {self.conn_id} : identifiants OAuth2 refusés par {redact_url(self.token_url)} "
                     f"({error.status}) ; vérifier le login, le mot de passe et les « scopes » de la connexion") from None
+            error.service = True  # the token endpoint answers for the whole connection
             raise
         data = response.data
         token = data.get("access_token") if isinstance(data, dict) else None
         if not isinstance(token, str) or not token:
             raise ApiFatalError(f"API {session.partner} : réponse du serveur de jetons sans « access_token » "
-                                f"({redact_url(self.token_url)})", endpoint=response.endpoint)
+                                f"({redact_url(self.token_url)})", endpoint=response.endpoint, service=True)
         self._token = token
         self._expires_at = self.clock() + self.keep_seconds(data.get("expires_in"))
         self.fetched += 1

@@ -14,6 +14,8 @@ from spie_hub.core.errors import HubError, RetriableError
 
 #: Statuses worth another attempt (the server or a proxy is overloaded or restarting).
 RETRIABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: Statuses about the connection itself (credentials, a proxy asking for its own), never about one person.
+SERVICE_STATUSES = frozenset({401, 407})
 
 _STATUS_TEXT = {
     400: "requête refusée par le partenaire (400, données invalides)",
@@ -42,10 +44,19 @@ _PLAIN_SEGMENT = re.compile(r"^(?:[A-Za-z][A-Za-z_.-]*[0-9]?|v[0-9]{1,2})$")
 class ApiError(HubError):
     """A partner API could not give what was asked. ``status`` is the HTTP status when there was an answer."""
 
-    def __init__(self, message: str, *, status: int | None = None, endpoint: str = "") -> None:
+    def __init__(self, message: str, *, status: int | None = None, endpoint: str = "", service: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.endpoint = endpoint
+        #: The whole service or connection is concerned (TLS, credentials, the token endpoint): nothing about one
+        #: person or one line; a pass stops rather than answering every line with the same error.
+        self.service = service or status in SERVICE_STATUSES
+
+    @property
+    def about_one(self) -> bool:
+        """A fatal answer about one person, line or event (her data, her dossier): that line's answer, not a reason
+        to stop the pass. Retriable errors and service-wide ones are never about one."""
+        return isinstance(self, ApiFatalError) and not self.service
 
 
 class ApiRetriableError(ApiError, RetriableError):
@@ -59,8 +70,11 @@ class ApiFatalError(ApiError):
 class ApiAnswerError(ApiFatalError):
     """The partner answered, with a business error code (France Travail ``codeRetour`` R…)."""
 
+    #: ``codeRetour`` about the connection's rights, not the person asked about.
+    SERVICE_CODES = frozenset({"R001"})
+
     def __init__(self, message: str, *, code: str, status: int | None = None, endpoint: str = "") -> None:
-        super().__init__(message, status=status, endpoint=endpoint)
+        super().__init__(message, status=status, endpoint=endpoint, service=code in self.SERVICE_CODES)
         self.code = code
 
 

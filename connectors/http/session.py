@@ -325,7 +325,8 @@ class PartnerSession:
         if not is_json_type(content_type):
             media = (content_type or "absent").split(";", 1)[0].strip()[:60]
             raise ApiFatalError(f"API {self.partner} : réponse de type « {media} » au lieu de JSON sur {endpoint} "
-                                "(page d'erreur d'un proxy ou mauvaise adresse ?)", status=response.status, endpoint=endpoint)
+                                "(page d'erreur d'un proxy ou mauvaise adresse ?)", status=response.status, endpoint=endpoint,
+                                service=True)
         try:
             return json.loads(response.body)
         except (ValueError, RecursionError):
@@ -352,7 +353,8 @@ class PartnerSession:
                     allow_redirects=False, stream=True, verify=self.verify, proxies=self.proxies)
             except requests.exceptions.SSLError:
                 raise ApiFatalError(f"API {self.partner} : connexion TLS refusée vers {redact_url(current)} "
-                                    "(certificat non reconnu par l'autorité configurée, « ca_file »)") from None
+                                    "(certificat non reconnu par l'autorité configurée, « ca_file »)",
+                                    service=True) from None
             except requests.exceptions.Timeout:
                 self._log(method, current, "délai", start)
                 raise _Transient("délai de réponse dépassé") from None
@@ -360,7 +362,8 @@ class PartnerSession:
                 self._log(method, current, "réseau", start)
                 raise _Transient("partenaire injoignable (connexion impossible ou coupée)") from None
             except requests.exceptions.RequestException:
-                raise ApiFatalError(f"API {self.partner} : requête impossible vers {redact_url(current)}") from None
+                raise ApiFatalError(f"API {self.partner} : requête impossible vers {redact_url(current)}",
+                                    service=True) from None
             try:
                 status = raw.status_code
                 if 300 <= status <= 399 and status != 304:
@@ -375,7 +378,7 @@ class PartnerSession:
                         # even a 307/308 is refused, as the body (a person's data) would go to an address not chosen.
                         raise ApiFatalError(f"API {self.partner} : redirection ({status}) refusée pour une écriture "
                                             f"({method}) sur {redact_url(current)} ; rien n'a été transmis",
-                                            status=status, endpoint=f"{method} {redact_url(current)}")
+                                            status=status, endpoint=f"{method} {redact_url(current)}", service=True)
                     try:
                         target = urllib.parse.urljoin(current, location)
                         same_origin = _origin(target) == origin

@@ -254,11 +254,19 @@ class ApiLanding(Transport):
         try:
             for event in events:
                 id_dossier = event.get("idDossier")
-                dossier = client.dossier(id_dossier) if id_dossier is not None else None
-                spool.write_line({"evenement": {"id": event.get("identifiant"), "type": event.get("type"),
-                                                "action": event.get("action"), "idDossier": id_dossier,
-                                                "idType": event.get("idType"), "date": event.get("date")},
-                                  "dossier": dossier})
+                line: dict[str, Any] = {"evenement": {"id": event.get("identifiant"), "type": event.get("type"),
+                                                      "action": event.get("action"), "idDossier": id_dossier,
+                                                      "idType": event.get("idType"), "date": event.get("date")},
+                                        "dossier": None}
+                try:
+                    line["dossier"] = client.dossier(id_dossier) if id_dossier is not None else None
+                except ApiError as error:
+                    if not error.about_one:
+                        raise
+                    # This event's dossier cannot be had (an idDossier that is not an id, a 403 on it): the event is
+                    # landed without it, with the reason (the mapping rejects it), and acknowledged with the others.
+                    line["motif"] = str(error)
+                spool.write_line(line)
         except BaseException:
             spool.discard()
             raise
@@ -307,6 +315,12 @@ class ApiLanding(Transport):
             return client.usager(str(demande.get("nir") or ""), str(demande.get("date_naissance") or ""))
         except RecordError as error:  # NIR or date refused before any call: the reason, never the value
             return {"codeRetour": None, "resultat": "demande-invalide", "motif": str(error)}
+        except ApiError as error:
+            if not error.about_one:
+                raise  # the service (retriable, credentials, TLS): the pass stops, the demandes stay
+            # A fatal answer about this person only (R997, 403 on her diagnostic, an endless pagination): her line
+            # records it (never S001, so the mapping rejects it with its motif) and the others go on.
+            return {"codeRetour": _shown_code(error), "resultat": "erreur", "motif": str(error)}
 
     # -- recipient ------------------------------------------------------------------------------------------------
     @contextmanager
@@ -399,6 +413,12 @@ class ApiLanding(Transport):
             found = client.rechercher_usager(str(item.get("nir") or ""), str(item.get("date_naissance") or ""))
         except RecordError as error:
             return answer | {"resultat": "refusee", "motif": str(error)}
+        except ApiError as error:
+            if not error.about_one:
+                raise
+            # France Travail's fatal answer about this person (R997…): her line's answer, never retried; the push
+            # goes on with the next line.
+            return answer | {"resultat": "erreur", "codeRetour": _shown_code(error), "motif": str(error)}
         answer["codeRetour"] = found.code_retour
         if found.jeton is None:
             # Not found (S002) or several (S003): France Travail's answer about this person, kept, never retried.
@@ -458,6 +478,12 @@ class ApiLanding(Transport):
 
     def clean_temporaries(self) -> list[str]:
         return self.folder.clean_temporaries()
+
+
+def _shown_code(error: ApiError) -> str | None:
+    """The ``codeRetour`` of a business error, as already checked by the client (never the partner's free text)."""
+    code = getattr(error, "code", None)
+    return code if isinstance(code, str) and code != "inattendu" else None
 
 
 # -- small file helpers --------------------------------------------------------------------------------------------
