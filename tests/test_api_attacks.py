@@ -10,6 +10,7 @@ import json
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from connectors.apis.france_travail import FranceTravailClient
 from connectors.connections import get_connection
 from connectors.http.errors import ApiError
 from connectors.transports.api_landing import ApiLanding, ApiOptions
+from connectors.transports.local import LocalFolder
 from spie_hub.core.home import HubHome
 
 NIR13, BIRTH = "2820251108030", "1982-02-01"
@@ -238,3 +240,51 @@ def test_one_hostile_event_never_blocks_the_i_milo_queue(api: PartnerApi, home: 
     (landed,) = (home / "atterrissage/milo-test/evenements").glob("evenements_*.jsonl")
     lines = [json.loads(x) for x in landed.read_text().splitlines()]
     assert lines[0]["dossier"] is not None and lines[1]["dossier"] is None and "idDossier invalide" in lines[1]["motif"]
+
+
+# -- 2: a partial acknowledgement ---------------------------------------------------------------------------------------
+def test_an_event_is_landed_in_one_file_only_even_when_an_ack_fails(api: PartnerApi, home: Path) -> None:
+    for dossier in ("100001", "100002", "100003"):
+        api.add_dossier(dossier)
+        api.add_event(dossier)
+    api.inject("ack", "aucune")            # first ack goes through
+    api.inject("ack", "500", count=1)      # second ack: a 500 (or the worker is killed here)
+    landing = transport(home, "i-milo", "evenements")
+    with pytest.raises(ApiError):
+        landing.list()
+    landing.list()  # next pass: the pending acks are finished first
+    seen: Counter[str] = Counter()
+    files = sorted((home / "atterrissage/milo-test/evenements").glob("evenements_*.jsonl"))
+    for path in files:
+        for line in path.read_text().splitlines():
+            seen[json.loads(line)["evenement"]["id"]] += 1
+    assert len(seen) == 3 and set(seen.values()) == {1}, f"{len(files)} files: {seen}"
+    assert len(set(api.state.acked)) == 3
+    assert not (home / "atterrissage/milo-test/evenements/.a-consommer.json").exists()
+
+
+def test_demandes_landed_before_a_crash_are_deleted_not_landed_again(api: PartnerApi, home: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    landing = transport(home, "france-travail", "usagers")
+    demandes = home / "atterrissage/ft-test/usagers/demandes"
+    demandes.mkdir(parents=True)
+    for number, (nir, birth) in enumerate(PEOPLE):
+        (demandes / f"d{number}.jsonl").write_text(json.dumps({"nir": nir, "date_naissance": birth}) + "\n")
+    real_delete = LocalFolder.delete
+    calls: list[str] = []
+
+    def crash_after_one(self: LocalFolder, name: str, **kw: Any) -> bool:
+        if calls:
+            raise KeyboardInterrupt  # the worker killed between two deletions
+        calls.append(name)
+        return real_delete(self, name, **kw)
+
+    monkeypatch.setattr(LocalFolder, "delete", crash_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        landing.list()
+    monkeypatch.setattr(LocalFolder, "delete", real_delete)
+    assert len(list(demandes.iterdir())) == 2
+    landing.list()
+    assert list(demandes.iterdir()) == []
+    files = list((home / "atterrissage/ft-test/usagers").glob("usagers_*.jsonl"))
+    assert len(files) == 1 and len(files[0].read_text().splitlines()) == 3

@@ -9,8 +9,11 @@ delivers to an API is pushed line by line — so that the run sees files either 
 that is new into ONE JSON Lines file, stored atomically in the landing folder (``atterrissage``, by default
 ``atterrissage/<connexion>/<ressource>`` under ``SPIE_HUB_HOME``) under ``<ressource>_<AAAAMMJJTHHMMSSZ>_<sha12>.jsonl``;
 only once that file is durable does it consume the API's side (i-milo: acknowledge each event; France Travail: remove
-the "demandes" files it answered). A crash between the two re-lands the same data at the next pass — never loses it;
-the run's hash-based idempotence drops a file it already took. Everything else (open, delete, ``rejets/``…)
+the "demandes" files it answered). What is landed but not yet consumed is first written to a durable journal
+(``.a-consommer.json`` in the landing folder): a failed ack or a kill midway is finished at the next pass, before
+anything new is asked, so that an event or a demande is never landed twice in two files of different bytes. A crash
+between storing the file and writing the journal re-lands the same data at the next pass — never loses it.
+Everything else (open, delete, ``rejets/``…)
 delegates to the landing folder (a ``LocalFolder``). The API is asked at most once per ``intervalle_secondes``.
 
 - France Travail ``usagers``: the persons to look up come from "demandes" files (``*.jsonl``, one
@@ -246,7 +249,30 @@ class ApiLanding(Transport):
         log.info("API %s, %s : %d ligne(s) atterrie(s) dans %s", self.options.api, self.options.ressource, spool.lines, name)
         return name
 
+    # -- the journal of what was landed but not yet consumed on the API's side -----------------------------------
+    def _journal_path(self) -> Path:
+        return self._base_path() / ".a-consommer.json"
+
+    def _pending(self) -> dict[str, Any]:
+        return _read_state(self._journal_path()) or {}
+
+    def _record_pending(self, pending: dict[str, Any]) -> None:
+        """Durable before any ack or delete: a failed ack or a kill midway is finished at the next pass, never
+        landed again in a new file (whose other bytes the run's hash idempotence would not recognise)."""
+        _write_state(self._journal_path(), pending)
+
+    def _consumed(self) -> None:
+        self._journal_path().unlink(missing_ok=True)
+        _fsync_dir(self._journal_path().parent)
+
     def _land_events(self, client: Any) -> str | None:
+        pending = self._pending()
+        if pending.get("evenements"):
+            # A previous pass landed these events and stopped while acknowledging them: finish first (an ack already
+            # done is answered 404, accepted).
+            for identifiant in pending["evenements"]:
+                client.acquitter(identifiant)
+            self._consumed()
         events = client.evenements()
         if not events:
             return None
@@ -272,9 +298,11 @@ class ApiLanding(Transport):
             raise
         name = self._store_landed(spool)
         # The landed file is durable (fsynced, linked, folder fsynced): only now may the queue forget the events.
+        self._record_pending({"fichier": name, "evenements": [event.get("identifiant") for event in events]})
         failpoint("api-avant-acquittement")
         for event in events:
             client.acquitter(event.get("identifiant"))
+        self._consumed()
         return name
 
     def _demandes(self) -> LocalFolder:
@@ -282,6 +310,14 @@ class ApiLanding(Transport):
 
     def _land_usagers(self, client: Any) -> str | None:
         demandes = self._demandes()
+        pending = self._pending()
+        if pending.get("demandes"):
+            # A previous pass landed these demandes and stopped before deleting them all: delete the rest (only the
+            # very files answered: same name, size, time and identity) before asking anything.
+            for item in pending["demandes"]:
+                demandes.delete(str(item["nom"]), expected=FileInfo(str(item["nom"]), int(item["taille"]),
+                                                                    float(item["mtime"]), True, str(item["identite"])))
+            self._consumed()
         entries = [e for e in demandes.list("*.jsonl") if e.regular]
         if not entries:
             return None
@@ -302,9 +338,12 @@ class ApiLanding(Transport):
         name = self._store_landed(spool) if spool.lines else None
         if name is None:
             spool.discard()
+        self._record_pending({"fichier": name, "demandes": [
+            {"nom": e.name, "taille": e.size, "mtime": e.mtime, "identite": e.identity} for e in entries]})
         failpoint("api-avant-suppression-demandes")
         for entry in entries:
             demandes.delete(entry.name, expected=entry)
+        self._consumed()
         return name
 
     @staticmethod
