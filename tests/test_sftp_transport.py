@@ -20,7 +20,7 @@ from pathlib import Path
 import paramiko
 import pytest
 import yaml
-from paramiko.sftp import CMD_EXTENDED
+from paramiko.sftp import CMD_RENAME
 from support.sshd import Account, Accounts, SshdServer, TcpProxy, generate_key, sftp_accounts, sshd_server, tcp_proxy
 
 from connectors.transports.base import TEMPORARY_PREFIX, FileExists
@@ -285,19 +285,19 @@ def test_a_publication_whose_answer_is_lost_is_not_published_twice(
     sftp = transport.session.open()
     final = caf.folder("livraisons") / "livraison.csv"
     published: list[os.stat_result] = []
-    real = sftp.extended
+    real = sftp._request
 
-    def publish_then_lose_the_answer(name: str, *args: object) -> None:
-        if name != "hardlink@openssh.com":
-            return real(name, *args)
-        tcp_proxy.hold_replies()  # the request reaches the server; its answer will not come back
-        number = sftp._async_request(type(None), CMD_EXTENDED, name, *args)
+    def publish_then_lose_the_answer(kind: int, *args: object):  # type: ignore[no-untyped-def]
+        if kind != CMD_RENAME or not os.fsdecode(args[0]).rsplit("/", 1)[-1].startswith(TEMPORARY_PREFIX):
+            return real(kind, *args)
+        tcp_proxy.hold_replies()  # the publishing rename reaches the server; its answer will not come back
+        number = sftp._async_request(type(None), kind, *args)
         _wait_for(final.exists)
         published.append(os.lstat(final))
         tcp_proxy.cut()
         sftp._read_response(number)  # raises: the connection is gone
 
-    monkeypatch.setattr(sftp, "extended", publish_then_lose_the_answer)
+    monkeypatch.setattr(sftp, "_request", publish_then_lose_the_answer)
     payload = os.urandom(500_000)
     try:
         with transport.store("livraison.csv") as target:

@@ -8,13 +8,15 @@
 - **One SSH connection per transport**, opened on first use and shared with its ``child`` folders; ``close()``.
 - **Atomic stores.** A store is spooled in the hub's private staging area (unnamed file: nothing left on a crash),
   uploaded under a hidden temporary name (``TEMPORARY_PREFIX``) in the same folder, flushed to disk
-  (``fsync@openssh.com``), then published in one step that never replaces: ``hardlink@openssh.com`` (or the plain
-  SFTP rename, which OpenSSH performs as link + unlink and the protocol defines as failing on an existing name);
-  with ``replace``, ``posix-rename@openssh.com``. A partner never sees a partial file under its final name.
+  (``fsync@openssh.com``), then published in one step that never replaces: the plain SFTP rename (OpenSSH performs
+  it as link + unlink; the protocol defines it as failing on an existing name); with ``replace``,
+  ``posix-rename@openssh.com``. A partner never sees a partial file under its final name.
 - **Exactly once across a dropped connection.** The spool is kept until the publication is answered: on a drop the
-  transport reconnects (``tentatives``, with backoff), removes its own temporary, and first looks at the final name:
-  a file with the same size and SHA-256 (read back) means the publication did happen before the answer was lost,
-  and nothing is published again.
+  transport reconnects (``tentatives``, with backoff). If the publishing rename had been sent, it first looks at its
+  OWN temporary: gone means published (even if the recipient has taken the file away since), and nothing is
+  published again. Otherwise it removes its temporary and looks at the final name: a file with the same size and
+  SHA-256 (read back) is the same delivery. A lost answer with no reconnection is reported as "publication
+  incertaine", never as "rien n'a été publié".
 - **Reads stream** (prefetch with a bounded number of requests in flight): memory stays flat with file size. Links
   and special files are listed as not regular and never opened.
 
@@ -553,6 +555,8 @@ class SftpFolder(Transport):
         size = os.fstat(source.fileno()).st_size
         digest: list[str] = []
         temporaries: list[str] = []
+        #: The temporary whose publishing request was sent and not answered (``None``: nothing sent, or refused).
+        state: dict[str, str | None] = {"sent": None}
 
         def local_digest() -> str:
             if not digest:
@@ -575,8 +579,22 @@ class SftpFolder(Transport):
 
         def attempt(sftp: _Sftp) -> None:
             self._ensure_folder(sftp)
+            sent = state["sent"]
+            if sent is not None:
+                # The previous attempt sent the publishing rename and lost its answer. The rename moves the hub's OWN
+                # temporary to the final name in one step: the temporary gone means published, even when the
+                # recipient has already taken the file away (get then delete) during the back-off. Never again.
+                if self._lstat(sftp, sent) is None:
+                    with contextlib.suppress(ValueError):
+                        temporaries.remove(sent)
+                    return
+                # Still there: OpenSSH links then unlinks; a link made whose unlink failed is published too.
+                if self._same_content(sftp, final, size, local_digest):
+                    forget_temporaries()
+                    return
+                state["sent"] = None  # not published: the request never reached the server
             forget_temporaries()
-            # Already there? After a drop this is how a publication whose answer was lost is recognised.
+            # Already there? (A previous run's publication, or another writer's file under that name.)
             if self._lstat(sftp, final) is not None:
                 if self._same_content(sftp, final, size, local_digest):
                     return
@@ -587,28 +605,42 @@ class SftpFolder(Transport):
                 _ACTIVE.add(temporary)
             temporaries.append(temporary)
             self._upload(sftp, source, temporary, size)
-            if replace:
-                if "posix-rename@openssh.com" not in sftp.extensions:
-                    raise StorageError(f"SFTP {self._where()} : le serveur ne sait pas remplacer un fichier en une "
-                                       "étape (extension posix-rename@openssh.com absente) ; rien n'a été remplacé")
-                sftp.extended("posix-rename@openssh.com", temporary, final)
-                temporaries.remove(temporary)
-            else:
-                try:
-                    if "hardlink@openssh.com" in sftp.extensions:
-                        sftp.extended("hardlink@openssh.com", temporary, final)
-                    else:
-                        sftp.rename(temporary, final)  # SFTP v3: fails when the name exists
-                except OSError as error:
-                    if self._is_drop(error) or self._lstat(sftp, final) is None:
-                        raise
-                    if not self._same_content(sftp, final, size, local_digest):
-                        raise FileExists(f"Un autre fichier porte déjà ce nom dans {self._where()} : "
-                                         "jamais remplacé") from None
-            forget_temporaries()
+            if replace and "posix-rename@openssh.com" not in sftp.extensions:
+                raise StorageError(f"SFTP {self._where()} : le serveur ne sait pas remplacer un fichier en une "
+                                   "étape (extension posix-rename@openssh.com absente) ; rien n'a été remplacé")
+            state["sent"] = temporary
+            try:
+                if replace:
+                    sftp.extended("posix-rename@openssh.com", temporary, final)
+                else:
+                    # SFTP v3 rename fails on an existing name (OpenSSH: link + unlink), and it makes the temporary
+                    # disappear: that is what a retry after a lost answer looks at (a hard link would keep it).
+                    sftp.rename(temporary, final)
+            except OSError as error:
+                if self._is_drop(error):
+                    raise
+                state["sent"] = None  # refused: nothing was published
+                if replace or self._lstat(sftp, final) is None:
+                    raise
+                if not self._same_content(sftp, final, size, local_digest):
+                    raise FileExists(f"Un autre fichier porte déjà ce nom dans {self._where()} : "
+                                     "jamais remplacé") from None
+                forget_temporaries()
+                return
+            temporaries.remove(temporary)
+            with _ACTIVE_LOCK:
+                _ACTIVE.discard(temporary)
 
         try:
             self._retry("dépôt d'un fichier", attempt)
+        except SftpUnavailable:
+            if state["sent"] is None:
+                raise
+            # The publishing request reached the network: it may have been carried out. Saying "nothing was
+            # published" would tell the operator the opposite of what may have happened.
+            raise SftpUnavailable(f"SFTP {self._where()} : dépôt d'un fichier interrompu, connexion perdue après "
+                                  f"l'envoi de la publication ({self.attempts} tentative(s)) ; publication "
+                                  "incertaine (réponse perdue) : vérifiée au prochain passage") from None
         finally:
             forget_temporaries()
             with _ACTIVE_LOCK:

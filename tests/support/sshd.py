@@ -194,7 +194,9 @@ class SshdServer:
         try:
             (base / "etc" / "authorized_keys").mkdir(parents=True, mode=0o755)
             (base / "chroot").mkdir(mode=0o755)
-            for folder in (base, base / "chroot"):
+            # Explicit modes: a module that ran HubHome.ensure() first leaves the process umask at 0o077, and the
+            # accounts must still read etc/authorized_keys.
+            for folder in (base, base / "etc", base / "etc" / "authorized_keys", base / "chroot"):
                 os.chmod(folder, 0o755)
             host_key = generate_key()
             key_path = base / "etc" / "ssh_host_ed25519_key"
