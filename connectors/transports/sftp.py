@@ -50,7 +50,17 @@ from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, TypeVar
 
 import paramiko
-from paramiko.sftp import CMD_EXTENDED, CMD_INIT, CMD_VERSION, SFTPError
+from paramiko.sftp import (
+    CMD_CLOSE,
+    CMD_EXTENDED,
+    CMD_HANDLE,
+    CMD_INIT,
+    CMD_NAME,
+    CMD_OPENDIR,
+    CMD_READDIR,
+    CMD_VERSION,
+    SFTPError,
+)
 from pydantic import Field, field_validator
 
 from connectors.connections import PartnerConnection, get_connection
@@ -216,7 +226,44 @@ class _Sftp(paramiko.SFTPClient):
 
     def extended(self, name: str, *args: Any) -> None:
         """An ``@openssh.com`` request; ``IOError`` when the server refuses it."""
-        self._request(CMD_EXTENDED, name, *args)
+        self._request(CMD_EXTENDED, name, *(_wire(arg) for arg in args))
+
+    # A partner may write names that are not UTF-8 (a Latin-1 tool). paramiko decodes them strictly and one such
+    # name would fail every listing of the folder. Names are read as bytes and decoded with ``surrogateescape``
+    # (as a local folder does), and every path sent is encoded the same way: the name listed is the name opened,
+    # checked, renamed and removed.
+    def _adjust_cwd(self, path: str | bytes) -> bytes:
+        return super()._adjust_cwd(_wire(path))  # type: ignore[no-any-return]
+
+    def listdir_attr(self, path: str = ".") -> list[paramiko.SFTPAttributes]:
+        kind, msg = self._request(CMD_OPENDIR, self._adjust_cwd(path))
+        if kind != CMD_HANDLE or msg is None:
+            raise SFTPError("Expected handle")
+        handle = msg.get_binary()
+        entries: list[paramiko.SFTPAttributes] = []
+        try:
+            while True:
+                try:
+                    kind, msg = self._request(CMD_READDIR, handle)
+                except EOFError:
+                    break  # end of the folder
+                if kind != CMD_NAME or msg is None:
+                    raise SFTPError("Expected name response")
+                for _ in range(msg.get_int()):
+                    filename = msg.get_string().decode("utf-8", "surrogateescape")
+                    longname = msg.get_string().decode("utf-8", "surrogateescape")
+                    attrs = paramiko.SFTPAttributes._from_msg(msg, filename, longname)
+                    if filename not in (".", ".."):
+                        entries.append(attrs)
+        finally:
+            with contextlib.suppress(Exception):
+                self._request(CMD_CLOSE, handle)
+        return entries
+
+
+def _wire(value: Any) -> Any:
+    """A path as sent: text encoded back to the very bytes it was listed from (``surrogateescape``)."""
+    return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
 
 
 class _Session:
