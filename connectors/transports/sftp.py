@@ -349,6 +349,8 @@ _HOST = _host_hash()
 #: Temporaries this process is writing right now (any other of this host and process is a dead attempt's).
 _ACTIVE: set[str] = set()
 _ACTIVE_LOCK = threading.Lock()
+#: Partner files that could not be given back under a visible name (see ``_put_back``): never cleaned here.
+_KEPT: set[str] = set()
 
 
 def _temporary_name() -> str:
@@ -728,9 +730,15 @@ class SftpFolder(Transport):
         that name, so that a removal whose answer was lost is still reported as done."""
         path = self._path(entry_name(name))
         aside = self._path(_temporary_name() + "-suppr")
-        state = {"sent": False, "moved": False}
+        state = {"sent": False, "moved": False, "putting_back": False}
 
         def action(sftp: _Sftp) -> bool:
+            if state["putting_back"]:
+                # A previous attempt was putting a replaced file back when its connection dropped.
+                if self._lstat(sftp, aside) is not None:
+                    self._put_back(sftp, aside, name)
+                state["sent"] = state["moved"] = state["putting_back"] = False
+                return False
             if state["sent"] and not state["moved"] and self._lstat(sftp, aside) is not None:
                 state["moved"] = True  # renamed aside on a previous attempt, whose answer was lost
             if not state["moved"]:
@@ -748,9 +756,9 @@ class SftpFolder(Transport):
             if attrs is None:
                 return True  # removed on a previous attempt, whose answer was lost
             if expected is not None and not expected.same_file(_info(name, attrs)):
-                with contextlib.suppress(OSError):
-                    sftp.rename(aside, path)  # replaced meanwhile: put back for the next pass
-                state["sent"] = state["moved"] = False
+                state["putting_back"] = True  # replaced meanwhile: put back for the next pass
+                self._put_back(sftp, aside, name)
+                state["sent"] = state["moved"] = state["putting_back"] = False
                 return False
             sftp.remove(aside)
             return True
@@ -762,6 +770,35 @@ class SftpFolder(Transport):
         finally:
             with _ACTIVE_LOCK:
                 _ACTIVE.discard(aside)
+
+    def _put_back(self, sftp: _Sftp, aside: str, name: str) -> None:
+        """Give a partner's file moved aside by ``delete`` back under a visible name: its own, or, when the partner
+        has written that name again meanwhile, ``<stem>.repris-<uuid><suffix>`` (same suffix: the flow's motif
+        still matches, so the next pass takes it). Never left under the hub's temporary name, which
+        ``clean_temporaries`` removes: failing that, a French error (the caller's pass stops and says so)."""
+        try:
+            sftp.rename(aside, self._path(name))  # never replaces
+            return
+        except OSError as error:
+            if self._is_drop(error):
+                raise
+        stem, suffix = posixpath.splitext(name)
+        for _ in range(3):
+            visible = f"{stem}.repris-{uuid.uuid4().hex[:12]}{suffix}"
+            try:
+                sftp.rename(aside, self._path(visible))
+            except OSError as error:
+                if self._is_drop(error):
+                    raise
+                continue
+            log.warning("SFTP %s : un fichier remplacé pendant sa suppression a été rendu sous un nouveau nom "
+                        "(« .repris-… ») : le nom d'origine avait été réécrit par le partenaire", self._where())
+            return
+        with _ACTIVE_LOCK:
+            _KEPT.add(aside)  # a partner's file: this process's clean_temporaries never removes it
+        raise StorageError(f"SFTP {self._where()} : un fichier remplacé pendant sa suppression n'a pas pu être rendu "
+                           "au partenaire (nom d'origine réécrit, renommage refusé) ; il reste sous un nom "
+                           "temporaire du hub : à vérifier avant le prochain nettoyage")
 
     def move(self, name: str, target: Transport, new_name: str | None = None) -> None:
         """On the same account: one server-side rename that never replaces; elsewhere: stored there, then removed."""
@@ -812,7 +849,7 @@ class SftpFolder(Transport):
                     continue  # another hub host's: it alone knows whether its writer lives
                 if int(pid) == os.getpid():
                     with _ACTIVE_LOCK:
-                        if self._path(name) in _ACTIVE:
+                        if self._path(name) in _ACTIVE or self._path(name) in _KEPT:
                             continue
                 elif _alive(int(pid)):
                     continue
