@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from paramiko.sftp import CMD_RENAME
+from paramiko.sftp import CMD_EXTENDED, CMD_RENAME
 from support.sshd import Account, Accounts, TcpProxy, sftp_accounts, sshd_server, tcp_proxy
 
 from connectors.transports.base import TEMPORARY_PREFIX
@@ -180,3 +180,15 @@ def test_a_lost_answer_is_reported_as_an_uncertain_publication_not_as_nothing_pu
     assert final.exists()  # published
     assert "rien n'a été publié" not in str(caught.value)
     assert "publication incertaine" in str(caught.value)
+
+
+# -- finding 5b (LOW): hard links over SFTP ------------------------------------------------------------------------
+
+def test_a_hard_linked_file_is_listed_with_its_link_count(caf: Account, folder: SftpFolder) -> None:
+    caf.put("livraisons/autre.csv", b"x" * 10)
+    caf.put("depot/seul.xml", b"<a/>")
+    with caf.partner() as partner:
+        partner._request(CMD_EXTENDED, "hardlink@openssh.com", "/livraisons/autre.csv", "/depot/lien.xml")
+    assert os.lstat(caf.folder("depot") / "lien.xml").st_nlink == 2
+    links = {entry.name: entry.links for entry in folder.list()}
+    assert links == {"lien.xml": 2, "seul.xml": 1}

@@ -367,9 +367,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_LONGNAME = re.compile(r"^[-bcdlps][-rwxsStTl+.@]{9}\S*\s+(\d+)\s")
+
+
 def _info(name: str, attrs: paramiko.SFTPAttributes) -> FileInfo:
     mode = attrs.st_mode or 0
-    return FileInfo(name, int(attrs.st_size or 0), float(attrs.st_mtime or 0), stat.S_ISREG(mode), "")
+    # SFTP v3 attributes carry no link count; a listing's ``longname`` (``ls -l`` form on OpenSSH) does. Without it
+    # (a lone LSTAT, another server), 1 is all the transport knows.
+    found = _LONGNAME.match(getattr(attrs, "longname", None) or "")
+    links = int(found.group(1)) if found else 1
+    return FileInfo(name, int(attrs.st_size or 0), float(attrs.st_mtime or 0), stat.S_ISREG(mode), "",
+                    max(1, links))
 
 
 def _abandon(handle: paramiko.SFTPFile) -> None:
