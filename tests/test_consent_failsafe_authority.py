@@ -134,7 +134,9 @@ def test_a_permit_stops_granting_once_the_registry_takes_its_issuers_authority_a
     assert granted.returncode == 0 and f"{NIR};BULLOCK" in _delivered(hub_home), "the grant applies while authorised"
     text = REGISTRY_PATH.read_text(encoding="utf-8")
     declared = ("recueille:\n        departement-052: [identite, contact, sante-handicap]\n"
-                "        plateforme-insertion: [identite, contact]")
+                "        plateforme-insertion: [identite, contact]\n"
+                "        missions-locales: [droits-rsa, contact]\n"
+                "        cap-emploi: [sante-handicap, contact]")
     assert declared in text
     registry = tmp_path / "flows.yaml"
     registry.write_text(text.replace(declared, narrowed, 1), encoding="utf-8")

@@ -26,7 +26,7 @@ def test_orientations_of_every_partner_meet_the_france_travail_parcours(code: st
 
 def _registry(tmp_path: Path, politique: str) -> Path:
     text = REGISTRY_PATH.read_text(encoding="utf-8").replace(
-        "          contact: {base: consentement}\n", f"          contact: {{base: consentement}}\n{politique}")
+        "          contact: {base: consentement}\n", f"          contact: {{base: consentement}}\n{politique}", 1)
     path = tmp_path / "flows.yaml"
     path.write_text(text, encoding="utf-8")
     return path

@@ -26,7 +26,7 @@ from lxml import etree
 from consent.fhir_build import consent
 from consent.fhir_import import import_resources
 from consent.revocation import propagate_withdrawals
-from spie_hub.audit.receipts import receipt_valid
+from spie_hub.audit.receipts import ACKNOWLEDGEMENT_TYPE, document_valid, receipt_valid
 from spie_hub.audit.signing import load_hub_signer
 from spie_hub.core.home import HubHome
 from spie_hub.demo.data import generate
@@ -77,7 +77,8 @@ class Labels:
 def _relabel(document: Any, labels: Labels, public: dict[str, str]) -> Any:
     if isinstance(document, dict):
         if isinstance(document.get("signature"), dict):  # a signed receipt: checked, then its fresh signature relabelled
-            assert receipt_valid(document, public), "reçu signé invalide"
+            assert receipt_valid(document, public) or document_valid(document, public, ACKNOWLEDGEMENT_TYPE), \
+                "reçu ou accusé signé invalide"
         return {k: labels(k, v) if k in FRESH_KEYS and isinstance(v, str)
                 else [labels("noeud", h) for h in v] if k == "chemin"
                 else _relabel(json.loads(v), labels, public) if k == "payload" and isinstance(v, str)

@@ -195,6 +195,10 @@ def test_a_sender_in_the_group_of_its_return_folder_reads_its_acknowledgements_a
     text = (REPO / "flows.yaml").read_text(encoding="utf-8").replace(
         'transport: {type: dossier-local, dossier: inbox/caf-msa, motif: "*.xml"}',
         'transport: {type: dossier-local, dossier: inbox/caf-msa, motif: "*.xml"}\n'
+        f'      retour: {{type: dossier-local, dossier: outbox/caf-msa, groupe: {RECIPIENT_GROUP}}}').replace(
+        # The CAF's other flow returns to the same folder: declared alike (the registry refuses otherwise).
+        'transport: {type: dossier-local, dossier: inbox/caf-msa, motif: "contacts-*.csv"}',
+        'transport: {type: dossier-local, dossier: inbox/caf-msa, motif: "contacts-*.csv"}\n'
         f'      retour: {{type: dossier-local, dossier: outbox/caf-msa, groupe: {RECIPIENT_GROUP}}}')
     (home.parent / "flows.yaml").write_text(text, encoding="utf-8")
     drop(home, "RSABEM.xml", "RSABEI_invalid.xml")

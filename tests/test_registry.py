@@ -129,7 +129,7 @@ def test_a_rewritten_registry_is_read_again(tmp_path: Path) -> None:
 
 # -- transports -----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["sftp", "https", "ftp"])
+@pytest.mark.parametrize("kind", ["ftps", "https", "ftp"])
 def test_an_unknown_source_transport_type_is_refused_naming_the_flow_and_the_type(tmp_path: Path, kind: str) -> None:
     message = _refused(tmp_path, _flow(source__transport={"type": kind, "dossier": "inbox/caf-msa"}))
     assert message.startswith("flows.yaml, flux f, source : type de transport inconnu")
@@ -137,8 +137,8 @@ def test_an_unknown_source_transport_type_is_refused_naming_the_flow_and_the_typ
 
 
 def test_an_unknown_recipient_transport_type_is_refused_naming_the_recipient(tmp_path: Path) -> None:
-    message = _refused(tmp_path, _flow(**{f"{RECIPIENT}__transport": {"type": "sftp", "dossier": "x"}}))
-    assert message.startswith("flows.yaml, flux f, destinataire departement-052 : type de transport inconnu « sftp »")
+    message = _refused(tmp_path, _flow(**{f"{RECIPIENT}__transport": {"type": "ftps", "dossier": "x"}}))
+    assert message.startswith("flows.yaml, flux f, destinataire departement-052 : type de transport inconnu « ftps »")
 
 
 def test_a_transport_without_a_type_is_refused(tmp_path: Path) -> None:

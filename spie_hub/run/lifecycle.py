@@ -166,7 +166,7 @@ def process_inbox_file(flow: Flow | str, ref: str, home: HubHome | None = None, 
         stability = float(flow.transport.stabilite_secondes)
         return _run(flow, home, engine, lambda private: claim_from(transport, entry.name, private, stability=stability),
                     {"origine": "boite", "nom": entry.name}, ref, progress,
-                    on_refused=lambda: transport.delete(entry.name))
+                    on_refused=lambda: transport.delete(entry.name, expected=entry))
 
 
 def process_path(flow: Flow | str, path: Path, home: HubHome | None = None, *,

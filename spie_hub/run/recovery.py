@@ -332,7 +332,9 @@ def recover_flow(ctx: RunContext) -> RecoveryReport:
         shutil.rmtree(private, ignore_errors=True)
     transports = [open_transport(r.transport, ctx.home) for r in ctx.flow.destinataires]
     returns = deliver.sender_returns(ctx.flow, ctx.home)
-    for transport in [*transports, returns, returns.child("rejets"), returns.child("accuses")]:
+    # The source too: a claim killed between its steps may leave a hidden copy of the input (people's data) there.
+    source = open_transport(ctx.flow.transport, ctx.home)
+    for transport in [source, *transports, returns, returns.child("rejets"), returns.child("accuses")]:
         try:
             report.temporaires += len(transport.clean_temporaries())
         except (HubError, OSError) as error:  # a drop replaced by a link or a file: refused, said, not fatal
