@@ -261,9 +261,10 @@ class BackgroundValidation(BackgroundCheck):
     no error. The child streams too, so its memory stays flat.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, module: str = "connectors.formats.cnaf_vrsb", *arguments: str) -> None:
+        # ``module`` is run as ``python -m module *arguments path`` and prints {"erreurs": [...]} (any XML format).
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "connectors.formats.cnaf_vrsb", str(path.resolve())],
+            [sys.executable, "-m", module, *arguments, str(path.resolve())],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             cwd=str(Path(__file__).resolve().parents[2]), preexec_fn=_die_with_parent,
         )

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import BinaryIO, ClassVar
 from lxml import etree
 
 from connectors.formats.base import BackgroundCheck, InputFacts, PartnerRecord, Reader
-from connectors.formats.cnaf_vrsb import _die_with_parent, reference_day, release
+from connectors.formats.cnaf_vrsb import BackgroundValidation, reference_day, release
 from connectors.formats.xml_errors import XmlProblem, schema_problem, summary, translate_syntax_message
 from spie_hub.core.errors import FatalInputError
 
@@ -267,30 +266,6 @@ def validate_file(path: Path, kind: AliKind) -> tuple[InputFacts, list[str]]:
     return facts, []
 
 
-class BackgroundAliValidation(BackgroundCheck):
-    """XSD validation of the whole file in a child process (the other core) while the run reads without the schema.
-    The run commits nothing unless ``result()`` is empty; the child streams too, its memory stays flat."""
-
-    def __init__(self, path: Path, kind: AliKind) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "connectors.formats.webrsa_ali", kind.format, str(path.resolve())],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            cwd=str(Path(__file__).resolve().parents[2]), preexec_fn=_die_with_parent,
-        )
-
-    def result(self) -> list[str]:
-        out, _ = self.process.communicate()
-        try:
-            return list(json.loads(out)["erreurs"])
-        except (ValueError, KeyError, TypeError):
-            return [f"La validation XSD n'a pas pu aboutir (code {self.process.returncode})"]
-
-    def cancel(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.communicate()
-
-
 class _AliReader(Reader):
     kind: ClassVar[AliKind]
 
@@ -304,7 +279,8 @@ class _AliReader(Reader):
                 yield PartnerRecord(element, dossier, f"dossier {facts.unites_lues}, {tag} {index}", element.sourceline)
 
     def background_check(self, path: Path) -> BackgroundCheck | None:
-        return BackgroundAliValidation(path, self.kind)
+        # The CNAF reader's child-process check, running this module (on the other core, memory flat).
+        return BackgroundValidation(path, "connectors.formats.webrsa_ali", self.kind.format)
 
 
 class WebrsaAliReader(_AliReader):
