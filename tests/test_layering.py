@@ -311,6 +311,8 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 DECLARED_WITHOUT_IMPORT = {
     "psycopg": "pilote PostgreSQL, choisi par SQLAlchemy d'après l'URL postgresql+psycopg://",
     "requests": "notificateur Airflow (spie_hub/airflow/notify.py)",
+    "asyncpg": "pilote asynchrone qu'Airflow 3 exige pour une base de métadonnées PostgreSQL",
+    "celery": "épinglé : la 5.7.0 que choisirait le fournisseur Celery fait planter ordonnanceur et workers",
 }
 
 
